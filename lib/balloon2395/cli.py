@@ -1,0 +1,158 @@
+"""Command line: run the loop (default), `status`, `check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from . import PROG, __version__
+from . import config as cfg
+from . import logs
+from .daemon import Daemon
+from .lock import AlreadyRunning, InstanceLock, LockError, default_dir
+from .observe import Collector
+from .policy import Limits, decide, History
+from .status import render_json, render_table
+from .virsh import Virsh, VirshError, default_uri
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_RUNNING = 0, 1, 2, 3
+COMMANDS = ("run", "status", "check-config")
+
+DESCRIPTION = f"""\
+Keep every running QEMU/KVM guest's usable memory inside a band by ballooning it through virsh.
+
+commands:
+  run                 (default) every --secs, grow guests whose usable memory is below
+                      --minimal % of their size and shrink those above --maximal %
+  status [--json]     what every running domain looks like and what the next cycle would do
+  check-config [FILE] validate a config file (default {cfg.DEFAULT_CONFIG_PATH}) and exit
+
+Sizes take units (512MiB, 2GiB); a bare number is MiB, as in the original.
+exit status: 0 ok, 1 failure, 2 bad config or usage, 3 another instance holds the lock."""
+
+
+def _add_knobs(parser: argparse.ArgumentParser) -> None:
+    """Every config key is a flag too; only flags given on the command line override the file."""
+    S = argparse.SUPPRESS
+    g = parser.add_argument_group("knobs (override the config file)")
+    g.add_argument("--minimal", type=float, default=S, metavar="PCT", help="grow below this usable %% (default 25)")
+    g.add_argument("--maximal", type=float, default=S, metavar="PCT", help="shrink above this usable %% (default 35)")
+    g.add_argument("--critical", default=S, metavar="SIZE", help="floor: never shrink below it (default 300MiB)")
+    g.add_argument("--addram", default=S, metavar="SIZE", help="grow step (default 100MiB)")
+    g.add_argument("--rmram", default=S, metavar="SIZE", help="shrink step (default 50MiB)")
+    g.add_argument("--secs", type=float, default=S, metavar="S", help="seconds between cycles (default 0.5)")
+    g.add_argument("--stats-period", type=int, default=S, metavar="S", dest="stats_period",
+                   help="guest stats period set on domains that report no usable memory (default 1)")
+    g.add_argument("--stale-after", type=float, default=S, metavar="S", dest="stale_after",
+                   help="ignore stats older than this (default max(5, 3 x stats period))")
+    g.add_argument("--policy", default=S, choices=cfg.POLICIES, help="decision rule (default step)")
+    g.add_argument("--manage-windows", action=argparse.BooleanOptionalAction, default=S, dest="manage_windows",
+                   help="also balloon Windows guests (default: leave them alone)")
+    g.add_argument("--debug", action=argparse.BooleanOptionalAction, default=S,
+                   help="log a block per domain per cycle")
+    g.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=S, dest="dry_run",
+                   help="decide and log, never setmem")
+    g.add_argument("--logdir", default=S, metavar="DIR", help="log to DIR/balloon-2395.log (rotated) instead of stderr")
+    c = parser.add_argument_group("connection")
+    c.add_argument("-c", "--connect", default=S, metavar="URI",
+                   help="hypervisor URI (default $LIBVIRT_DEFAULT_URI, else qemu:///system as root)")
+    c.add_argument("--virsh", default=S, metavar="PATH", help="virsh binary (default: virsh from PATH)")
+    c.add_argument("--timeout", type=float, default=S, metavar="S", help="per virsh call timeout (default 10)")
+    c.add_argument("--lock-dir", default=S, metavar="DIR", dest="lock_dir",
+                   help="where the instance lock lives (default /run/balloon-2395, or $XDG_RUNTIME_DIR/balloon-2395)")
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    prog = PROG if command == "run" else f"{PROG} {command}"
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    if command == "check-config":
+        parser.add_argument("file", nargs="?", help=f"config file (default {cfg.DEFAULT_CONFIG_PATH})")
+        return parser
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"YAML config (default {cfg.DEFAULT_CONFIG_PATH} when it exists)")
+    if command == "run":
+        parser.add_argument("--once", action="store_true", help="run one cycle, then exit")
+    else:
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_knobs(parser)
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> Dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in cfg.KEYS}
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
+    args = _parser(command).parse_args(argv)
+    try:
+        if command == "check-config":
+            path = args.file or cfg.default_path()
+            if path is None:
+                return _fail(f"no file given and {cfg.DEFAULT_CONFIG_PATH} does not exist", EXIT_USAGE)
+            cfg.load(path, {})
+            print(f"{path}: ok")
+            return EXIT_OK
+        config = cfg.load(args.config or cfg.default_path(), _flags(args))
+    except cfg.ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    virsh = Virsh(config.virsh, config.connect, config.timeout)
+    if command == "status":
+        return _status(config, virsh, args.json)
+    return _run(config, virsh, once=args.once)
+
+
+def _status(config: cfg.Config, virsh: Virsh, as_json: bool) -> int:
+    logs.setup(None, debug=False)
+    try:
+        observations = Collector(virsh, config.stats_period, setup=False).collect()
+    except VirshError as exc:
+        return _fail(f"cannot read running domains: {exc.message}", EXIT_FAIL)
+    now, limits = time.time(), Limits(config.stale_after_s)
+    rows = []
+    for obs in observations:
+        settings = config.for_domain(obs.name)
+        rows.append((obs, settings, decide(obs, settings, History(), now, limits, config.policy)))
+    print(render_json(rows) if as_json else render_table(rows))
+    return EXIT_OK
+
+
+def _run(config: cfg.Config, virsh: Virsh, once: bool) -> int:
+    uri = config.connect or default_uri()
+    try:
+        logs.setup(config.logdir, config.debug)
+    except OSError as exc:
+        return _fail(f"cannot open log in {config.logdir}: {exc.strerror}", EXIT_FAIL)
+    try:
+        lock = InstanceLock(uri, config.lock_dir or default_dir())
+        lock.acquire()
+    except AlreadyRunning as exc:
+        return _fail(str(exc), EXIT_RUNNING)
+    except LockError as exc:
+        return _fail(str(exc), EXIT_FAIL)
+    try:
+        daemon = Daemon(config, virsh)
+        if once:
+            return EXIT_OK if daemon.cycle() is not None else EXIT_FAIL
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        logs.log.info("started for %s: band %g-%g%%, every %gs%s", uri, config.defaults.minimal,
+                      config.defaults.maximal, config.secs, " (dry run)" if config.dry_run else "")
+        daemon.run(stop)
+        logs.log.info("stopped")
+        return EXIT_OK
+    finally:
+        lock.release()

@@ -1,0 +1,280 @@
+"""Configuration: the original's knobs (as YAML keys and flags) plus per-domain rules.
+
+Every value goes through one validator per key, so a file, a flag and a
+per-domain rule are checked the same way and a bad one is reported as one
+line naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import yaml
+
+from .units import KIB_PER_MIB, parse_size_kib
+
+DEFAULT_CONFIG_PATH = "/etc/balloon-2395/config.yaml"
+POLICIES = ("step",)
+_MAX_SIZE_KIB = 1024 ** 4  # 1 PiB: anything larger is a typo, not a guest
+
+
+class ConfigError(Exception):
+    """One line an operator can act on: where, which key, what is wrong."""
+
+    def __init__(self, key: str, problem: str, source: str = "") -> None:
+        self.key, self.problem, self.source = key, problem, source
+        super().__init__(f"{source + ': ' if source else ''}{key}: {problem}")
+
+    def at(self, source: str) -> "ConfigError":
+        return ConfigError(self.key, self.problem, source)
+
+
+@dataclass(frozen=True)
+class DomainSettings:
+    """The knobs that decide one domain's memory, after rules are applied."""
+
+    minimal: float = 25.0
+    maximal: float = 35.0
+    critical_kib: int = 300 * KIB_PER_MIB
+    addram_kib: int = 100 * KIB_PER_MIB
+    rmram_kib: int = 50 * KIB_PER_MIB
+    maximum_kib: Optional[int] = None  # a cap below the domain's own <memory>
+    exclude: bool = False
+    manage_windows: bool = False
+
+
+@dataclass(frozen=True)
+class DomainRule:
+    pattern: str
+    overrides: Tuple[Tuple[str, Any], ...]  # DomainSettings field -> value
+
+    def matches(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+
+@dataclass(frozen=True)
+class Config:
+    defaults: DomainSettings = field(default_factory=DomainSettings)
+    rules: Tuple[DomainRule, ...] = ()
+    secs: float = 0.5
+    debug: bool = False
+    logdir: Optional[str] = None
+    connect: Optional[str] = None
+    virsh: str = "virsh"
+    timeout: float = 10.0
+    stats_period: int = 1
+    stale_after: Optional[float] = None
+    policy: str = "step"
+    dry_run: bool = False
+    lock_dir: Optional[str] = None
+
+    def for_domain(self, name: str) -> DomainSettings:
+        """An exact-name rule wins over globs; among globs the first in the file wins."""
+        exact = [r for r in self.rules if r.pattern == name]
+        chosen = exact[0] if exact else next((r for r in self.rules if r.matches(name)), None)
+        return replace(self.defaults, **dict(chosen.overrides)) if chosen else self.defaults
+
+    @property
+    def stale_after_s(self) -> float:
+        """Stats older than this are not acted on: a few stats periods, never under 5 s."""
+        return self.stale_after if self.stale_after is not None else max(5.0, 3.0 * self.stats_period)
+
+
+# ---------------------------------------------------------------- validators
+
+def _number(value: Any, lo: float, hi: float, integer: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {_kind(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value}")
+    if integer and int(value) != value:
+        raise ValueError(f"expected a whole number, got {value}")
+    if not lo <= value <= hi:
+        raise ValueError(f"must be between {lo:g} and {hi:g}, got {value:g}")
+    return int(value) if integer else float(value)
+
+
+def _percent(value: Any) -> float:
+    return _number(value, 0, 100)
+
+
+def _size(value: Any) -> int:
+    kib = parse_size_kib(value)
+    if kib > _MAX_SIZE_KIB:
+        raise ValueError(f"must be at most 1PiB, got {value!r}")
+    return kib
+
+
+def _positive_size(value: Any) -> int:
+    kib = _size(value)
+    if kib <= 0:
+        raise ValueError(f"must be more than 0, got {value!r}")
+    return kib
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_kind(value)}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {_kind(value)}")
+    if "\0" in value:
+        raise ValueError("must not contain a NUL byte")
+    return value
+
+
+def _optional_text(value: Any) -> Optional[str]:
+    return None if value is None else _text(value)
+
+
+def _policy(value: Any) -> str:
+    if value not in POLICIES:
+        raise ValueError(f"expected one of {', '.join(POLICIES)}, got {value!r}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+
+
+# key in file/flags -> (field name, validator). Top-level keys that are also
+# per-domain keys set the defaults every rule starts from.
+_DOMAIN_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
+    "minimal": ("minimal", _percent),
+    "maximal": ("maximal", _percent),
+    "critical": ("critical_kib", _size),
+    "addram": ("addram_kib", _positive_size),
+    "rmram": ("rmram_kib", _positive_size),
+    "maximum": ("maximum_kib", _positive_size),
+    "exclude": ("exclude", _bool),
+    "manage_windows": ("manage_windows", _bool),
+}
+_GLOBAL_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
+    "secs": ("secs", lambda v: _number(v, 0.05, 86400)),
+    "debug": ("debug", _bool),
+    "logdir": ("logdir", _optional_text),
+    "connect": ("connect", _optional_text),
+    "virsh": ("virsh", _text),
+    "timeout": ("timeout", lambda v: _number(v, 0.1, 3600)),
+    "stats_period": ("stats_period", lambda v: _number(v, 1, 3600, integer=True)),
+    "stale_after": ("stale_after", lambda v: None if v is None else _number(v, 1, 86400)),
+    "policy": ("policy", _policy),
+    "dry_run": ("dry_run", _bool),
+    "lock_dir": ("lock_dir", _optional_text),
+}
+_TOP_LEVEL = {k: v for k, v in {**_DOMAIN_KEYS, **_GLOBAL_KEYS}.items() if k != "maximum"}
+KEYS = tuple(_TOP_LEVEL) + ("domains",)
+
+
+def _unknown(key: Any, known) -> ValueError:
+    hint = difflib.get_close_matches(str(key), list(known), n=1)
+    return ValueError("unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+
+def _validate(key: str, table, value: Any) -> Tuple[str, Any]:
+    name, check = table[key]
+    try:
+        return name, check(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def _check_band(where: str, settings: DomainSettings) -> None:
+    if settings.minimal >= settings.maximal:
+        raise ConfigError(where + "minimal", f"must be below maximal ({settings.minimal:g} >= {settings.maximal:g})")
+
+
+def _rules(raw: Any, defaults: DomainSettings) -> Tuple[DomainRule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise ConfigError("domains", f"expected a mapping of name or glob to settings, got {_kind(raw)}")
+    rules = []
+    for pattern, body in raw.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError("domains", f"a domain name or glob must be a non-empty string, got {_kind(pattern)}")
+        where = f"domains.{pattern}"
+        if not isinstance(body, Mapping):
+            raise ConfigError(where, f"expected a mapping of settings, got {_kind(body)}")
+        overrides = []
+        for key, value in body.items():
+            if key not in _DOMAIN_KEYS:
+                raise ConfigError(f"{where}.{key}", str(_unknown(key, _DOMAIN_KEYS)))
+            try:
+                overrides.append(_validate(key, _DOMAIN_KEYS, value))
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.{exc.key}", exc.problem) from None
+        rule = DomainRule(pattern, tuple(overrides))
+        _check_band(where + ".", replace(defaults, **dict(rule.overrides)))
+        rules.append(rule)
+    return tuple(rules)
+
+
+def build(values: Mapping[str, Any]) -> Config:
+    """A Config from already-loaded values (file, then flags over it)."""
+    domain_values, global_values = {}, {}
+    for key, value in values.items():
+        if key == "domains":
+            continue
+        if key not in _TOP_LEVEL:
+            raise ConfigError(str(key), str(_unknown(key, KEYS)))
+        name, checked = _validate(key, _TOP_LEVEL, value)
+        (domain_values if key in _DOMAIN_KEYS else global_values)[name] = checked
+    defaults = DomainSettings(**domain_values)
+    _check_band("", defaults)
+    return Config(defaults=defaults, rules=_rules(values.get("domains"), defaults), **global_values)
+
+
+def read_file(path: str) -> Dict[str, Any]:
+    """The mapping a YAML config file holds; an empty file is an empty mapping."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        raise ConfigError("file", f"cannot read: {exc.strerror}", path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("file", f"not UTF-8 text (byte {exc.start})", path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError("file", f"not valid YAML{where}: {problem}", path) from None
+    except RecursionError:
+        raise ConfigError("file", "nested too deeply", path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("file", f"expected a mapping of keys to values, got {_kind(data)}", path)
+    return data
+
+
+def default_path() -> Optional[str]:
+    return DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None
+
+
+def load(path: Optional[str], flags: Mapping[str, Any]) -> Config:
+    """File values (if any) overlaid by flags; errors name the file or the flag."""
+    file_values = read_file(path) if path else {}
+    try:
+        build(file_values)
+    except ConfigError as exc:
+        raise exc.at(path or "") from None
+    try:
+        return build({**file_values, **flags})
+    except ConfigError as exc:
+        if exc.key in flags:
+            raise ConfigError("--" + exc.key.replace("_", "-"), exc.problem) from None
+        raise exc.at(path or "") from None
+

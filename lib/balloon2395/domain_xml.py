@@ -1,0 +1,59 @@
+"""Facts read once per domain lifetime from `virsh dumpxml`: identity, guest OS, balloon device.
+
+Windows is recognised by libosinfo metadata or Hyper-V enlightenments, not
+by grepping the XML for "microsoft" (which also matches disk paths).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Optional
+
+LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    uuid: Optional[str] = None
+    domain_id: Optional[str] = None
+    windows: Optional[str] = None  # why we think it is Windows, or None
+    balloon_model: Optional[str] = None  # 'virtio', 'none', or None when absent
+    stats_period_s: Optional[int] = None  # from <memballoon><stats period>
+
+
+def parse_domain_xml(text: str) -> DomainFacts:
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise ValueError(f"dumpxml is not XML: {exc}") from None
+    if root.tag != "domain":
+        raise ValueError(f"dumpxml root is <{root.tag}>, not <domain>")
+    return DomainFacts(
+        uuid=root.findtext("uuid"),
+        domain_id=root.get("id"),
+        windows=_windows_reason(root),
+        balloon_model=_balloon_model(root),
+        stats_period_s=_stats_period(root),
+    )
+
+
+def _windows_reason(root: ET.Element) -> Optional[str]:
+    for os_el in root.iterfind(f"metadata/{{{LIBOSINFO_NS}}}libosinfo/{{{LIBOSINFO_NS}}}os"):
+        os_id = os_el.get("id", "")
+        if os_id.startswith(("http://microsoft.com/win", "https://microsoft.com/win")):
+            return f"libosinfo os {os_id}"
+    if root.find("features/hyperv") is not None:
+        return "hyperv enlightenments in <features>"
+    return None
+
+
+def _balloon_model(root: ET.Element) -> Optional[str]:
+    balloon = root.find("devices/memballoon")
+    return None if balloon is None else balloon.get("model")
+
+
+def _stats_period(root: ET.Element) -> Optional[int]:
+    stats = root.find("devices/memballoon/stats")
+    period = None if stats is None else stats.get("period")
+    return int(period) if period and period.isdigit() else None

@@ -1,0 +1,62 @@
+"""Logs an operator can grep: one line per change, skips explained once; stderr or a rotated file."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from typing import Optional
+
+from . import PROG
+from .config import DomainSettings
+from .policy import Decision, Observation, cap_kib
+from .units import mib
+
+log = logging.getLogger(PROG)
+
+LOG_FILE = "balloon-2395.log"
+ROTATE_BYTES = 10 * 1024 * 1024
+ROTATE_KEEP = 5
+
+
+def setup(logdir: Optional[str], debug: bool, stream=None) -> None:
+    """Replace any earlier handler: setup may run again after a config reload."""
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    if logdir:
+        os.makedirs(logdir, mode=0o750, exist_ok=True)
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+            os.path.join(logdir, LOG_FILE), maxBytes=ROTATE_BYTES, backupCount=ROTATE_KEEP, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+
+
+def change_line(decision: Decision) -> str:
+    """`grow web1 2048 -> 2148 MiB: usable 18% < 25%`"""
+    return (f"{decision.action} {decision.name} {mib(decision.actual_kib)} -> "
+            f"{mib(decision.target_kib)} MiB: {decision.reason}")
+
+
+def debug_block(obs: Observation, settings: DomainSettings, decision: Decision, now: float) -> str:
+    """The original's per-domain debug block, with what it never showed: age, cap, reason."""
+    s = obs.stats
+
+    def size(kib):
+        return "-" if kib is None else f"{mib(kib)} MiB"
+
+    pct = "-" if s.usable_kib is None or not s.actual_kib else f"{s.usable_kib * 100 // s.actual_kib}%"
+    age = "-" if s.last_update is None else f"{now - s.last_update:.1f}s"
+    target = f" -> {size(decision.target_kib)}" if decision.target_kib is not None else ""
+    return "\n".join([
+        f"----- {s.name} -----",
+        f"  actual   {size(s.actual_kib)}   usable {size(s.usable_kib)} ({pct})   stats age {age}",
+        f"  band     {settings.minimal:g}-{settings.maximal:g}%   floor {size(settings.critical_kib)}   "
+        f"maximum {size(cap_kib(s, settings))}",
+        f"  decision {decision.action}{target}: {decision.reason}",
+    ])

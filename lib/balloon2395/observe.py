@@ -1,0 +1,100 @@
+"""Observing: one virsh read of every running domain per cycle, plus facts read once per domain.
+
+`domstats --balloon --list-running` gives all domains in one process. Only
+when that command is missing (old libvirt) does it fall back to
+`list` + `dommemstat` per domain. Per-domain set-up (dumpxml, switching the
+stats period on, the maximum in fallback mode) happens once per domain
+lifetime, which ends when the domain leaves the running list.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional
+
+from .domain_xml import DomainFacts, parse_domain_xml
+from .policy import Observation
+from .virsh import Virsh, VirshError
+from .virsh_output import BalloonStats, VirshOutputError
+
+log = logging.getLogger("balloon-2395")
+
+
+@dataclass
+class _Known:
+    """Per-domain-lifetime cache."""
+
+    facts: Optional[DomainFacts] = None
+    maximum_kib: Optional[int] = None
+    stats_requested: bool = False  # we asked the guest for stats and have not seen them since
+
+
+class Collector:
+    def __init__(self, virsh: Virsh, stats_period_s: int,
+                 wants_stats: Callable[[str, DomainFacts], bool] = lambda name, facts: True,
+                 setup: bool = True) -> None:
+        """`wants_stats` says whether a domain is managed at all (excluded and Windows
+        domains get no stats period); `setup=False` never changes a domain (status view)."""
+        self.virsh, self.stats_period_s = virsh, stats_period_s
+        self.wants_stats, self.setup = wants_stats, setup
+        self.fallback = False
+        self._known: Dict[str, _Known] = {}
+
+    def collect(self) -> List[Observation]:
+        """Raises VirshError when the running domains cannot be read at all."""
+        all_stats = self._read_all()
+        self._known = {s.name: self._known.get(s.name) or _Known() for s in all_stats}
+        return [self._observe(stats, self._known[stats.name]) for stats in all_stats]
+
+    def _read_all(self) -> List[BalloonStats]:
+        if not self.fallback:
+            try:
+                return self._parsed(self.virsh.domstats_balloon)
+            except VirshError as exc:
+                if not exc.unsupported:
+                    raise
+                log.warning("virsh domstats unavailable (%s): reading each domain with dommemstat", exc.message)
+                self.fallback = True
+        names = self.virsh.running_names()
+        out = []
+        for name in names:
+            try:
+                out.append(self._parsed(lambda: self.virsh.dommemstat(name)))
+            except VirshError as exc:
+                if not exc.domain_gone:
+                    log.warning("%s: dommemstat failed: %s", name, exc.message)
+        return out
+
+    @staticmethod
+    def _parsed(read):
+        try:
+            return read()
+        except VirshOutputError as exc:
+            raise VirshError([], 0, f"unparseable virsh output: {exc}") from None
+
+    def _observe(self, stats: BalloonStats, known: _Known) -> Observation:
+        name = stats.name
+        if known.facts is None:
+            try:
+                known.facts = parse_domain_xml(self.virsh.dumpxml(name))
+            except (VirshError, ValueError) as exc:
+                log.warning("%s: cannot read domain XML: %s", name, exc)
+                return Observation(stats, None)
+        if stats.maximum_kib is None and self.fallback:
+            if known.maximum_kib is None:
+                try:
+                    known.maximum_kib = self.virsh.max_memory_kib(name)
+                except (VirshError, VirshOutputError) as exc:
+                    log.warning("%s: cannot read maximum memory: %s", name, exc)
+            stats = replace(stats, maximum_kib=known.maximum_kib)
+        if stats.usable_kib is not None:
+            known.stats_requested = False
+        elif self.setup and not known.stats_requested and self.wants_stats(name, known.facts):
+            known.stats_requested = True
+            try:
+                self.virsh.enable_stats(name, self.stats_period_s)
+                log.info("%s: no usable figure reported: stats period set to %ds", name, self.stats_period_s)
+            except VirshError as exc:
+                log.warning("%s: cannot set the stats period: %s", name, exc.message)
+        return Observation(stats, known.facts)

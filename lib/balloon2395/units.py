@@ -1,0 +1,52 @@
+"""Sizes: KiB inside the daemon; MiB (binary) at the edges, as the original spoke."""
+
+from __future__ import annotations
+
+import re
+
+KIB_PER_MIB = 1024
+
+_UNITS_KIB = {
+    "k": 1, "kib": 1, "kb": 1,
+    "m": 1024, "mib": 1024, "mb": 1024,
+    "g": 1024 ** 2, "gib": 1024 ** 2, "gb": 1024 ** 2,
+    "t": 1024 ** 3, "tib": 1024 ** 3, "tb": 1024 ** 3,
+}
+# Config sizes are binary whatever the suffix: an operator writing "512MB" for a
+# guest means MiB, and the original's decimal "mb" to virsh is the defect we fix.
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size_kib(value: object) -> int:
+    """A size from config or a flag: a bare number is MiB (as in the original)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 300, 512MiB or 2GiB, got a boolean")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value}")
+        return int(round(value * KIB_PER_MIB))
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size such as 300, 512MiB or 2GiB, got {type(value).__name__}")
+    if value.strip().startswith("-"):
+        raise ValueError(f"must not be negative, got {value!r}")
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"expected a size such as 300, 512MiB or 2GiB, got {value!r}")
+    number, unit = match.groups()
+    factor = _UNITS_KIB.get(unit.lower()) if unit else KIB_PER_MIB
+    if factor is None:
+        raise ValueError(f"unknown unit {unit!r} in {value!r} (use KiB, MiB, GiB or TiB)")
+    return int(round(float(number) * factor))
+
+
+def mib(kib: int) -> int:
+    """Whole MiB for logs and tables (floor, like the original's integer shell maths)."""
+    return kib // KIB_PER_MIB
+
+
+def format_size(kib: int) -> str:
+    if kib % (1024 ** 2) == 0 and kib:
+        return f"{kib // 1024 ** 2}GiB"
+    if kib % KIB_PER_MIB == 0:
+        return f"{kib // KIB_PER_MIB}MiB"
+    return f"{kib}KiB"

@@ -1,0 +1,101 @@
+"""The only place that runs virsh: argv lists through `sh`, LC_ALL=C, a timeout on every call.
+
+Domain names always follow `--domain`, so a name starting with '-' is data,
+never an option.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+import sh
+
+from .virsh_output import BalloonStats, parse_dominfo_max_kib, parse_domstats, parse_dommemstat, parse_names
+
+
+class VirshError(Exception):
+    """virsh ran and failed: exit status and its `error:` lines."""
+
+    def __init__(self, argv: List[str], exit_code: Optional[int], message: str) -> None:
+        self.argv, self.exit_code, self.message = argv, exit_code, message
+        super().__init__(message)
+
+    @property
+    def domain_gone(self) -> bool:
+        text = self.message.lower()
+        return "domain not found" in text or "failed to get domain" in text or "domain is not running" in text
+
+    @property
+    def unsupported(self) -> bool:
+        text = self.message.lower()
+        return "unknown command" in text or "not supported" in text or "unsupported" in text
+
+
+class VirshTimeout(VirshError):
+    pass
+
+
+def default_uri(env: Optional[Dict[str, str]] = None, euid: Optional[int] = None) -> str:
+    """The connection virsh uses when none is named (libvirt's own rule)."""
+    env = os.environ if env is None else env
+    euid = os.geteuid() if euid is None else euid
+    return env.get("LIBVIRT_DEFAULT_URI") or ("qemu:///system" if euid == 0 else "qemu:///session")
+
+
+def _message(stderr: str, exit_code: Optional[int]) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")] or lines
+    return "; ".join(errors)[:500] or f"exit status {exit_code} with no message"
+
+
+class Virsh:
+    def __init__(self, binary: str = "virsh", uri: Optional[str] = None, timeout: float = 10.0) -> None:
+        self.binary, self.uri, self.timeout = binary, uri, timeout
+        self.calls = 0  # processes spawned: the daemon's main cost
+        env = dict(os.environ)
+        env.pop("LANGUAGE", None)
+        env["LC_ALL"] = "C"
+        self._env = env
+
+    def run(self, *args: str) -> str:
+        argv = (["-c", self.uri] if self.uri else []) + list(args)
+        self.calls += 1
+        try:
+            command = sh.Command(self.binary)
+            result = command(*argv, _env=self._env, _timeout=self.timeout, _ok_code=range(256),
+                             _return_cmd=True, _tty_out=False, _in="")
+        except sh.CommandNotFound:
+            raise VirshError(argv, None, f"virsh not found: {self.binary!r} (install libvirt-clients or set --virsh)") from None
+        except sh.TimeoutException:
+            raise VirshTimeout(argv, None, f"virsh {' '.join(args[:2])} timed out after {self.timeout:g}s") from None
+        except OSError as exc:
+            raise VirshError(argv, None, f"cannot run {self.binary!r}: {exc.strerror}") from None
+        stdout = result.stdout.decode("utf-8", "replace")
+        if result.exit_code != 0:
+            raise VirshError(argv, result.exit_code, _message(result.stderr.decode("utf-8", "replace"), result.exit_code))
+        return stdout
+
+    # Each command the daemon uses, named for what it gives.
+
+    def domstats_balloon(self) -> List[BalloonStats]:
+        return parse_domstats(self.run("domstats", "--balloon", "--list-running"))
+
+    def running_names(self) -> List[str]:
+        return parse_names(self.run("list", "--name", "--state-running"))
+
+    def dommemstat(self, name: str) -> BalloonStats:
+        return parse_dommemstat(name, self.run("dommemstat", "--domain", name))
+
+    def max_memory_kib(self, name: str) -> int:
+        return parse_dominfo_max_kib(self.run("dominfo", "--domain", name))
+
+    def enable_stats(self, name: str, period_s: int) -> None:
+        self.run("dommemstat", "--domain", name, "--period", str(period_s), "--live")
+
+    def dumpxml(self, name: str) -> str:
+        return self.run("dumpxml", "--domain", name)
+
+    def setmem(self, name: str, kib: int) -> None:
+        # Plain KiB: virsh reads 'mb' as 10^6 bytes, the original's unit defect.
+        self.run("setmem", "--domain", name, "--size", str(int(kib)), "--live")

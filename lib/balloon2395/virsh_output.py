@@ -1,0 +1,129 @@
+"""Parsers for what virsh prints (under LC_ALL=C), by key, never by line position.
+
+Pure functions: text in, dataclasses out. Output that does not have the
+expected shape raises VirshOutputError rather than yielding numbers the daemon
+might act on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+
+class VirshOutputError(ValueError):
+    """virsh printed something that is not the format it documents."""
+
+
+@dataclass(frozen=True)
+class BalloonStats:
+    """One domain's balloon figures; sizes in KiB, last_update in epoch seconds.
+
+    Fields the guest does not report are None (virsh omits them).
+    """
+
+    name: str
+    actual_kib: Optional[int] = None
+    maximum_kib: Optional[int] = None
+    usable_kib: Optional[int] = None
+    available_kib: Optional[int] = None
+    unused_kib: Optional[int] = None
+    disk_caches_kib: Optional[int] = None
+    swap_in_kib: Optional[int] = None
+    swap_out_kib: Optional[int] = None
+    major_fault: Optional[int] = None
+    minor_fault: Optional[int] = None
+    rss_kib: Optional[int] = None
+    last_update: Optional[int] = None
+
+
+# virsh key (dommemstat spelling; domstats uses '-' in last-update and
+# 'current' for actual) -> BalloonStats field
+_FIELDS = {
+    "actual": "actual_kib",
+    "current": "actual_kib",
+    "maximum": "maximum_kib",
+    "usable": "usable_kib",
+    "available": "available_kib",
+    "unused": "unused_kib",
+    "disk_caches": "disk_caches_kib",
+    "swap_in": "swap_in_kib",
+    "swap_out": "swap_out_kib",
+    "major_fault": "major_fault",
+    "minor_fault": "minor_fault",
+    "rss": "rss_kib",
+    "last_update": "last_update",
+}
+_KEY = re.compile(r"^[a-z][a-z0-9_-]*$")
+_DOMAIN_HEADER = re.compile(r"^Domain: '(.*)'$")
+
+
+def _stats(name: str, pairs: Dict[str, str]) -> BalloonStats:
+    values = {}
+    for key, raw in pairs.items():
+        field_name = _FIELDS.get(key.replace("-", "_"))
+        if field_name is None:
+            continue  # hugetlb_* and fields newer libvirt may add
+        if not raw.isdigit():
+            raise VirshOutputError(f"{name}: {key} is not a whole number: {raw!r}")
+        values[field_name] = int(raw)
+    return BalloonStats(name=name, **values)
+
+
+def parse_domstats(text: str) -> List[BalloonStats]:
+    """`virsh domstats --balloon [--list-running]`: a block per domain."""
+    domains: List[BalloonStats] = []
+    name: Optional[str] = None
+    pairs: Dict[str, str] = {}
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        header = _DOMAIN_HEADER.match(line)
+        if header:
+            if name is not None:
+                domains.append(_stats(name, pairs))
+            name, pairs = header.group(1), {}
+            continue
+        key, sep, value = line.strip().partition("=")
+        if name is None or not line.startswith("  ") or not sep:
+            raise VirshOutputError(f"line {number} is not part of a domain block: {line[:80]!r}")
+        if key.startswith("balloon."):
+            key = key[len("balloon."):]
+            if not _KEY.match(key) or key in pairs:
+                raise VirshOutputError(f"line {number}: unexpected key {key!r}")
+            pairs[key] = value
+    if name is not None:
+        domains.append(_stats(name, pairs))
+    return domains
+
+
+def parse_dommemstat(name: str, text: str) -> BalloonStats:
+    """`virsh dommemstat DOM`: `key value` lines, fields present only if reported."""
+    pairs: Dict[str, str] = {}
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not _KEY.match(parts[0]) or parts[0] in pairs:
+            raise VirshOutputError(f"line {number} is not 'key value': {line[:80]!r}")
+        pairs[parts[0]] = parts[1]
+    if "actual" not in pairs:
+        raise VirshOutputError(f"{name}: dommemstat reported no 'actual'")
+    return _stats(name, pairs)
+
+
+def parse_names(text: str) -> List[str]:
+    """`virsh list --name`: one name per line, a blank line at the end."""
+    return [line for line in text.split("\n") if line]
+
+
+def parse_dominfo_max_kib(text: str) -> int:
+    """`virsh dominfo DOM`'s "Max memory:   1048576 KiB" line."""
+    for line in text.split("\n"):
+        key, _, value = line.partition(":")
+        if key.strip() == "Max memory":
+            parts = value.split()
+            if len(parts) == 2 and parts[0].isdigit() and parts[1] == "KiB":
+                return int(parts[0])
+    raise VirshOutputError("dominfo has no 'Max memory: N KiB' line")

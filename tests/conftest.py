@@ -1,0 +1,105 @@
+"""Shared test helpers: a fake host (state file + fake virsh on PATH) and an in-process virsh."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from balloon2395.fake_virsh import FakeHost
+from balloon2395.virsh import Virsh, VirshError, _message
+
+ROOT = Path(__file__).resolve().parent.parent
+LIB = ROOT / "lib"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+GIB = 1024 * 1024
+MIB = 1024
+
+
+def domain(name: str, actual_mib: int = 2048, usable_mib: int = 600, maximum_mib: int = 4096, **extra) -> dict:
+    """A running domain for fake hosts; figures in MiB for readability, stored in KiB."""
+    dom = {"name": name, "uuid": f"uuid-{name}", "id": zlib.crc32(name.encode()) % 1000 + 1, "state": "running",
+           "actual_kib": actual_mib * MIB, "maximum_kib": maximum_mib * MIB, "period": 1,
+           "stats": {"usable": usable_mib * MIB, "available": actual_mib * MIB}, "age": 0}
+    dom.update(extra)
+    return dom
+
+
+class InProcessVirsh(Virsh):
+    """The real Virsh class with its process call replaced by the fake host, in memory."""
+
+    def __init__(self, state: dict) -> None:
+        super().__init__()
+        self.state = state
+        self.argv_log: List[List[str]] = []
+
+    def run(self, *args: str) -> str:
+        self.calls += 1
+        self.argv_log.append(list(args))
+        stdout, stderr, code, _ = FakeHost(self.state).call(args[0], list(args[1:]))
+        if code:
+            raise VirshError(list(args), code, _message(stderr, code))
+        return stdout
+
+    def setmems(self) -> List[List[str]]:
+        return [argv for argv in self.argv_log if argv[0] == "setmem"]
+
+
+class FakeHostDir:
+    """A temp dir with a state file, a fake `virsh` on PATH, a call log, a config and a lock dir."""
+
+    def __init__(self, path: Path, domains: List[dict]) -> None:
+        self.path = path
+        self.bin = path / "bin"
+        self.bin.mkdir()
+        self.state_file = path / "state.json"
+        self.log_file = path / "calls.log"
+        self.lock_dir = path / "lock"
+        self.config = path / "config.yaml"
+        self.config.write_text("")
+        self.write({"domains": domains})
+        virsh = self.bin / "virsh"
+        virsh.write_text(f"#!/bin/sh\nexec {sys.executable} -m balloon2395.fake_virsh \"$@\"\n")
+        virsh.chmod(0o755)
+
+    def write(self, state: dict) -> None:
+        self.state_file.write_text(json.dumps(state))
+
+    def read(self) -> dict:
+        return json.loads(self.state_file.read_text())
+
+    def calls(self) -> List[List[str]]:
+        if not self.log_file.exists():
+            return []
+        return [json.loads(line) for line in self.log_file.read_text().splitlines()]
+
+    def setmems(self) -> List[List[str]]:
+        return [argv for argv in self.calls() if "setmem" in argv]
+
+    @property
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env.update(PATH=f"{self.bin}:{env.get('PATH', '/usr/bin:/bin')}", PYTHONPATH=str(LIB),
+                   FAKE_VIRSH_STATE=str(self.state_file), FAKE_VIRSH_LOG=str(self.log_file))
+        env.pop("LIBVIRT_DEFAULT_URI", None)
+        return env
+
+    def daemon_argv(self, *args: str) -> List[str]:
+        return [str(ROOT / "balloon-2395"), *args, "--config", str(self.config), "--lock-dir", str(self.lock_dir)]
+
+    def run(self, *args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(self.daemon_argv(*args), env=self.env, capture_output=True, text=True,
+                              timeout=timeout, **kwargs)
+
+
+@pytest.fixture
+def fake_host(tmp_path):
+    def make(*domains: dict) -> FakeHostDir:
+        return FakeHostDir(tmp_path, list(domains))
+    return make

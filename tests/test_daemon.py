@@ -1,0 +1,179 @@
+"""The cycle in process: observe -> decide -> act, with the fake host behind the real Virsh class."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from balloon2395 import config as cfg
+from balloon2395.daemon import Daemon
+from conftest import MIB, InProcessVirsh, domain
+
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self, now=T0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def make(*domains, **config):
+    state = {"domains": list(domains)}
+    for dom in state["domains"]:
+        dom.pop("age", None)
+        dom.setdefault("last_update", int(T0))
+    virsh, clock = InProcessVirsh(state), Clock()
+    return Daemon(cfg.build(config), virsh, clock), virsh, clock, state
+
+
+def test_one_setmem_then_none_until_stats_newer_than_the_change():
+    daemon, virsh, clock, state = make(domain("web1", usable_mib=300))
+    daemon.cycle()
+    assert virsh.setmems() == [["setmem", "--domain", "web1", "--size", str(2148 * MIB), "--live"]]
+    for _ in range(4):  # same stats, half a second apart: nothing
+        clock.now += 0.5
+        daemon.cycle()
+    assert len(virsh.setmems()) == 1
+    state["domains"][0]["last_update"] = int(clock.now) + 1  # guest reports after the change
+    clock.now += 1.0
+    daemon.cycle()
+    assert len(virsh.setmems()) == 2 and virsh.setmems()[1][4] == str(2248 * MIB)
+
+
+def test_setmem_without_effect_is_noticed_once_and_the_domain_left_alone(caplog):
+    daemon, virsh, clock, state = make(domain("nodriver", usable_mib=300, stuck=True))
+    daemon.cycle()
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        for _ in range(30):
+            clock.now += 0.5
+            state["domains"][0]["last_update"] = int(clock.now)
+            daemon.cycle()
+    assert len(virsh.setmems()) == 1
+    notes = [r.message for r in caplog.records if "nodriver" in r.message]
+    assert len(notes) == 1 and "had no effect" in notes[0]
+
+
+def test_skips_are_explained_once(caplog):
+    daemon, virsh, clock, state = make(domain("win", usable_mib=1500, os="http://microsoft.com/win/10"),
+                                       domain("hyperv", usable_mib=1500, hyperv=True),
+                                       domain("fw", usable_mib=1500),
+                                       domains={"fw": {"exclude": True}})
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        for _ in range(5):
+            daemon.cycle()
+            clock.now += 0.5
+    assert virsh.setmems() == []
+    skips = [r.message for r in caplog.records if r.message.startswith("skip ")]
+    assert sorted(skips) == [
+        "skip fw: excluded by config",
+        "skip hyperv: Windows guest (hyperv enlightenments in <features>)",
+        "skip win: Windows guest (libosinfo os http://microsoft.com/win/10)",
+    ]
+    # excluded and Windows domains get no stats period either
+    assert [a for a in virsh.argv_log if "--period" in a] == []
+
+
+def test_manage_windows_when_configured():
+    daemon, virsh, _, _ = make(domain("win", usable_mib=100, os="http://microsoft.com/win/10"), manage_windows=True)
+    daemon.cycle()
+    assert len(virsh.setmems()) == 1
+
+
+def test_facts_read_once_per_domain_lifetime_and_stats_period_set_once():
+    daemon, virsh, clock, state = make(domain("quiet", period=0), domain("web1", usable_mib=700))
+    for _ in range(6):
+        daemon.cycle()
+        clock.now += 0.5
+    commands = [a[0] for a in virsh.argv_log]
+    assert commands.count("domstats") == 6
+    assert commands.count("dumpxml") == 2
+    period_calls = [a for a in virsh.argv_log if "--period" in a]
+    assert period_calls == [["dommemstat", "--domain", "quiet", "--period", "1", "--live"]]
+    # the domain leaves and comes back (a restart): it is seen anew
+    quiet = state["domains"].pop(0)
+    daemon.cycle()
+    quiet["period"] = 0
+    state["domains"].append(quiet)
+    daemon.cycle()
+    commands = [a[0] for a in virsh.argv_log]
+    assert commands.count("dumpxml") == 3 and len([a for a in virsh.argv_log if "--period" in a]) == 2
+
+
+def test_shut_off_and_paused_domains_untouched():
+    daemon, virsh, _, _ = make(domain("off", usable_mib=100, state="shut off"),
+                               domain("paused", usable_mib=100, state="paused"))
+    daemon.cycle()
+    assert virsh.setmems() == [] and [a[0] for a in virsh.argv_log] == ["domstats"]
+
+
+def test_outage_is_logged_once_and_recovery_once(caplog):
+    daemon, virsh, clock, state = make(domain("web1", usable_mib=700))
+    state["faults"] = {"domstats": {"exit": 1, "stderr": "error: failed to connect to the hypervisor\n"}}
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        for _ in range(5):
+            assert daemon.cycle() is None
+            clock.now += 0.5
+        del state["faults"]
+        state["domains"][0]["last_update"] = int(clock.now)
+        assert daemon.cycle() is not None
+    messages = [r.message for r in caplog.records]
+    assert sum("cannot read running domains" in m for m in messages) == 1
+    assert sum("answers again" in m for m in messages) == 1
+
+
+def test_domain_vanishing_before_setmem_costs_nothing_else(caplog):
+    daemon, virsh, clock, state = make(domain("gone", usable_mib=100), domain("web1", usable_mib=100))
+    original = virsh.run
+
+    def vanish(*args):
+        if args[0] == "setmem" and "gone" in args:
+            state["domains"] = [d for d in state["domains"] if d["name"] != "gone"]
+        return original(*args)
+
+    virsh.run = vanish
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        decisions = daemon.cycle()
+    assert len(decisions) == 2
+    assert [a[2] for a in virsh.setmems()] == ["gone", "web1"]
+    assert any("gone before setmem" in r.message for r in caplog.records)
+
+
+def test_dry_run_never_setmem_and_says_what_it_would_do(caplog):
+    daemon, virsh, _, _ = make(domain("web1", usable_mib=370), dry_run=True)
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        daemon.cycle()
+    assert virsh.setmems() == []
+    assert "dry-run: grow web1 2048 -> 2148 MiB: usable 18% < 25%" in [r.message for r in caplog.records]
+
+
+def test_setmem_error_is_logged_once_not_every_cycle(caplog):
+    daemon, virsh, clock, state = make(domain("web1", usable_mib=100))
+    state["faults"] = {"setmem": {"exit": 1, "stderr": "error: internal error: unable to execute QEMU command\n"}}
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        for _ in range(4):
+            daemon.cycle()
+            clock.now += 0.5
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "setmem failed" in errors[0].message
+
+
+@pytest.mark.parametrize("name", ["web 1", "-dash", "café-é1", "quote'd"])
+def test_awkward_names_are_data(name):
+    daemon, virsh, _, _ = make(domain(name, usable_mib=100))
+    daemon.cycle()
+    assert virsh.setmems() == [["setmem", "--domain", name, "--size", str(2148 * MIB), "--live"]]
+
+
+def test_fallback_to_dommemstat_when_domstats_is_missing():
+    daemon, virsh, _, state = make(domain("web1", usable_mib=100), domain("web2", usable_mib=1000))
+    state["faults"] = {"domstats": {"exit": 1, "stderr": "error: unknown command: 'domstats'\n"}}
+    daemon.cycle()
+    daemon.cycle()
+    commands = [a[0] for a in virsh.argv_log]
+    assert commands.count("domstats") == 1  # tried once, then never again
+    assert commands.count("dominfo") == 2  # the maximum, once per domain
+    assert [a[2] for a in virsh.setmems()] == ["web1", "web2"]
