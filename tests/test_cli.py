@@ -1,0 +1,161 @@
+"""balloon-2395 as an operator runs it: a subprocess against a fake virsh on PATH."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+from conftest import MIB, ROOT, domain
+
+
+def test_once_makes_exactly_the_expected_setmem_calls(fake_host):
+    host = fake_host(
+        domain("web 1", usable_mib=370),                 # 18% -> grow by 100 MiB
+        domain("-idle", usable_mib=1500),                # 73% -> shrink by 50 MiB
+        domain("café", usable_mib=600),                  # 29% -> in band
+        domain("win10", usable_mib=100, os="http://microsoft.com/win/10"),
+        domain("tiny", actual_mib=340, usable_mib=300),  # shrink would cross the 300 MiB floor
+        domain("full", actual_mib=4096, usable_mib=100),  # at its maximum
+        domain("off", usable_mib=100, state="shut off"),
+        domain("stale", usable_mib=100, age=60),
+    )
+    result = host.run("--once")
+    assert result.returncode == 0, result.stderr
+    assert host.setmems() == [
+        ["setmem", "--domain", "web 1", "--size", str(2148 * MIB), "--live"],
+        ["setmem", "--domain", "-idle", "--size", str(1998 * MIB), "--live"],
+    ]
+    log = result.stderr
+    assert "INFO grow web 1 2048 -> 2148 MiB: usable 18% < 25%" in log
+    assert "INFO shrink -idle 2048 -> 1998 MiB: usable 73% > 35%" in log
+    assert "skip win10: Windows guest" in log
+    assert "hold tiny: usable 88% > 35% but floor is 300 MiB" in log
+    assert "hold full: usable 2% < 25% but at maximum 4096 MiB" in log
+    assert "skip stale: stats stale" in log
+    assert "off" not in log
+    # one domstats read, one dumpxml per domain, then the changes: nothing else
+    assert [c[0] for c in host.calls()] == ["domstats"] + ["dumpxml"] * 7 + ["setmem"] * 2
+
+
+def test_dry_run_changes_nothing(fake_host):
+    host = fake_host(domain("web1", usable_mib=370))
+    before = host.read()
+    result = host.run("--once", "--dry-run")
+    assert result.returncode == 0
+    assert host.setmems() == [] and host.read() == before
+    assert "dry-run: grow web1 2048 -> 2148 MiB: usable 18% < 25%" in result.stderr
+
+
+def test_flags_and_config_file_set_the_knobs(fake_host):
+    host = fake_host(domain("web1", usable_mib=700), domain("db-1", usable_mib=700))
+    host.config.write_text("minimal: 40\nmaximal: 60\naddram: 1GiB\ndomains:\n  'db-*': {exclude: true}\n")
+    result = host.run("--once", "--addram", "256MiB")
+    assert result.returncode == 0, result.stderr
+    assert host.setmems() == [["setmem", "--domain", "web1", "--size", str(2304 * MIB), "--live"]]
+
+
+def test_connect_uri_reaches_every_virsh_call(fake_host):
+    host = fake_host(domain("web1", usable_mib=100))
+    assert host.run("--once", "--connect", "qemu+ssh://host2/system").returncode == 0
+    calls = host.calls()
+    assert calls and all(c[:2] == ["-c", "qemu+ssh://host2/system"] for c in calls)
+    env = dict(host.env, LIBVIRT_DEFAULT_URI="test:///default")
+    subprocess.run(host.daemon_argv("--once"), env=env, capture_output=True, timeout=60)
+    assert "-c" not in host.calls()[-1]  # virsh itself reads LIBVIRT_DEFAULT_URI
+
+
+def test_status_table_and_json(fake_host):
+    host = fake_host(domain("web1", usable_mib=370), domain("idle", usable_mib=1500), domain("ok", usable_mib=600))
+    table = host.run("status")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:4] == ["DOMAIN", "ACTUAL_MiB", "USABLE_MiB", "USABLE%"]
+    assert lines[1].split()[:8] == ["web1", "2048", "370", "18%", "25-35%", "300", "4096", "grow"]
+    assert "usable 18% < 25%" in lines[1]
+    rows = json.loads(host.run("status", "--json").stdout)
+    assert [(r["domain"], r["next"], r["target_mib"]) for r in rows] == [
+        ("web1", "grow", 2148), ("idle", "shrink", 1998), ("ok", "hold", None)]
+    assert host.setmems() == []  # status never changes anything
+    assert not any("--period" in c for c in host.calls())
+
+
+def test_launcher_bash_and_exec_and_symlink_behave_the_same(fake_host, tmp_path):
+    host = fake_host(domain("web1", usable_mib=1500))
+    link = tmp_path / "elsewhere" / "b2395"
+    link.parent.mkdir()
+    link.symlink_to(ROOT / "balloon-2395")
+    outputs = []
+    for argv in (["bash", str(ROOT / "balloon-2395")], [str(ROOT / "balloon-2395")], ["bash", str(link)], [str(link)]):
+        result = subprocess.run([*argv, "status", "--json", "--config", str(host.config)], env=host.env,
+                                capture_output=True, text=True, cwd="/", timeout=60)
+        assert result.returncode == 0, (argv, result.stderr)
+        outputs.append(json.loads(result.stdout))
+    assert all(o[0]["domain"] == "web1" and o[0]["next"] == "shrink" for o in outputs)
+    help_text = subprocess.run(["bash", str(ROOT / "balloon-2395"), "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "check-config" in help_text.stdout and "--minimal" in help_text.stdout
+
+
+def test_launcher_says_what_to_run_without_a_venv(tmp_path):
+    copy = tmp_path / "balloon-2395"
+    shutil.copy(ROOT / "balloon-2395", copy)
+    result = subprocess.run(["bash", str(copy), "--help"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert f"run {tmp_path}/install.sh first" in result.stderr
+
+
+def test_logdir_writes_a_log_file(fake_host, tmp_path):
+    host = fake_host(domain("web1", usable_mib=370))
+    logdir = tmp_path / "logs"
+    result = host.run("--once", "--logdir", str(logdir))
+    assert result.returncode == 0 and result.stderr == ""
+    assert "grow web1 2048 -> 2148 MiB" in (logdir / "balloon-2395.log").read_text()
+
+
+def test_debug_block(fake_host):
+    host = fake_host(domain("web1", usable_mib=370))
+    result = host.run("--once", "--debug")
+    assert "----- web1 -----" in result.stderr
+    assert "decision grow -> 2148 MiB: usable 18% < 25%" in result.stderr
+
+
+def test_missing_virsh_is_a_clear_error(fake_host):
+    host = fake_host(domain("web1"))
+    result = host.run("--once", "--virsh", "/nonexistent/virsh")
+    assert result.returncode == 1
+    assert "virsh not found: '/nonexistent/virsh'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_hypervisor_once_exits_1_without_traceback(fake_host):
+    host = fake_host(domain("web1"))
+    state = host.read()
+    state["faults"] = {"domstats": {"exit": 1, "stderr": "error: failed to connect to the hypervisor\n"
+                                    "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': "
+                                    "No such file or directory\n"}}
+    host.write(state)
+    result = host.run("--once")
+    assert result.returncode == 1
+    assert "cannot read running domains: error: failed to connect to the hypervisor" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2(fake_host):
+    host = fake_host()
+    assert host.run("--minimal", "lots").returncode == 2
+    assert host.run("--policy", "magic").returncode == 2
+    assert host.run("--bogus").returncode == 2
+
+
+def test_version():
+    result = subprocess.run([str(ROOT / "balloon-2395"), "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("balloon-2395 ")
+
+
+def test_default_config_path_is_read_when_present(fake_host, monkeypatch):
+    # The default path is a constant; check the CLI would use it (without touching /etc).
+    from balloon2395 import config as cfg
+    assert cfg.DEFAULT_CONFIG_PATH == "/etc/balloon-2395/config.yaml"
+    monkeypatch.setattr(cfg, "DEFAULT_CONFIG_PATH", os.devnull)
+    assert cfg.default_path() == os.devnull
