@@ -93,6 +93,7 @@ def test_facts_read_once_per_domain_lifetime_and_stats_period_set_once():
     assert commands.count("dumpxml") == 2
     period_calls = [a for a in virsh.argv_log if "--period" in a]
     assert period_calls == [["dommemstat", "--domain", "quiet", "--period", "1", "--live"]]
+    assert virsh.setmems() == []
     # the domain leaves and comes back (a restart): it is seen anew
     quiet = state["domains"].pop(0)
     daemon.cycle()
@@ -101,6 +102,22 @@ def test_facts_read_once_per_domain_lifetime_and_stats_period_set_once():
     daemon.cycle()
     commands = [a[0] for a in virsh.argv_log]
     assert commands.count("dumpxml") == 3 and len([a for a in virsh.argv_log if "--period" in a]) == 2
+
+
+def test_frozen_stats_of_a_guest_without_period_are_never_acted_on():
+    # The guest's one report from boot looks fresh for a few seconds, then goes stale.
+    frozen = domain("frozen", usable_mib=1500, period=0, boot_update=int(T0))
+    daemon, virsh, clock, state = make(frozen)
+    daemon.cycle()
+    assert [a for a in virsh.argv_log if "--period" in a] == [
+        ["dommemstat", "--domain", "frozen", "--period", "1", "--live"]]
+    clock.now += 0.5
+    daemon.cycle()
+    assert virsh.setmems() == []  # period on now, but the report is still the one from boot
+    state["domains"][0]["last_update"] = int(clock.now) + 1
+    clock.now += 1
+    daemon.cycle()
+    assert len(virsh.setmems()) == 1
 
 
 def test_shut_off_and_paused_domains_untouched():

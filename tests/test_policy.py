@@ -17,10 +17,10 @@ LINUX = DomainFacts(uuid="u", domain_id="1", windows=None, balloon_model="virtio
 DEFAULTS = DomainSettings()
 
 
-def obs(actual=2048, usable=600, maximum=4096, age=0.5, facts=LINUX, **stats):
+def obs(actual=2048, usable=600, maximum=4096, age=0.5, facts=LINUX, stats_since=None, **stats):
     return Observation(BalloonStats(name="vm", actual_kib=actual * MIB, usable_kib=None if usable is None else usable * MIB,
                                     maximum_kib=None if maximum is None else maximum * MIB,
-                                    last_update=None if age is None else int(NOW - age), **stats), facts)
+                                    last_update=None if age is None else int(NOW - age), **stats), facts, stats_since)
 
 
 # (actual MiB, usable MiB, maximum MiB, settings overrides) -> (action, target MiB)
@@ -71,6 +71,11 @@ SAFETY_TABLE = [
     (obs(facts=DomainFacts(windows="libosinfo os http://microsoft.com/win/10", balloon_model="virtio")),
      DEFAULTS, History(), (SKIP, "windows")),
     (obs(facts=DomainFacts(balloon_model="none")), DEFAULTS, History(), (SKIP, "no-balloon")),
+    # no stats period: the guest's one report from boot, frozen, even if it looks recent
+    (obs(facts=DomainFacts(balloon_model="virtio", stats_period_s=None)), DEFAULTS, History(), (SKIP, "no-period")),
+    # the daemon switched the period on: nothing until a report newer than that
+    (obs(age=1, stats_since=NOW - 0.5), DEFAULTS, History(), (WAIT, "stats-starting")),
+    (obs(age=0, usable=100, stats_since=NOW - 1.5), DEFAULTS, History(), (GROW, "below-band")),
     (obs(facts=DomainFacts(balloon_model=None)), DEFAULTS, History(), (SKIP, "no-balloon")),
     (obs(usable=None), DEFAULTS, History(), (SKIP, "no-usable")),
     (obs(age=None), DEFAULTS, History(), (SKIP, "no-usable")),
@@ -94,7 +99,8 @@ SAFETY_TABLE = [
     (obs(actual=2100, usable=300, age=0), DEFAULTS, History(NOW - SETTLE_S - 1, 2048 * MIB, 2148 * MIB),
      (GROW, "below-band")),
     # Windows guests are balloned only when configured
-    (obs(facts=DomainFacts(windows="hyperv enlightenments in <features>", balloon_model="virtio"), usable=100),
+    (obs(facts=DomainFacts(windows="hyperv enlightenments in <features>", balloon_model="virtio", stats_period_s=1),
+         usable=100),
      DomainSettings(manage_windows=True), History(), (GROW, "below-band")),
 ]
 
@@ -126,7 +132,9 @@ def situations(draw):
     stats = BalloonStats(name="vm", actual_kib=actual, maximum_kib=maximum, usable_kib=usable,
                          last_update=draw(st.none() | st.integers(min_value=int(NOW) - 100, max_value=int(NOW) + 100)))
     facts = draw(st.none() | st.builds(DomainFacts, windows=st.none() | st.just("hyperv"),
-                                       balloon_model=st.sampled_from(["virtio", "none", None])))
+                                       balloon_model=st.sampled_from(["virtio", "none", None]),
+                                       stats_period_s=st.none() | st.integers(1, 10)))
+    stats_since = draw(st.none() | st.floats(min_value=NOW - 10, max_value=NOW))
     minimal = draw(st.floats(min_value=0, max_value=99, allow_nan=False))
     s = DomainSettings(
         minimal=minimal,
@@ -138,7 +146,7 @@ def situations(draw):
     changed_at = draw(st.none() | st.floats(min_value=NOW - 100, max_value=NOW))
     history = History(changed_at, draw(sizes), draw(sizes), draw(st.booleans())) if changed_at else History(
         unresponsive=draw(st.booleans()))
-    return Observation(stats, facts), s, history
+    return Observation(stats, facts, stats_since), s, history
 
 
 @settings(max_examples=3000, deadline=None)
@@ -168,6 +176,10 @@ def test_invariants(situation):
     assert not s.exclude and not history.unresponsive
     assert facts is not None and facts.balloon_model == "virtio"
     assert s.manage_windows or not facts.windows
+    # never on figures frozen since boot, nor on any from before the period was switched on
+    assert facts.stats_period_s is not None
+    if observation.stats_since is not None:
+        assert stats.last_update > observation.stats_since
     # never before stats newer than the last change
     if history.changed_at is not None:
         assert stats.last_update > history.changed_at

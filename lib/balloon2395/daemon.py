@@ -35,7 +35,7 @@ class _DomainState:
 class Daemon:
     def __init__(self, config: Config, virsh: Virsh, clock: Callable[[], float] = time.time) -> None:
         self.config, self.virsh, self.clock = config, virsh, clock
-        self.collector = Collector(virsh, config.stats_period, wants_stats=self._managed)
+        self.collector = Collector(virsh, config.stats_period, wants_stats=self._managed, clock=clock)
         self.states: Dict[str, _DomainState] = {}
         self.outage_since: Optional[float] = None
 
@@ -116,5 +116,8 @@ class Daemon:
         """Cycle every `secs` until `stop` is set; a cycle is never cut short."""
         while not stop.is_set():
             started = time.monotonic()
-            self.cycle()
+            try:
+                self.cycle()
+            except Exception:  # a bug must cost one cycle, not the guests' daemon
+                log.exception("cycle failed; continuing")
             stop.wait(max(0.0, self.config.secs - (time.monotonic() - started)))

@@ -10,7 +10,8 @@ State file (path in $FAKE_VIRSH_STATE):
                 "stuck": true (stats flow but setmem never takes effect),
                 "balloon": "virtio"|"none", "os": libosinfo id or null, "hyperv": bool,
                 "stats": {"usable": KiB, "available": ..., ...},
-                "last_update": epoch s, or "age": seconds before now}],
+                "last_update": epoch s, or "age": seconds before now,
+                "boot_update": epoch s of the one report a guest without a period sent}],
    "host": {"total_kib", "free_kib", "buffers_kib", "cached_kib"},
    "faults": {"COMMAND": {"sleep": s, "exit": n, "stderr": text, "stdout": text, "times": n}}}
 Every call is appended to $FAKE_VIRSH_LOG as one JSON argv list per line.
@@ -32,9 +33,10 @@ LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
 
 
 class Fail(Exception):
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    # virsh prints its usual trailing newline on stdout when a known command fails
+    def __init__(self, message: str, exit_code: int = 1, stdout: str = "\n") -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.stdout = exit_code, stdout
 
 
 def _now() -> float:
@@ -47,33 +49,35 @@ def _last_update(dom: dict) -> int:
     return int(_now() - dom.get("age", 0))
 
 
-def guest_stats(dom: dict) -> List[Tuple[str, int]]:
-    """(dommemstat key, value) in virsh's order; guest figures only with a driver and a period."""
-    out = [("actual", dom["actual_kib"])]
-    if dom.get("driver", True) and dom.get("period", 0) and dom.get("balloon", "virtio") == "virtio":
-        stats = dict(dom.get("stats", {}), last_update=_last_update(dom))
-        out += [(key, int(stats[key])) for key in GUEST_STATS if key in stats]
-    else:
-        out.append(("last_update", int(dom.get("boot_update", 0))))
-    out.append(("rss", int(dom.get("rss_kib", dom["actual_kib"] // 2))))
-    return out
+def balloon_figures(dom: dict) -> List[Tuple[str, int]]:
+    """(dommemstat key, value) in virsh's order, as QEMU reports them in each situation."""
+    rss = ("rss", int(dom.get("rss_kib", dom["actual_kib"] // 2)))
+    if dom.get("balloon", "virtio") != "virtio":
+        return [rss]  # no device: no balloon size at all
+    if not dom.get("driver", True):
+        # The device answers for a driver that never loaded: size stuck at <memory>, no report.
+        return [("actual", dom["maximum_kib"]), ("last_update", 0), rss]
+    stats = dict(dom.get("stats", {}))
+    # Without a period the driver's one report from boot stays, frozen.
+    stats["last_update"] = _last_update(dom) if dom.get("period", 0) else int(dom.get("boot_update", _now() - 600))
+    return [("actual", dom["actual_kib"])] + [(key, int(stats[key])) for key in GUEST_STATS if key in stats] + [rss]
 
 
 def render_dommemstat(dom: dict) -> str:
-    return "".join(f"{key} {value}\n" for key, value in guest_stats(dom)) + "\n"
+    return "".join(f"{key} {value}\n" for key, value in balloon_figures(dom)) + "\n"
 
 
 def render_domstats(domains: List[dict]) -> str:
     out = []
     for dom in domains:
+        figures = dict(balloon_figures(dom))
         out.append(f"Domain: '{dom['name']}'\n")
-        for key, value in guest_stats(dom):
-            key = {"actual": "current", "last_update": "last-update"}.get(key, key)
-            out.append(f"  balloon.{key}={value}\n")
-            if key == "current":
-                out.append(f"  balloon.maximum={dom['maximum_kib']}\n")
+        out.append(f"  balloon.current={figures.pop('actual', dom['actual_kib'])}\n")
+        out.append(f"  balloon.maximum={dom['maximum_kib']}\n")
+        for key, value in figures.items():
+            out.append(f"  balloon.{key.replace('last_update', 'last-update')}={value}\n")
         out.append("\n")
-    return "".join(out)
+    return "".join(out) or "\n"
 
 
 def render_dumpxml(dom: dict) -> str:
@@ -106,10 +110,10 @@ def render_dominfo(dom: dict) -> str:
     rows = [
         ("Id", str(dom["id"]) if running else "-"), ("Name", dom["name"]), ("UUID", dom["uuid"]),
         ("OS Type", "hvm"), ("State", dom.get("state", "running")), ("CPU(s)", "1"),
-        ("CPU time", "1.0s"), ("Max memory", f"{dom['maximum_kib']} KiB"),
+        ("CPU time", dom.get("cpu_time", "1.0s")), ("Max memory", f"{dom['maximum_kib']} KiB"),
         ("Used memory", f"{dom['actual_kib']} KiB"), ("Persistent", "yes"), ("Autostart", "disable"),
         ("Managed save", "no"), ("Security model", "none"), ("Security DOI", "0"),
-    ]
+    ] + ([("Messages", dom["messages"])] if dom.get("messages") else [])
     return "".join(f"{(key + ':').ljust(16)}{value}\n" for key, value in rows) + "\n"
 
 
@@ -147,10 +151,12 @@ class FakeHost:
             stdout, changed = self.run(command, args)
             return stdout, "", 0, changed
         except Fail as exc:
-            return "", str(exc), exc.exit_code, False
+            return exc.stdout, str(exc), exc.exit_code, False
 
     def run(self, command: str, args: List[str]) -> Tuple[str, bool]:
         """(stdout, state changed); raises Fail as virsh would fail."""
+        if command not in COMMANDS:
+            raise Fail(f"error: unknown command: '{command}'\n", stdout="")
         opts, positional = _options(args)
         name = opts.get("domain") or (positional[0] if positional else None)
         if command == "domstats":
@@ -164,7 +170,8 @@ class FakeHost:
                     "Using API: QEMU 9.0.0\nRunning hypervisor: QEMU 7.2.0\n\n"), False
         if command == "nodememstats":
             host = self.state.get("host", {})
-            return "".join(f"{k:<7}: {host.get(k + '_kib', 0)} KiB\n" for k in ("total", "free", "buffers", "cached")) + "\n", False
+            return "".join(f"{k:<7}: {host.get(k + '_kib', 0):>20} KiB\n"
+                           for k in ("total", "free", "buffers", "cached")) + "\n", False
         if name is None:
             raise Fail("error: command '%s' requires <domain> option\n" % command)
         if command == "dominfo":
@@ -174,25 +181,36 @@ class FakeHost:
         if command == "metadata":
             dom = self.domain(name)
             if opts.get("uri") == LIBOSINFO_NS and dom.get("os"):
-                return f'<libosinfo xmlns="{LIBOSINFO_NS}">\n  <os id="{dom["os"]}"/>\n</libosinfo>\n\n', False
+                return f'<libosinfo>\n  <os id="{dom["os"]}"/>\n</libosinfo>\n\n', False
             raise Fail("error: metadata not found: Requested metadata element is not present\n")
         if command == "dommemstat":
-            dom = self.active(name)
+            dom = self.domain(name)
             if "period" in opts:
+                if dom.get("state", "running") == "shut off":
+                    raise Fail("error: Unable to change balloon collection period.\n"
+                               "error: Requested operation is not valid: domain is not running\n")
                 dom["period"] = int(opts["period"])
-                return "", True
+                return "\n", True
+            if dom.get("state", "running") == "shut off":
+                raise Fail(f"error: Failed to get memory statistics for domain {name}\n"
+                           "error: Requested operation is not valid: domain is not running\n")
             return render_dommemstat(dom), False
-        if command == "setmem":
-            dom = self.active(name)
-            size = int(opts.get("size") or positional[1])
-            if size > dom["maximum_kib"]:
-                raise Fail("error: invalid argument: cannot set memory higher than max memory\n")
-            if dom.get("driver", True) and not dom.get("stuck"):
-                dom["actual_kib"] = size
-            return "\n", True
-        raise Fail(f"error: unknown command: '{command}'\n")
+        return self._setmem(name, opts, positional)
+
+    def _setmem(self, name: str, opts: Dict[str, str], positional: List[str]) -> Tuple[str, bool]:
+        dom = self.active(name)
+        size = int(opts.get("size") or positional[1])
+        if size > dom["maximum_kib"]:
+            raise Fail("error: invalid argument: cannot set memory higher than max memory\n")
+        if dom.get("balloon", "virtio") != "virtio":
+            raise Fail("error: Requested operation is not valid: Unable to change memory of active domain "
+                       "without the balloon device and guest OS balloon driver\n")
+        if dom.get("driver", True) and not dom.get("stuck"):
+            dom["actual_kib"] = size
+        return "\n", True
 
 
+COMMANDS = ("domstats", "list", "version", "nodememstats", "dominfo", "dumpxml", "metadata", "dommemstat", "setmem")
 _FLAGS = {"list-running", "state-running", "all", "name", "live", "config", "current", "balloon", "inactive"}
 
 

@@ -10,6 +10,7 @@ lifetime, which ends when the domain leaves the running list.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional
 
@@ -27,17 +28,18 @@ class _Known:
 
     facts: Optional[DomainFacts] = None
     maximum_kib: Optional[int] = None
-    stats_requested: bool = False  # we asked the guest for stats and have not seen them since
+    stats_requested_at: Optional[float] = None  # when we switched the stats period on
+    stats_seen: bool = False  # usable reported since we last switched it on
 
 
 class Collector:
     def __init__(self, virsh: Virsh, stats_period_s: int,
                  wants_stats: Callable[[str, DomainFacts], bool] = lambda name, facts: True,
-                 setup: bool = True) -> None:
+                 setup: bool = True, clock: Callable[[], float] = time.time) -> None:
         """`wants_stats` says whether a domain is managed at all (excluded and Windows
         domains get no stats period); `setup=False` never changes a domain (status view)."""
         self.virsh, self.stats_period_s = virsh, stats_period_s
-        self.wants_stats, self.setup = wants_stats, setup
+        self.wants_stats, self.setup, self.clock = wants_stats, setup, clock
         self.fallback = False
         self._known: Dict[str, _Known] = {}
 
@@ -88,13 +90,18 @@ class Collector:
                 except (VirshError, VirshOutputError) as exc:
                     log.warning("%s: cannot read maximum memory: %s", name, exc)
             stats = replace(stats, maximum_kib=known.maximum_kib)
-        if stats.usable_kib is not None:
-            known.stats_requested = False
-        elif self.setup and not known.stats_requested and self.wants_stats(name, known.facts):
-            known.stats_requested = True
+        # A guest without a period still shows the figures of its one report from boot,
+        # frozen; a guest without usable has never reported. Either way: switch it on, once.
+        needs_period = stats.usable_kib is None or known.facts.stats_period_s is None
+        if stats.usable_kib is not None and known.stats_requested_at is not None:
+            known.stats_seen = True
+        if needs_period and self.setup and self.wants_stats(name, known.facts) and (
+                known.stats_requested_at is None or known.stats_seen):
+            known.stats_requested_at, known.stats_seen = self.clock(), False
             try:
                 self.virsh.enable_stats(name, self.stats_period_s)
-                log.info("%s: no usable figure reported: stats period set to %ds", name, self.stats_period_s)
+                known.facts = replace(known.facts, stats_period_s=self.stats_period_s)
+                log.info("%s: no fresh usable figure: stats period set to %ds", name, self.stats_period_s)
             except VirshError as exc:
                 log.warning("%s: cannot set the stats period: %s", name, exc.message)
-        return Observation(stats, known.facts)
+        return Observation(stats, known.facts, known.stats_requested_at)

@@ -27,6 +27,7 @@ TOLERANCE_KIB = 1024  # 'reached the target': QEMU rounds to pages, guests lag a
 class Observation:
     stats: BalloonStats
     facts: Optional[DomainFacts] = None  # None: dumpxml could not be read yet
+    stats_since: Optional[float] = None  # when the daemon switched the stats period on
 
     @property
     def name(self) -> str:
@@ -126,6 +127,10 @@ def _eligibility(obs: Observation, settings: DomainSettings, history: History, n
         return SKIP, "no-maximum", "domain maximum unknown"
     if stats.usable_kib is None or stats.last_update is None:
         return SKIP, "no-usable", "guest reports no usable memory (stats period off, or no balloon driver)"
+    if facts.stats_period_s is None:
+        return SKIP, "no-period", "no stats period: the figures are frozen at boot"
+    if obs.stats_since is not None and stats.last_update <= obs.stats_since:
+        return WAIT, "stats-starting", "waiting for the first report since the stats period was set"
     if stats.last_update > now + FUTURE_TOLERANCE_S:
         return SKIP, "future-stats", f"stats stamped {stats.last_update - now:.0f}s in the future"
     age = now - stats.last_update

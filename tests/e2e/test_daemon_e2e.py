@@ -1,0 +1,241 @@
+"""balloon-2395 against real libvirt, QEMU and Linux guests with the virtio balloon driver.
+
+Each test runs the real `balloon-2395` executable as a subprocess, restricted
+by its config to this run's guests (every other domain on the host is
+excluded), and ends it by PID.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from .harness import URI, Guest, GuestFactory, wait_for
+from .libvirtd import restart_recorded_libvirtd
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB = 1024
+
+
+class Daemon:
+    """One balloon-2395 process for this run's guests, logging to a file."""
+
+    def __init__(self, factory: GuestFactory, *args: str, config: str = "") -> None:
+        self.dir = factory.workdir / f"daemon-{time.monotonic_ns()}"
+        self.dir.mkdir()
+        self.log_path = self.dir / "daemon.log"
+        conf = self.dir / "config.yaml"
+        # This run's guests first (the first matching glob wins), everything else excluded.
+        conf.write_text(config + f"domains:\n  '{factory.name_for('*')}': {{}}\n  '*': {{exclude: true}}\n")
+        self.argv = [str(ROOT / "balloon-2395"), "--config", str(conf), "--connect", URI,
+                     "--lock-dir", str(self.dir / "lock"), *args]
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "Daemon":
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def run_once(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv + list(args), capture_output=True, text=True, timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def changes(self, name: str) -> List[re.Match]:
+        pattern = re.compile(rf"INFO (grow|shrink) {re.escape(name)} (\d+) -> (\d+) MiB: (.*)")
+        return [m for m in map(pattern.search, self.log().splitlines()) if m]
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+        return self.proc.returncode
+
+
+class Sampler:
+    """Samples a guest's balloon figures in the background (for never-above / never-below checks)."""
+
+    def __init__(self, guest: Guest, every: float = 0.25) -> None:
+        self.guest, self.every = guest, every
+        self.samples: List[Dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                stats = self.guest.dommemstat()
+                stats["t"] = time.monotonic()
+                self.samples.append(stats)
+            except Exception:  # noqa: BLE001 - a missed sample is not a failure
+                pass
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def actuals_mib(self) -> List[float]:
+        return [s["actual"] / MIB for s in self.samples if "actual" in s]
+
+
+@pytest.fixture
+def daemons(guest_factory):
+    started: List[Daemon] = []
+
+    def start(*args: str, config: str = "", run: bool = True) -> Daemon:
+        d = Daemon(guest_factory, *args, config=config)
+        started.append(d)
+        return d.start() if run else d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+def usable_pct(stats: Dict[str, int]) -> float:
+    return stats["usable"] * 100.0 / stats["actual"]
+
+
+def in_band(guest: Guest, lo: float, hi: float) -> Optional[Dict[str, int]]:
+    stats = guest.dommemstat()
+    return stats if "usable" in stats and lo <= usable_pct(stats) <= hi else None
+
+
+def test_idle_guest_is_shrunk_into_the_band_never_below_the_floor(guest_factory, daemons, e2e_report):
+    g = guest_factory.create("idle", current_mib=512, max_mib=1024)
+    start = g.wait_fresh_stats()
+    assert usable_pct(start) > 35, f"an idle guest should start above the band: {start}"
+    floor_mib = 200
+    with Sampler(g) as sampler:
+        d = daemons("--critical", f"{floor_mib}MiB")
+        settled = wait_for(lambda: in_band(g, 25, 35), timeout=90, interval=0.5,
+                           what=f"{g.name} usable in 25-35%")
+        time.sleep(3)  # a few more cycles: it stays in the band
+        final = g.dommemstat()
+    assert 25 <= usable_pct(final) <= 35, final
+    assert min(sampler.actuals_mib()) >= floor_mib
+    assert all(int(m.group(3)) >= floor_mib for m in d.changes(g.name))
+    assert d.changes(g.name) and all(m.group(1) == "shrink" for m in d.changes(g.name))
+    e2e_report(f"idle shrink: {start['actual'] // MIB} -> {settled['actual'] // MIB} MiB, "
+               f"usable {usable_pct(start):.0f}% -> {usable_pct(settled):.0f}%, "
+               f"{len(d.changes(g.name))} setmem calls")
+
+
+def test_growing_workload_is_followed_without_oom(guest_factory, daemons, e2e_report):
+    g = guest_factory.create("ramp", current_mib=512, max_mib=1024)
+    g.wait_fresh_stats()
+    d = daemons()
+    # let the daemon settle the idle guest first (down to its floor)
+    wait_for(lambda: "hold " + g.name in d.log() or in_band(g, 25, 35), timeout=90, interval=0.5,
+             what="the idle guest settled")
+    settled = g.dommemstat()
+    oom_before = g.oom_kills()
+    with Sampler(g, every=0.2) as sampler:
+        t0 = time.monotonic()
+        g.ramp("work", 50, 300)  # +50 MiB a second up to 300 MiB
+        wait_for(lambda: g.hog_status("work") == (True, 300), timeout=60, interval=0.2, what="ramp reached 300 MiB")
+        relieved = wait_for(lambda: in_band(g, 25, 100), timeout=60, interval=0.2, what="usable back in the band")
+        t_relief = time.monotonic() - t0
+    assert g.oom_kills() == oom_before, g.console_tail(40)
+    assert g.hog_status("work") == (True, 300)
+    low = min((s["usable"] * 100.0 / s["actual"] for s in sampler.samples if "usable" in s), default=None)
+    assert max(sampler.actuals_mib()) <= 1024
+    e2e_report(f"ramp 50 MiB/s to 300 MiB from {settled['actual'] // MIB} MiB: no OOM, lowest usable "
+               f"{low:.0f}%, back in band after {t_relief:.1f}s at {relieved['actual'] // MIB} MiB")
+
+
+def test_never_above_the_domain_maximum(guest_factory, daemons):
+    g = guest_factory.create("cap", current_mib=512, max_mib=640)
+    g.wait_fresh_stats()
+    with Sampler(g) as sampler:
+        d = daemons()
+        g.hog("big", 380)
+        wait_for(lambda: f"hold {g.name}: " in d.log() and "at maximum 640 MiB" in d.log(), timeout=60,
+                 interval=0.5, what="held at its maximum")
+        time.sleep(2)
+    assert max(sampler.actuals_mib()) <= 640
+    assert g.domstats()["balloon.current"] == 640 * MIB
+    assert all(int(m.group(3)) <= 640 for m in d.changes(g.name))
+
+
+def test_guests_without_driver_or_stats_are_never_acted_on_blind(guest_factory, daemons):
+    nodriver = guest_factory.create("nodrv", current_mib=512, max_mib=1024, balloon_driver=False)
+    nostats = guest_factory.create("nostat", current_mib=512, max_mib=1024, stats_period=None)
+    frozen = nostats.dommemstat()
+    assert "usable" not in frozen and "usable" not in nodriver.dommemstat()
+    d = daemons()
+    wait_for(lambda: f"skip {nodriver.name}: guest reports no usable memory" in d.log(), timeout=30,
+             interval=0.5, what="the driverless guest explained in the log")
+    wait_for(lambda: f"{nostats.name}: no usable figure reported: stats period set to 1s" in d.log(),
+             timeout=30, interval=0.5, what="the stats period switched on")
+    time.sleep(8)
+    log = d.log()
+    assert d.changes(nodriver.name) == [] and nodriver.dommemstat()["actual"] == 512 * MIB
+    assert log.count(f"skip {nodriver.name}:") == 1  # said once, not every cycle
+    # the guest without a period was acted on only after it reported real stats
+    assert "usable" in nostats.dommemstat()
+    period_at = log.index(f"{nostats.name}: no usable figure reported")
+    assert all(log.index(m.group(0)) > period_at for m in d.changes(nostats.name))
+
+
+def test_daemon_survives_a_libvirtd_restart(guest_factory, daemons, e2e_report):
+    g = guest_factory.create("restart", current_mib=512, max_mib=1024)
+    g.wait_fresh_stats()
+    d = daemons("--critical", "400MiB")
+    wait_for(lambda: "hold " + g.name in d.log(), timeout=60, interval=0.5, what="settled at the floor")
+    downtime = restart_recorded_libvirtd()
+    g.hog("after", 250)  # needs a grow, which only a resumed daemon can give
+    wait_for(lambda: any(m.group(1) == "grow" for m in d.changes(g.name)), timeout=60, interval=0.5,
+             what="a grow after the restart")
+    assert d.proc.poll() is None, d.log()
+    log = d.log()
+    assert log.count("cannot read running domains") <= 1 and "Traceback" not in log
+    e2e_report(f"libvirtd restart: down {downtime:.1f}s, daemon resumed")
+
+
+def test_dry_run_changes_nothing_and_once_does_one_cycle(guest_factory, daemons):
+    g = guest_factory.create("dry", current_mib=512, max_mib=1024)
+    g.wait_fresh_stats()
+    d = daemons("--dry-run")
+    wait_for(lambda: f"dry-run: shrink {g.name}" in d.log(), timeout=30, interval=0.5, what="a dry-run line")
+    time.sleep(3)
+    assert g.dommemstat()["actual"] == 512 * MIB and d.changes(g.name) == []
+    d.stop()
+    once = daemons(run=False).run_once("--once")
+    assert once.returncode == 0, once.stderr
+    assert re.search(rf"INFO shrink {re.escape(g.name)} 512 -> 462 MiB", once.stderr), once.stderr
+    g.wait_actual(462 * MIB)
+    time.sleep(2)
+    assert g.dommemstat()["actual"] == 462 * MIB  # one cycle, one step, nothing after
+
+
+def test_two_daemons_one_runs_one_exits_3(guest_factory, daemons):
+    g = guest_factory.create("lock", current_mib=512, max_mib=1024)
+    first = daemons()
+    wait_for(lambda: g.name in first.log(), timeout=30, interval=0.5, what="the first daemon at work")
+    second = Daemon(guest_factory)
+    second.argv[second.argv.index("--lock-dir") + 1] = str(first.dir / "lock")
+    result = second.run_once("--once")
+    assert result.returncode == 3
+    assert f"pid {first.proc.pid}" in result.stderr
+    assert first.proc.poll() is None

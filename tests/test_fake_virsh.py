@@ -1,0 +1,110 @@
+"""The fake virsh prints what real virsh 9.0 prints: byte for byte against the captured fixtures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Optional
+
+import pytest
+
+from balloon2395.fake_virsh import FakeHost
+from balloon2395.virsh_output import parse_dommemstat
+from conftest import FIXTURES, LIB
+
+VIRSH = FIXTURES / "virsh"
+
+
+def fixture(name: str, ext: str = "stdout") -> str:
+    path = VIRSH / f"{name}.{ext}"
+    return path.read_bytes().decode("utf-8") if path.exists() else ""
+
+
+def dom_from(capture: str, name: str, maximum_kib: int, **extra) -> dict:
+    """A fake domain holding exactly the figures a real dommemstat capture shows."""
+    s = parse_dommemstat(name, fixture(capture))
+    stats = {k: getattr(s, f) for k, f in (("swap_in", "swap_in_kib"), ("swap_out", "swap_out_kib"),
+                                           ("major_fault", "major_fault"), ("minor_fault", "minor_fault"),
+                                           ("unused", "unused_kib"), ("available", "available_kib"),
+                                           ("usable", "usable_kib"), ("disk_caches", "disk_caches_kib"))
+             if getattr(s, f) is not None}
+    stats.update(hugetlb_pgalloc=0, hugetlb_pgfail=0)
+    dom = {"name": name, "uuid": "u-" + name, "id": 6, "actual_kib": s.actual_kib or maximum_kib,
+           "maximum_kib": maximum_kib, "period": 1, "stats": stats, "last_update": s.last_update, "rss_kib": s.rss_kib}
+    dom.update(extra)
+    return dom
+
+
+WEB = dom_from("dommemstat.stats-period-1", "b2395e2e web é1", 1048576)
+NOSTATS = dom_from("dommemstat.no-stats-period", "b2395e2e-nostats", 524288, period=0, boot_update=1795737322)
+NODRIVER = {"name": "b2395e2e-nodriver", "uuid": "u", "id": 7, "actual_kib": 262144, "maximum_kib": 524288,
+            "driver": False, "rss_kib": 233928}
+NODEVICE = {"name": "b2395e2e-noballoon", "uuid": "u", "id": 8, "actual_kib": 262144, "maximum_kib": 262144,
+            "balloon": "none", "rss_kib": 231796}
+OFF = dict(WEB, name="b2395e2e-off", state="shut off")
+
+
+def call(domains, *argv):
+    return FakeHost({"domains": domains}).call(argv[0], list(argv[1:]))[:3]
+
+
+def expect(capture: str):
+    return fixture(capture), fixture(capture, "stderr"), int(fixture(capture, "exit"))
+
+
+@pytest.mark.parametrize("argv,domains,capture", [
+    (["domstats", "--balloon", "--list-running"], [WEB, NOSTATS], "domstats-balloon-list-running.two-guests"),
+    (["domstats", "--balloon", "--list-running"], [], "domstats-balloon-list-running.empty-host"),
+    (["domstats", "--balloon", "--list-running"], [OFF], "domstats-balloon-list-running.zero-running"),
+    (["domstats", "--balloon", "--domain", "b2395e2e-nodriver"], [NODRIVER], "domstats-balloon-domain.no-driver"),
+    (["domstats", "--balloon", "--domain", "b2395e2e-noballoon"], [NODEVICE],
+     "domstats-balloon-domain.no-balloon-device"),
+    (["dommemstat", "--domain", "b2395e2e web é1"], [WEB], "dommemstat.stats-period-1"),
+    (["dommemstat", "b2395e2e-nostats"], [NOSTATS], "dommemstat.no-stats-period"),
+    (["dommemstat", "b2395e2e-nodriver"], [NODRIVER], "dommemstat.no-driver"),
+    (["dommemstat", "b2395e2e-noballoon"], [NODEVICE], "dommemstat.no-balloon-device"),
+    (["dommemstat", "b2395e2e-off"], [OFF], "dommemstat.shut-off"),
+    (["list", "--name", "--state-running"], [WEB, NOSTATS], "list-name-state-running.two-guests"),
+    (["list", "--name", "--state-running"], [], "list-name-state-running.empty-host"),
+    (["setmem", "--domain", "b2395e2e web é1", "--size", "2000000", "--live"], [WEB], "setmem-live.above-max"),
+    (["setmem", "--domain", "b2395e2e-does-not-exist", "--size", "400000", "--live"], [WEB], "setmem-live.missing"),
+    (["setmem", "--domain", "b2395e2e-noballoon", "--size", "200000", "--live"], [NODEVICE],
+     "setmem-live.no-balloon-device"),
+    (["frobnicate"], [], "frobnicate"),
+])
+def test_same_bytes_as_real_virsh(argv, domains, capture):
+    assert call([dict(d) for d in domains], *argv) == expect(capture)
+
+
+def test_setmem_and_period_succeed_like_real_virsh():
+    assert call([dict(WEB)], "setmem", "--domain", WEB["name"], "--size", "400000", "--live") == expect("setmem-live.ok")
+    assert call([dict(WEB)], "dommemstat", "--domain", WEB["name"], "--period", "1", "--live") == \
+        expect("dommemstat-period-1-live")
+    assert call([dict(OFF)], "dommemstat", "--domain", OFF["name"], "--period", "1", "--live")[1:] == \
+        expect("dommemstat-period-1-live.shut-off")[1:]
+
+
+def test_metadata_dominfo_nodememstats():
+    web = dict(WEB, uuid="c3690175-ed70-453e-bd82-ef511336c438", cpu_time="3.3s",
+               messages="tainted: running with undesirable elevated privileges")
+    assert call([web], "dominfo", web["name"]) == expect("dominfo")
+    win = dict(WEB, os="http://microsoft.com/win/10")
+    assert call([win], "metadata", win["name"], "--uri", "http://libosinfo.org/xmlns/libvirt/domain/1.0") == \
+        expect("metadata-libosinfo.present")
+    assert call([dict(WEB)], "metadata", WEB["name"], "--uri", "http://libosinfo.org/xmlns/libvirt/domain/1.0") == \
+        expect("metadata-libosinfo.absent")
+    host = {"total_kib": 24684084, "free_kib": 23714532, "buffers_kib": 12296, "cached_kib": 711020}
+    assert FakeHost({"domains": [], "host": host}).call("nodememstats", [])[:3] == expect("nodememstats")
+
+
+def test_the_executable_records_calls_and_applies_setmem(tmp_path):
+    import json
+    state, log = tmp_path / "state.json", tmp_path / "calls.log"
+    state.write_text(json.dumps({"domains": [dict(WEB)]}))
+    env = {"FAKE_VIRSH_STATE": str(state), "FAKE_VIRSH_LOG": str(log), "PYTHONPATH": str(LIB), "LC_ALL": "C"}
+    argv = [sys.executable, "-m", "balloon2395.fake_virsh", "-c", "qemu:///system",
+            "setmem", "--domain", WEB["name"], "--size", "400000", "--live"]
+    result = subprocess.run(argv, env=env, capture_output=True)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"\n", b"")
+    assert json.loads(state.read_text())["domains"][0]["actual_kib"] == 400000
+    assert json.loads(log.read_text()) == argv[3:]
