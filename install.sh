@@ -2,15 +2,18 @@
 # Set up balloon-2395 where this script lives: a .venv with its dependencies.
 #   ./install.sh         runtime dependencies (sh, filelock, PyYAML)
 #   ./install.sh --dev   also the test dependencies (pytest, hypothesis)
+#   ./install.sh --bench also the benchmark's plotting (matplotlib); both may be given
 # Idempotent: run it again after an update.
 set -euo pipefail
 
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 dev=0
+bench=0
 for arg in "$@"; do
     case "$arg" in
         --dev) dev=1 ;;
-        -h|--help) sed -n '2,5s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        --bench) bench=1 ;;
+        -h|--help) sed -n '2,6s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -49,6 +52,7 @@ fi
 
 reqs=(-r "$here/requirements.txt")
 [ "$dev" = 1 ] && reqs=(-r "$here/requirements-dev.txt")
+[ "$bench" = 1 ] && reqs+=(-r "$here/requirements-bench.txt")
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${reqs[@]}" ||
     die "pip could not install the dependencies (see above)"
 

@@ -12,8 +12,7 @@ from typing import List
 
 import pytest
 
-from balloon2395.fake_virsh import FakeHost
-from balloon2395.virsh import Virsh, VirshError, _message
+from balloon2395.fake_virsh import FakeHost, InProcessVirsh
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "lib"
@@ -31,21 +30,12 @@ def domain(name: str, actual_mib: int = 2048, usable_mib: int = 600, maximum_mib
     return dom
 
 
-class InProcessVirsh(Virsh):
-    """The real Virsh class with its process call replaced by the fake host, in memory."""
+class StateVirsh(InProcessVirsh):
+    """The real Virsh class answered in process by a fake host over `state`."""
 
     def __init__(self, state: dict) -> None:
-        super().__init__()
+        super().__init__(lambda command, args: FakeHost(state).call(command, args)[:3])
         self.state = state
-        self.argv_log: List[List[str]] = []
-
-    def run(self, *args: str) -> str:
-        self.calls += 1
-        self.argv_log.append(list(args))
-        stdout, stderr, code, _ = FakeHost(self.state).call(args[0], list(args[1:]))
-        if code:
-            raise VirshError(list(args), code, _message(stderr, code))
-        return stdout
 
     def setmems(self) -> List[List[str]]:
         return [argv for argv in self.argv_log if argv[0] == "setmem"]

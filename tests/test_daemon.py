@@ -8,7 +8,7 @@ import pytest
 
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
-from conftest import MIB, InProcessVirsh, domain
+from conftest import MIB, StateVirsh, domain
 
 T0 = 1_800_000_000.0
 
@@ -26,7 +26,7 @@ def make(*domains, **config):
     for dom in state["domains"]:
         dom.pop("age", None)
         dom.setdefault("last_update", int(T0))
-    virsh, clock = InProcessVirsh(state), Clock()
+    virsh, clock = StateVirsh(state), Clock()
     return Daemon(cfg.build(config), virsh, clock), virsh, clock, state
 
 

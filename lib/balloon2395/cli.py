@@ -78,6 +78,14 @@ def _parser(command: str) -> argparse.ArgumentParser:
                         help=f"YAML config (default {cfg.DEFAULT_CONFIG_PATH} when it exists)")
     if command == "run":
         parser.add_argument("--once", action="store_true", help="run one cycle, then exit")
+        sim = parser.add_argument_group("simulated host (no VMs, no libvirt needed)")
+        sim.add_argument("--simulate", nargs="?", const="", metavar="SCENARIO",
+                         help="run against a simulated host: a scenario from examples/scenarios/ or a YAML file "
+                              "(default demo)")
+        sim.add_argument("--duration", type=float, metavar="S", help="stop after S simulated seconds (default: Ctrl-C)")
+        sim.add_argument("--speed", type=float, default=10.0, metavar="N",
+                         help="simulated seconds per real second (default 10)")
+        sim.add_argument("--seed", type=int, default=0, help="seed of the simulated workloads (default 0)")
     else:
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_knobs(parser)
@@ -108,6 +116,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = cfg.load(args.config or cfg.default_path(), _flags(args))
     except cfg.ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    if command == "run" and args.simulate is not None:
+        from .sim.live import simulate  # the daemon proper never loads the simulator
+        return simulate(config, args.simulate, args.duration, args.speed, args.seed)
     virsh = Virsh(config.virsh, config.connect, config.timeout)
     if command == "status":
         return _status(config, virsh, args.json)

@@ -24,7 +24,9 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
+
+from .virsh import Virsh, VirshError, _message
 
 # The order real virsh/QEMU report guest stats in.
 GUEST_STATS = ("swap_in", "swap_out", "major_fault", "minor_fault", "unused", "available", "usable",
@@ -208,6 +210,25 @@ class FakeHost:
         if dom.get("driver", True) and not dom.get("stuck"):
             dom["actual_kib"] = size
         return "\n", True
+
+
+class InProcessVirsh(Virsh):
+    """The real Virsh class with its process call answered in process: same argv, same
+    parsing, no spawn (tests, the simulator). `answer(command, args)` gives
+    (stdout, stderr, exit status)."""
+
+    def __init__(self, answer: Callable[[str, List[str]], Tuple[str, str, int]]) -> None:
+        super().__init__()
+        self.answer = answer
+        self.argv_log: List[List[str]] = []
+
+    def run(self, *args: str) -> str:
+        self.calls += 1
+        self.argv_log.append(list(args))
+        stdout, stderr, code = self.answer(args[0], list(args[1:]))
+        if code:
+            raise VirshError(list(args), code, _message(stderr, code))
+        return stdout
 
 
 COMMANDS = ("domstats", "list", "version", "nodememstats", "dominfo", "dumpxml", "metadata", "dommemstat", "setmem")

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Control-quality benchmark: every policy over every scenario, in virtual time, deterministic for a seed.
+
+    .venv/bin/python bench/control.py [--json] [--seed N] [--scenario NAME|PATH ...] [--duration S]
+                                      [--jobs N] [--out DIR]
+
+Per (scenario, policy), summed over the scenario's guests:
+  oom_kills          OOM kills in the guests
+  starved_s          guest-seconds with usable under 5% of actual, or swapping in
+  swap_in_mib        MiB swapped in
+  reclaimed_gib_avg  memory the balloons held for the host (maximum - actual), time average, GiB
+  setmem_calls       setmem calls the daemon made
+  relief_p50_s/p95_s after the end of each rise in a workload's demand, seconds until the guest's
+                     usable is back at the band's minimum (0 when it never fell below)
+It also draws bench/out/SCENARIO.png: each guest's actual, used and the band over time, per
+policy (with matplotlib, from ./install.sh --bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "lib"))
+
+from balloon2395 import PROG  # noqa: E402
+from balloon2395.policy import POLICIES  # noqa: E402
+from balloon2395.sim.run import RunResult, run_scenario  # noqa: E402
+from balloon2395.sim.scenario import ScenarioError, load, names  # noqa: E402
+
+KEYS = ("scenario", "policy", "oom_kills", "starved_s", "swap_in_mib", "reclaimed_gib_avg", "setmem_calls",
+        "relief_p50_s", "relief_p95_s")
+HEADINGS = ("SCENARIO", "POLICY", "OOM", "STARVED_S", "SWAP_IN_MiB", "RECLAIMED_GiB", "SETMEM", "RELIEF_P50_S",
+            "RELIEF_P95_S")
+KIB_PER_GIB = 1024 ** 2
+
+
+def percentile(values: Sequence[float], pct: float) -> Optional[float]:
+    """Nearest rank; None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def row(result: RunResult) -> Dict[str, object]:
+    guests = result.guests
+    reliefs = [r for g in guests for r in g.relief_s]
+    return {
+        "scenario": result.scenario, "policy": result.policy,
+        "oom_kills": sum(g.oom_kills for g in guests),
+        "starved_s": round(sum(g.starved_s for g in guests), 1),
+        "swap_in_mib": sum(g.swap_in_kib for g in guests) // 1024,
+        "reclaimed_gib_avg": round(sum(g.maximum_kib - g.avg_actual_kib for g in guests) / KIB_PER_GIB, 2),
+        "setmem_calls": sum(g.setmem_calls for g in guests),
+        "relief_p50_s": percentile(reliefs, 50), "relief_p95_s": percentile(reliefs, 95),
+    }
+
+
+def _run(job: Tuple[str, str, int, Optional[float]]) -> RunResult:
+    path, policy, seed, duration_s = job
+    logging.getLogger(PROG).setLevel(logging.WARNING)  # a line per setmem would drown the table
+    return run_scenario(load(path), policy, seed, duration_s)
+
+
+def table(rows: List[Dict[str, object]]) -> str:
+    cells = [HEADINGS] + [tuple("-" if r[k] is None else str(r[k]) for k in KEYS) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(KEYS))]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in cells)
+
+
+def plot(results: List[RunResult], out_dir: Path) -> Path:
+    """One PNG for one scenario: a row per guest, a column per policy."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    guests = [g.name for g in results[0].guests]
+    fig, axes = plt.subplots(len(guests), len(results), figsize=(6 * len(results), 2.6 * len(guests)),
+                             squeeze=False, sharex=True)
+    for col, result in enumerate(results):
+        for line, g in enumerate(result.guests):
+            ax = axes[line][col]
+            t = [s.t_s / 60 for s in g.series]
+            used = [s.used_kib / 1024 for s in g.series]
+            lo, hi = (1 - g.band[0] / 100), (1 - g.band[1] / 100)
+            # the sizes at which the guest's usable % would sit inside the band
+            ax.fill_between(t, [u / hi for u in used], [u / lo for u in used], color="tab:green", alpha=0.2,
+                            linewidth=0, label="band")
+            ax.plot(t, [s.actual_kib / 1024 for s in g.series], color="tab:blue", linewidth=1, label="actual")
+            ax.plot(t, used, color="tab:red", linewidth=1, label="used")
+            ax.axhline(g.maximum_kib / 1024, color="grey", linestyle=":", linewidth=1)
+            kills = [(s.t_s / 60, s.actual_kib / 1024) for prev, s in zip(g.series, g.series[1:])
+                     if s.oom_kills > prev.oom_kills]
+            if kills:
+                ax.plot(*zip(*kills), "x", color="black", label="OOM kill")
+            ax.set_title(f"{g.name} ({result.policy})", fontsize=9)
+            ax.set_ylabel("MiB")
+            ax.set_ylim(bottom=0)
+    axes[0][0].legend(loc="upper right", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("minutes")
+    fig.tight_layout()
+    path = out_dir / f"{results[0].scenario}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the workloads (default 0)")
+    parser.add_argument("--scenario", action="append", metavar="NAME|PATH",
+                        help="only this scenario (repeatable; default: all of examples/scenarios/)")
+    parser.add_argument("--duration", type=float, metavar="S", help="simulated seconds (default: each scenario's)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel (default: CPUs)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out"), metavar="DIR", help="where the PNGs go")
+    args = parser.parse_args(argv)
+    try:
+        paths = [str(load(s).path) for s in (args.scenario or names())]
+    except ScenarioError as exc:
+        print(f"control.py: {exc}", file=sys.stderr)
+        return 2
+    jobs = [(path, policy, args.seed, args.duration) for path in paths for policy in POLICIES]
+    started = time.monotonic()
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            results = list(pool.map(_run, jobs))
+    else:
+        results = [_run(job) for job in jobs]
+    elapsed = time.monotonic() - started
+    rows = [row(r) for r in results]
+    print(json.dumps(rows, indent=2) if args.json else table(rows), flush=True)
+    simulated_h = sum(r.duration_s * len(r.guests) for r in results) / 3600
+    print(f"{len(results)} runs, {simulated_h:.0f} guest-hours simulated in {elapsed:.1f}s", file=sys.stderr)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed: no plots (./install.sh --bench installs it)", file=sys.stderr)
+        return 0
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        print(f"wrote {plot([r for r in results if r.scenario == Path(path).stem], out_dir)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""`balloon-2395 --simulate`: the real daemon against a simulated host, shown live, with a summary at the end.
+
+Virtual time runs at `speed` simulated seconds per real second until the
+duration is over or SIGINT/SIGTERM (Ctrl-C) comes. On a terminal the view is a table redrawn in place (log lines scroll above it);
+otherwise a line per guest is printed every so often. Log lines carry
+virtual time.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Callable, List, Optional, Sequence, TextIO
+
+from .. import PROG, logs
+from ..config import Config
+from ..units import mib
+from .host import TICKS_PER_S
+from .model import usable_kib
+from .run import Simulation
+from .scenario import DEFAULT_SCENARIO, ScenarioError, load
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+COLUMNS = ("GUEST", "ACTUAL_MiB", "USABLE%", "BAND", "OOM", "LAST ACTION")
+_REDRAW_S = 0.2  # real seconds between redraws of the live table
+
+
+def _rows(sim: Simulation) -> List[Sequence[str]]:
+    rows = []
+    for g in sim.host.guests:
+        s, settings = g.state, sim.config.for_domain(g.name)
+        last = sim.last_change.get(g.name)
+        action = "-" if last is None else (f"{last[1].action} {mib(last[1].actual_kib)} -> "
+                                           f"{mib(last[1].target_kib)} at {last[0]:.0f}s")
+        rows.append((g.name, str(mib(s.actual_kib)), f"{usable_kib(g.plan.spec, s) * 100 // s.actual_kib}%",
+                     f"{settings.minimal:g}-{settings.maximal:g}%", str(s.oom_kills), action))
+    return rows
+
+
+def _table(header: Sequence[str], rows: List[Sequence[str]]) -> List[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+
+
+class _TableView:
+    """A table redrawn in place; erased before a log line so the log scrolls above it."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.drawn, self.last = out, 0, 0.0
+
+    def erase(self) -> None:
+        if self.drawn:
+            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.out.flush()
+            self.drawn = 0
+
+    def show(self, sim: Simulation, final: bool = False) -> None:
+        if not final and time.monotonic() - self.last < _REDRAW_S:
+            return
+        self.last = time.monotonic()
+        mem = sim.host.memory()
+        lines = _table(COLUMNS, _rows(sim)) + [
+            f"t={sim.host.elapsed_s:.0f}s  host: guests {mib(mem.guests_kib)} MiB, "
+            f"available {mib(mem.available_kib)} of {mib(mem.total_kib)} MiB"]
+        self.erase()
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+        self.drawn = len(lines)
+
+
+class _LineView:
+    """Without a terminal: a line per guest every `every_s` virtual seconds."""
+
+    def __init__(self, out: TextIO, every_s: float) -> None:
+        self.out, self.every_ticks = out, max(1, round(every_s)) * TICKS_PER_S
+
+    def erase(self) -> None:
+        pass
+
+    def show(self, sim: Simulation, final: bool = False) -> None:
+        if final or sim.host.tick % self.every_ticks:
+            return
+        for row in _rows(sim):
+            name, actual, usable, band, oom, action = row
+            self.out.write(f"[{sim.host.elapsed_s:6.0f}s] {name}  actual {actual} MiB  usable {usable}  "
+                           f"band {band}  oom {oom}  last: {action}\n")
+        self.out.flush()
+
+
+class _VirtualTime(logging.Filter):
+    """Stamps log records with virtual time, and clears the live table before they are written."""
+
+    def __init__(self, clock: Callable[[], float], before: Callable[[], None]) -> None:
+        super().__init__()
+        self.clock, self.before = clock, before
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.created = self.clock()
+        self.before()
+        return True
+
+
+def summary(sim: Simulation, real_s: float) -> str:
+    result = sim.result()
+    head = (f"simulated {result.duration_s:.0f}s of '{result.scenario}' (policy {result.policy}, "
+            f"seed {result.seed}) in {real_s:.1f}s")
+    rows = [(g.name, str(g.oom_kills), f"{g.starved_s:.1f}", str(g.setmem_calls), str(mib(g.avg_actual_kib)))
+            for g in result.guests]
+    return "\n".join([head] + _table(("GUEST", "OOM_KILLS", "STARVED_S", "SETMEM", "AVG_MiB"), rows))
+
+
+def simulate(config: Config, scenario: str, duration_s: Optional[float], speed: float, seed: int,
+             out: TextIO = sys.stdout) -> int:
+    """Run for `duration_s` virtual seconds (None: until SIGINT or SIGTERM); the CLI's exit status."""
+    if duration_s is not None and duration_s <= 0:
+        return _usage("--duration must be more than 0")
+    if speed <= 0:
+        return _usage("--speed must be more than 0")
+    try:
+        loaded = load(scenario or DEFAULT_SCENARIO)
+    except ScenarioError as exc:
+        return _usage(str(exc))
+    try:
+        logs.setup(config.logdir, config.debug)
+    except OSError as exc:
+        print(f"{PROG}: cannot open log in {config.logdir}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAIL
+    sim = Simulation(loaded, config, seed, epoch=float(int(time.time())))
+    view = _TableView(out) if out.isatty() else _LineView(out, max(5.0, speed / 2))
+    erase = view.erase if sys.stderr.isatty() and not config.logdir else (lambda: None)
+    for handler in logs.log.handlers:
+        handler.addFilter(_VirtualTime(lambda: sim.host.now, erase))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # as the daemon: stop, then still say how it went
+        signal.signal(signum, lambda *_: stop.set())
+    started = time.monotonic()
+    while not stop.is_set() and (duration_s is None or sim.host.elapsed_s < duration_s):
+        sim.step()
+        if sim.host.tick % TICKS_PER_S == 0:
+            view.show(sim)
+            stop.wait(sim.host.elapsed_s / speed - (time.monotonic() - started))
+    view.show(sim, final=True)
+    out.write(summary(sim, time.monotonic() - started) + "\n")
+    return EXIT_OK
+
+
+def _usage(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return EXIT_USAGE

@@ -1,0 +1,306 @@
+"""Scenarios: a host, its guests and each guest's workload as a trace, from a YAML file.
+
+The format is described in examples/scenarios/README.md. Every mistake is
+reported as one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..config import ConfigError, read_file
+from ..units import parse_size_kib
+from .model import MIB, GuestSpec, HostSpec, boot
+
+SCENARIO_DIR = Path(__file__).resolve().parents[3] / "examples" / "scenarios"
+DEFAULT_SCENARIO = "demo"
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h)?\s*$")
+_UNIT_S = {None: 1, "s": 1, "m": 60, "h": 3600}
+_GUEST_KEYS = ("name", "current", "maximum", "swap", "base", "cache", "stats_period", "noise", "hot", "repeat",
+               "workload")
+_STEP_KEYS = ("at", "anon", "cache", "over", "rate")
+
+
+class ScenarioError(Exception):
+    """One line: file, key, problem."""
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """A level moving linearly from `from_kib` at `start_s` to `to_kib` at `end_s`, then staying."""
+
+    start_s: float
+    end_s: float
+    from_kib: int
+    to_kib: int
+
+
+def _level(ramps: Sequence[Ramp], starts: Sequence[float], t: float) -> int:
+    i = bisect.bisect_right(starts, t) - 1
+    if i < 0:
+        return 0
+    r = ramps[i]
+    if t >= r.end_s:
+        return r.to_kib
+    return r.from_kib + int((r.to_kib - r.from_kib) * (t - r.start_s) / (r.end_s - r.start_s))
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What a guest's workload wants over time, on top of the guest's own services and boot cache."""
+
+    anon: Tuple[Ramp, ...] = ()
+    cache: Tuple[Ramp, ...] = ()
+    repeat_s: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_anon_starts", tuple(r.start_s for r in self.anon))
+        object.__setattr__(self, "_cache_starts", tuple(r.start_s for r in self.cache))
+
+    def _local(self, t: float) -> float:
+        return t % self.repeat_s if self.repeat_s else t
+
+    def anon_kib(self, t: float) -> int:
+        return _level(self.anon, self._anon_starts, self._local(t))
+
+    def cache_kib(self, t: float) -> int:
+        return _level(self.cache, self._cache_starts, self._local(t))
+
+    def bursts(self, until_s: float) -> List[Tuple[float, float]]:
+        """(start, end) of every rise in anonymous demand before `until_s`, repeats included."""
+        rises = [(r.start_s, r.end_s) for r in self.anon if r.to_kib > r.from_kib]
+        period = self.repeat_s or until_s
+        out, offset = [], 0.0
+        while offset < until_s:
+            out += [(offset + a, offset + b) for a, b in rises if offset + a < until_s]
+            offset += period
+        return out
+
+
+@dataclass(frozen=True)
+class GuestPlan:
+    spec: GuestSpec
+    current_kib: int
+    stats_period_s: int = 1  # 0: the guest reports no usable figure until one is set
+    trace: Trace = Trace()
+    noise_kib: int = 0
+    hot: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def workload_kib(self, t: float, seed: int) -> int:
+        """The trace plus this second's noise, the same for the same seed."""
+        if not self.noise_kib:
+            return self.trace.anon_kib(t)
+        draw = zlib.crc32(f"{seed}/{self.name}/{int(t)}".encode()) / 2 ** 32
+        return self.trace.anon_kib(t) + int(self.noise_kib * draw)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: str
+    duration_s: float
+    host: HostSpec
+    guests: Tuple[GuestPlan, ...]
+
+
+# ---------------------------------------------------------------- parsing
+
+def _fail(where: str, problem: str) -> ScenarioError:
+    return ScenarioError(f"{where}: {problem}")
+
+
+def _size(value: Any, where: str) -> int:
+    try:
+        return parse_size_kib(value)
+    except ValueError as exc:
+        raise _fail(where, str(exc)) from None
+
+
+def _signed_size(value: Any, where: str) -> Tuple[bool, int]:
+    """(relative, KiB): '+300MiB' and '-300MiB' are changes, '300MiB' a level."""
+    text = value.strip() if isinstance(value, str) else ""
+    if text[:1] in ("+", "-"):
+        return True, (-1 if text[0] == "-" else 1) * _size(text[1:], where)
+    return False, _size(value, where)
+
+
+def _seconds(value: Any, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if not match:
+        raise _fail(where, f"expected seconds such as 90, 90s, 10m or 2h, got {value!r}")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _rate(value: Any, where: str) -> float:
+    if not isinstance(value, str) or not value.strip().endswith("/s"):
+        raise _fail(where, f"expected a size per second such as 50MiB/s, got {value!r}")
+    kib = _size(value.strip()[:-2], where)
+    if kib <= 0:
+        raise _fail(where, f"must be more than 0, got {value!r}")
+    return float(kib)
+
+
+def _int(value: Any, where: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _fail(where, f"expected a whole number from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, where: str, keys: Sequence[str]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _fail(where, f"expected a mapping, got {type(value).__name__}")
+    for key in value:
+        if key not in keys:
+            raise _fail(f"{where}.{key}", f"unknown key (known: {', '.join(keys)})")
+    return value
+
+
+def _ramps(steps: List[Tuple[float, Any, Any, Optional[float], Optional[float]]], quantity: str,
+           where: str) -> Tuple[Ramp, ...]:
+    """Steps (at, raw value, its where, over, rate) of one quantity, in file order, as ramps."""
+    ramps: List[Ramp] = []
+    level = 0
+    for at, raw, step_where, over, rate in steps:
+        relative, kib = _signed_size(raw, f"{step_where}.{quantity}")
+        to = level + kib if relative else kib
+        if to < 0:
+            raise _fail(f"{step_where}.{quantity}", f"takes {quantity} below zero ({to // MIB} MiB)")
+        if rate is not None:
+            over = abs(to - level) / rate
+        end = at + (over or 0.0)
+        if ramps and at < ramps[-1].end_s:
+            raise _fail(f"{step_where}.at", f"starts at {at:g}s, before the {quantity} change before it ends "
+                                            f"({ramps[-1].end_s:g}s)")
+        ramps.append(Ramp(at, end, level, to))
+        level = to
+    return tuple(ramps)
+
+
+def _trace(raw: Any, repeat_s: Optional[float], where: str) -> Trace:
+    if raw is None:
+        return Trace(repeat_s=repeat_s)
+    if not isinstance(raw, list):
+        raise _fail(where, f"expected a list of steps, got {type(raw).__name__}")
+    by_quantity: Dict[str, list] = {"anon": [], "cache": []}
+    last_at = 0.0
+    for i, step in enumerate(raw):
+        step_where = f"{where}[{i}]"
+        step = _mapping(step, step_where, _STEP_KEYS)
+        if "at" not in step:
+            raise _fail(step_where, "needs 'at' (seconds from the start)")
+        at = _seconds(step["at"], f"{step_where}.at")
+        if at < last_at:
+            raise _fail(f"{step_where}.at", f"steps must be in time order ({at:g}s after {last_at:g}s)")
+        last_at = at
+        quantities = [q for q in ("anon", "cache") if q in step]
+        if not quantities:
+            raise _fail(step_where, "needs 'anon' or 'cache'")
+        if "over" in step and "rate" in step:
+            raise _fail(step_where, "give 'over' or 'rate', not both")
+        if "rate" in step and len(quantities) > 1:
+            raise _fail(f"{step_where}.rate", "a rate applies to one of 'anon' or 'cache', not both")
+        over = _seconds(step["over"], f"{step_where}.over") if "over" in step else None
+        rate = _rate(step["rate"], f"{step_where}.rate") if "rate" in step else None
+        for q in quantities:
+            by_quantity[q].append((at, step[q], step_where, over, rate))
+    trace = Trace(_ramps(by_quantity["anon"], "anon", where), _ramps(by_quantity["cache"], "cache", where), repeat_s)
+    if repeat_s is not None:
+        ends = [r.end_s for r in trace.anon + trace.cache]
+        if ends and max(ends) > repeat_s:
+            raise _fail(where, f"the steps run to {max(ends):g}s, past the repeat period ({repeat_s:g}s)")
+    return trace
+
+
+def _guest(raw: Any, where: str) -> GuestPlan:
+    raw = _mapping(raw, where, _GUEST_KEYS)
+    for key in ("name", "current", "maximum"):
+        if key not in raw:
+            raise _fail(where, f"needs '{key}'")
+    name = raw["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise _fail(f"{where}.name", f"expected a non-empty string, got {name!r}")
+    current, maximum = _size(raw["current"], f"{where}.current"), _size(raw["maximum"], f"{where}.maximum")
+    if current > maximum:
+        raise _fail(f"{where}.current", f"above maximum ({current // MIB} > {maximum // MIB} MiB)")
+    optional = {"swap": "swap_kib", "base": "base_anon_kib", "cache": "boot_cache_kib"}
+    spec = GuestSpec(name, maximum, **{field: _size(raw[key], f"{where}.{key}")
+                                        for key, field in optional.items() if key in raw})
+    try:
+        boot(spec, current)
+    except ValueError as exc:
+        raise _fail(f"{where}.current", str(exc)) from None
+    hot = raw.get("hot", True)
+    if not isinstance(hot, bool):
+        raise _fail(f"{where}.hot", f"expected true or false, got {hot!r}")
+    repeat = _seconds(raw["repeat"], f"{where}.repeat") if "repeat" in raw else None
+    if repeat == 0:
+        raise _fail(f"{where}.repeat", "must be more than 0")
+    return GuestPlan(
+        spec=spec, current_kib=current,
+        stats_period_s=_int(raw.get("stats_period", 1), f"{where}.stats_period", 0, 3600),
+        trace=_trace(raw.get("workload"), repeat, f"{where}.workload"),
+        noise_kib=_size(raw.get("noise", 0), f"{where}.noise"), hot=hot)
+
+
+def parse(data: Any, name: str, path: str) -> Scenario:
+    """A Scenario from loaded YAML; errors start with `path`."""
+    try:
+        data = _mapping(data, "scenario", ("duration", "host", "guests"))
+        if "host" not in data:
+            raise _fail("scenario", "needs 'host' (total, own)")
+        host = _mapping(data["host"], "host", ("total", "own", "cache"))
+        if "total" not in host:
+            raise _fail("host", "needs 'total'")
+        host_spec = HostSpec(_size(host["total"], "host.total"), _size(host.get("own", "1GiB"), "host.own"),
+                             _size(host.get("cache", 0), "host.cache"))
+        if host_spec.own_kib >= host_spec.total_kib:
+            raise _fail("host.own", "must be below host.total")
+        guests = data.get("guests")
+        if not isinstance(guests, list) or not guests:
+            raise _fail("guests", "expected a non-empty list of guests")
+        plans = tuple(_guest(g, f"guests[{i}]") for i, g in enumerate(guests))
+        names = [p.name for p in plans]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise _fail(f"guests[{i}].name", f"{n!r} is used twice")
+        duration = _seconds(data.get("duration", "1h"), "duration")
+        if duration <= 0:
+            raise _fail("duration", "must be more than 0")
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    return Scenario(name, path, duration, host_spec, plans)
+
+
+def names() -> List[str]:
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+
+
+def find(name_or_path: str) -> Path:
+    """A scenario name from examples/scenarios/, or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    named = SCENARIO_DIR / f"{name_or_path}.yaml"
+    if "/" not in name_or_path and named.is_file():
+        return named
+    raise ScenarioError(f"{name_or_path}: no such scenario (known: {', '.join(names())}; or give a path to a YAML file)")
+
+
+def load(name_or_path: str) -> Scenario:
+    path = find(name_or_path)
+    try:
+        data = read_file(str(path))
+    except ConfigError as exc:
+        raise ScenarioError(str(exc)) from None
+    return parse(data, path.stem, str(path))

@@ -1,0 +1,125 @@
+"""The real daemon against the simulated host: in process, as `--simulate`, and as the benchmark."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from balloon2395.policy import HOLD, POLICIES
+from balloon2395.sim.model import MIB
+from balloon2395.sim.run import run_scenario
+from balloon2395.sim.scenario import load
+from conftest import ROOT
+
+TINY = """
+duration: 2m
+host: {total: 8GiB, own: 1GiB}
+guests:
+  - {name: idle, current: 1GiB, maximum: 2GiB}
+  - name: busy
+    current: 1GiB
+    maximum: 4GiB
+    swap: 512MiB
+    noise: 20MiB
+    workload:
+      - {at: 40, anon: +800MiB, over: 4s}
+"""
+BENCH_KEYS = ["scenario", "policy", "oom_kills", "starved_s", "swap_in_mib", "reclaimed_gib_avg", "setmem_calls",
+              "relief_p50_s", "relief_p95_s"]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def test_the_daemon_shrinks_the_idle_guest_in_steps_and_grows_the_busy_one(tiny):
+    result = run_scenario(load(str(tiny)))
+    idle, busy = result.guests
+    sizes = sorted({s.actual_kib for s in idle.series}, reverse=True)
+    assert all((1024 * MIB - size) % (50 * MIB) == 0 for size in sizes)  # the step policy's rmram
+    last = idle.series[-1]
+    assert last.usable_kib * 100 // last.actual_kib <= 35 or last.actual_kib - 50 * MIB < 300 * MIB  # band or floor
+    peak = max(s.actual_kib for s in busy.series)
+    assert peak > 800 * MIB and busy.setmem_calls > idle.setmem_calls
+    assert len(busy.relief_s) == 1 and busy.relief_s[0] > 0  # the step policy lets the burst bite first
+    assert result.duration_s == 120 and len(idle.series) == 120
+
+
+def test_a_run_is_the_same_for_the_same_seed(tiny):
+    scenario = load(str(tiny))
+    assert run_scenario(scenario, seed=1) == run_scenario(scenario, seed=1)
+    assert run_scenario(scenario, seed=1).guests[1].series != run_scenario(scenario, seed=2).guests[1].series
+
+
+def test_simulate_runs_the_daemon_without_virsh_or_a_lock(tiny):
+    result = subprocess.run([str(ROOT / "balloon-2395"), "--simulate", str(tiny), "--duration", "30", "--speed", "1000",
+                             "--virsh", "/nonexistent/virsh", "--lock-dir", "/proc/no-lock-here"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"simulated 30s of 'tiny' (policy step, seed 0) in ")
+    assert lines[1].split() == ["GUEST", "OOM_KILLS", "STARVED_S", "SETMEM", "AVG_MiB"]
+    assert [line.split()[0] for line in lines[2:]] == ["idle", "busy"]
+    assert "INFO shrink idle 1024 -> 974 MiB: usable" in result.stderr
+
+
+def test_simulate_without_a_terminal_prints_a_line_per_guest_now_and_then():
+    result = subprocess.run([str(ROOT / "balloon-2395"), "--simulate", "--duration", "10", "--speed", "20"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    periodic = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert [line.split()[:3] for line in periodic] == [["[", "10s]", name] for name in ("idle", "burst", "files")]
+    assert "band 25-35%" in periodic[0] and "last: shrink" in periodic[0]
+
+
+def test_simulate_stops_on_sigterm_and_still_prints_the_summary(tiny):
+    proc = subprocess.Popen([str(ROOT / "balloon-2395"), "--simulate", str(tiny), "--speed", "1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().startswith("[   500s] idle")  # it runs: now stop it
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "simulated " in out and "OOM_KILLS" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--simulate", "nosuch"], "balloon-2395: nosuch: no such scenario (known: "),
+    (["--simulate", "--speed", "0"], "balloon-2395: --speed must be more than 0"),
+    (["--simulate", "--duration", "-1"], "balloon-2395: --duration must be more than 0"),
+])
+def test_simulate_usage_errors_exit_2_with_one_line(args, message):
+    result = subprocess.run([str(ROOT / "balloon-2395"), *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith(message) and result.stderr.count("\n") == 1
+
+
+def test_the_benchmark_prints_its_keys_for_every_policy(tiny, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "control.py"), "--json", "--scenario", str(tiny),
+                             "--duration", "60", "--jobs", "1", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [list(r) for r in rows] == [BENCH_KEYS] * len(POLICIES)
+    assert [r["policy"] for r in rows] == list(POLICIES) and rows[0]["scenario"] == "tiny"
+    assert rows[0]["setmem_calls"] > 0 and rows[0]["reclaimed_gib_avg"] > 0
+
+
+def test_the_benchmark_runs_every_policy_there_is(tiny, tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("control", ROOT / "bench" / "control.py")
+    control = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(control)
+    monkeypatch.setitem(POLICIES, "never", lambda stats, settings, cap: (HOLD, None, "never", "never acts"))
+    assert control.main(["--json", "--scenario", str(tiny), "--duration", "60", "--jobs", "1",
+                         "--out", str(tmp_path)]) == 0
+    rows = {r["policy"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(POLICIES) and rows["never"]["setmem_calls"] == 0
+    assert rows["never"]["reclaimed_gib_avg"] < rows["step"]["reclaimed_gib_avg"]

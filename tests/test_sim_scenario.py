@@ -1,0 +1,107 @@
+"""Scenario files: the shipped ones load, the trace format means what the README says, mistakes are one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from balloon2395.sim.model import MIB
+from balloon2395.sim.scenario import SCENARIO_DIR, ScenarioError, load, names
+
+REQUIRED = {"idle", "steady", "ramp", "burst", "sawtooth", "cache-heavy", "mix", "demo", "calibrate"}
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_every_shipped_scenario_loads():
+    assert REQUIRED <= set(names())
+    for name in names():
+        scenario = load(name)
+        assert scenario.guests and scenario.duration_s > 0
+    assert len(load("mix").guests) == 8
+
+
+def test_the_calibration_scenario_is_what_the_e2e_harness_replays():
+    (guest,) = load("calibrate").guests
+    assert (guest.current_kib, guest.spec.maximum_kib, guest.hot) == (512 * MIB, 1024 * MIB, False)
+    trace = guest.trace
+    assert [trace.anon_kib(t) // MIB for t in (29, 30, 31, 33, 36, 60, 120)] == [0, 0, 50, 150, 300, 300, 0]
+    assert trace.bursts(240) == [(30.0, 36.0)]
+
+
+def test_steps_relative_levels_rates_and_repeats(tmp_path):
+    scenario = load(write(tmp_path, """
+duration: 10m
+host: {total: 8GiB}
+guests:
+  - name: g
+    current: 1GiB
+    maximum: 2GiB
+    repeat: 100
+    workload:
+      - {at: 10, anon: +200MiB, over: 10s}
+      - {at: 20, anon: +100MiB, cache: 1GiB}
+      - {at: 50, anon: -300MiB, rate: 100MiB/s}
+      - {at: 60, cache: 0}
+"""))
+    trace = scenario.guests[0].trace
+    assert [trace.anon_kib(t) // MIB for t in (0, 10, 15, 20, 49, 51, 53, 99, 115)] == [0, 0, 100, 300, 300, 200, 0, 0,
+                                                                                          100]
+    assert [trace.cache_kib(t) // MIB for t in (19, 20, 59, 60, 120)] == [0, 1024, 1024, 0, 1024]
+    assert trace.bursts(250) == [(10.0, 20.0), (20.0, 20.0), (110.0, 120.0), (120.0, 120.0), (210.0, 220.0),
+                                 (220.0, 220.0)]
+
+
+def test_noise_is_the_same_for_the_same_seed_and_never_below_the_trace(tmp_path):
+    guest = load(write(tmp_path, "host: {total: 8GiB}\nguests:\n"
+                                 "  - {name: g, current: 1GiB, maximum: 2GiB, noise: 50MiB}\n")).guests[0]
+    draws = [guest.workload_kib(t, seed=3) for t in range(100)]
+    assert draws == [guest.workload_kib(t, seed=3) for t in range(100)]
+    assert draws != [guest.workload_kib(t, seed=4) for t in range(100)]
+    assert all(0 <= d < 50 * MIB for d in draws)
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("guests: []", "scenario", "needs 'host'"),
+    ("host: {total: 1GiB, own: 2GiB}\nguests: [{name: a, current: 1GiB, maximum: 2GiB}]", "host.own",
+     "must be below host.total"),
+    ("host: {total: 8GiB}\nguests: []", "guests", "expected a non-empty list"),
+    ("host: {total: 8GiB}\nguests: [{name: a, current: 3GiB, maximum: 2GiB}]", "guests[0].current", "above maximum"),
+    ("host: {total: 8GiB}\nguests: [{name: a, current: 100MiB, maximum: 2GiB}]", "guests[0].current",
+     "cannot hold the guest's kernel"),
+    ("host: {total: 8GiB}\nguests: [{name: a, current: 1GiB, maximum: 2GiB, swapp: 1GiB}]", "guests[0].swapp",
+     "unknown key"),
+    ("host: {total: 8GiB}\nguests: [{name: a, current: 1GiB, maximum: 2GiB}, {name: a, current: 1GiB, maximum: 2GiB}]",
+     "guests[1].name", "used twice"),
+    ("host: {total: 8GiB}\nguests: [{name: a, current: 1GiB, maximum: 2GiB, workload: [{at: 5, anon: 1GiB, "
+     "rate: 50MiB}]}]", "guests[0].workload[0].rate", "expected a size per second such as 50MiB/s, got '50MiB'"),
+    ("host: {total: 8GiB}\nguests: [{name: a, current: 1GiB, maximum: 2GiB, workload: [{at: 5, anon: 1GiB, "
+     "over: 20}, {at: 10, anon: 0}]}]", "guests[0].workload[1].at", "before the anon change before it ends (25s)"),
+    ("host: {total: 8GiB}\nguests: [{name: a, current: 1GiB, maximum: 2GiB, workload: [{at: 5, anon: -1GiB}]}]",
+     "guests[0].workload[0].anon", "takes anon below zero"),
+    ("host: {total: 8GiB}\nguests: [{name: a, current: 1GiB, maximum: 2GiB, workload: [{at: 9, anon: 1GiB}, "
+     "{at: 5, anon: 0}]}]", "guests[0].workload[1].at", "time order"),
+    ("host: {total: 8GiB}\nguests: [{name: a, current: 1GiB, maximum: 2GiB, repeat: 60, workload: [{at: 50, "
+     "anon: 1GiB, over: 20}]}]", "guests[0].workload", "past the repeat period"),
+    ("host: {total: 8GiB}\nguests: [{name: a, current: 1GiB, maximum: 2GiB, workload: [{at: soon, anon: 1GiB}]}]",
+     "guests[0].workload[0].at", "expected seconds such as 90"),
+    ("host: {total: 8GiB}\nguests: [{name: a, current: lots, maximum: 2GiB}]", "guests[0].current",
+     "expected a size"),
+])
+def test_mistakes_are_one_line_naming_the_file_and_the_key(tmp_path, text, where, problem):
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {where}: ") and problem in message and "\n" not in message
+
+
+def test_unknown_names_list_the_known_ones_and_bad_yaml_says_where(tmp_path):
+    with pytest.raises(ScenarioError, match=r"nosuch: no such scenario \(known: burst, cache-heavy"):
+        load("nosuch")
+    with pytest.raises(ScenarioError, match="s.yaml: file: not valid YAML at line 3"):
+        load(write(tmp_path, "host: {total: 8GiB}\nguests: [\n"))
+    assert (SCENARIO_DIR / "README.md").is_file()

@@ -1,0 +1,127 @@
+"""The simulator speaks virsh: its output goes through the parsers real virsh output goes through."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from balloon2395.domain_xml import parse_domain_xml
+from balloon2395.sim.host import TICKS_PER_S, SimHost
+from balloon2395.sim.model import BALLOON_KIB_S, MIB, usable_kib
+from balloon2395.sim.scenario import load
+from balloon2395.sim.virsh import STATE_ENV, SimVirsh, answer
+from balloon2395.virsh import VirshError
+from conftest import ROOT
+
+SCENARIO = """
+host: {total: 8GiB, own: 1GiB, cache: 512MiB}
+guests:
+  - {name: web 1, current: 1GiB, maximum: 2GiB, swap: 256MiB}
+  - {name: quiet, current: 1GiB, maximum: 2GiB, stats_period: 0}
+"""
+
+
+@pytest.fixture
+def scenario_file(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text(SCENARIO)
+    return path
+
+
+@pytest.fixture
+def host(scenario_file):
+    return SimHost(load(str(scenario_file)))
+
+
+def run_seconds(host: SimHost, seconds: float) -> None:
+    for _ in range(round(seconds * TICKS_PER_S)):
+        host.step()
+
+
+def test_domstats_and_dommemstat_parse_to_the_models_figures(host):
+    virsh = SimVirsh(host)
+    web, quiet = virsh.domstats_balloon()
+    g = host.guests[0]
+    assert (web.name, web.actual_kib, web.maximum_kib) == ("web 1", 1024 * MIB, 2048 * MIB)
+    assert web.usable_kib == usable_kib(g.plan.spec, g.state) < web.actual_kib
+    assert web.available_kib == 1024 * MIB - g.plan.spec.reserved_kib
+    assert web.unused_kib == g.state.free_kib and web.disk_caches_kib == g.state.cache_kib
+    assert web.swap_in_kib == 0 and web.last_update == int(host.now) and web.rss_kib == 1024 * MIB
+    assert quiet.usable_kib is not None and quiet.last_update == host.now - 600  # no period: its report from boot
+    assert virsh.dommemstat("web 1") == web.__class__(**{**web.__dict__, "maximum_kib": None})
+    assert virsh.running_names() == ["web 1", "quiet"]
+    assert virsh.max_memory_kib("quiet") == 2048 * MIB
+
+
+def test_dumpxml_describes_a_virtio_balloon_with_the_stats_period(host):
+    virsh = SimVirsh(host)
+    facts = parse_domain_xml(virsh.dumpxml("web 1"))
+    assert (facts.balloon_model, facts.stats_period_s, facts.windows) == ("virtio", 1, None)
+    assert parse_domain_xml(virsh.dumpxml("quiet")).stats_period_s is None
+
+
+def test_errors_are_real_virshs(host):
+    virsh = SimVirsh(host)
+    with pytest.raises(VirshError) as caught:
+        virsh.setmem("web 1", 3 * 1024 * MIB)
+    assert caught.value.message == "error: invalid argument: cannot set memory higher than max memory"
+    with pytest.raises(VirshError) as caught:
+        virsh.dumpxml("nosuch")
+    assert caught.value.domain_gone
+    stdout, stderr, code = answer(host, "metadata", ["--domain", "quiet", "--uri",
+                                                     "http://libosinfo.org/xmlns/libvirt/domain/1.0"])
+    assert code == 1 and stderr.startswith("error: metadata not found")
+    stdout, _, code = answer(host, "nodememstats", [])
+    mem = host.memory()
+    figures = {key.strip(): value.split() for key, value in (line.split(":") for line in stdout.splitlines() if line)}
+    assert code == 0 and figures == {"total": [str(mem.total_kib), "KiB"], "free": [str(mem.free_kib), "KiB"],
+                                     "buffers": ["0", "KiB"], "cached": [str(mem.cache_kib), "KiB"]}
+
+
+def test_setmem_moves_the_balloon_at_its_speed_and_stats_lag_a_period(host):
+    virsh = SimVirsh(host)
+    before = virsh.domstats_balloon()[0]
+    virsh.setmem("web 1", 512 * MIB)
+    assert virsh.domstats_balloon()[0].actual_kib == 1024 * MIB  # a target, not yet a size
+    host.step()
+    moved = virsh.domstats_balloon()[0]
+    assert moved.actual_kib == 1024 * MIB - BALLOON_KIB_S // TICKS_PER_S
+    assert (moved.usable_kib, moved.last_update) == (before.usable_kib, before.last_update)  # stale until reported
+    run_seconds(host, 2.0)  # stamps are whole seconds, as virsh's are
+    after = virsh.domstats_balloon()[0]
+    assert after.actual_kib == 512 * MIB and after.usable_kib < before.usable_kib
+    assert after.last_update > before.last_update
+    assert host.guests[0].setmems == 1
+
+
+def test_a_guest_without_a_period_reports_once_the_daemon_sets_one(host):
+    virsh = SimVirsh(host)
+    run_seconds(host, 2.0)
+    assert virsh.domstats_balloon()[1].last_update == host.epoch - 600  # frozen
+    virsh.enable_stats("quiet", 1)
+    assert "stats period='1'" in virsh.dumpxml("quiet")
+    run_seconds(host, 1.0)
+    assert host.now - 1 <= virsh.domstats_balloon()[1].last_update <= host.now
+
+
+def test_the_executable_serves_the_real_daemon(tmp_path, scenario_file):
+    env = {"PATH": "/usr/bin:/bin", STATE_ENV: str(tmp_path / "state.json")}
+    sim_virsh = str(ROOT / "examples" / "sim-virsh")
+    init = subprocess.run([sim_virsh, "--sim-init", str(scenario_file)], env=env, capture_output=True, text=True)
+    assert init.returncode == 0, init.stderr
+    listed = subprocess.run([sim_virsh, "-c", "qemu:///system", "list", "--name"], env=env, capture_output=True,
+                            text=True)
+    assert listed.stdout == "web 1\nquiet\n\n"
+    daemon = subprocess.run([str(ROOT / "balloon-2395"), "--once", "--virsh", sim_virsh, "--lock-dir",
+                             str(tmp_path / "lock"), "--config", "/dev/null"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert daemon.returncode == 0, daemon.stderr
+    assert "shrink web 1 1024 -> 974 MiB" in daemon.stderr
+    assert "quiet: no fresh usable figure: stats period set to 1s" in daemon.stderr
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert [g["state"]["target_kib"] for g in state["guests"]] == [974 * MIB, 1024 * MIB]
+    assert [g["period_s"] for g in state["guests"]] == [1, 1]
+    missing = subprocess.run([sim_virsh, "list"], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert missing.returncode == 1 and STATE_ENV in missing.stderr
