@@ -52,7 +52,8 @@ class FakeHostDir:
         self.log_file = path / "calls.log"
         self.lock_dir = path / "lock"
         self.config = path / "config.yaml"
-        self.config.write_text("")
+        # The original's fixed steps: these tests check its arithmetic exactly.
+        self.config.write_text("policy: step\n")
         self.write({"domains": domains})
         virsh = self.bin / "virsh"
         virsh.write_text(f"#!/bin/sh\nexec {sys.executable} -m balloon2395.fake_virsh \"$@\"\n")

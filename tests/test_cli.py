@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 
+from balloon2395.lifetime import READ_LINE
 from conftest import MIB, ROOT, domain
 
 
@@ -35,8 +36,8 @@ def test_once_makes_exactly_the_expected_setmem_calls(fake_host):
     assert "hold full: usable 2% < 25% but at maximum 4096 MiB" in log
     assert "skip stale: stats stale" in log
     assert "off" not in log
-    # one domstats read, one dumpxml per domain, then the changes: nothing else
-    assert [c[0] for c in host.calls()] == ["domstats"] + ["dumpxml"] * 7 + ["setmem"] * 2
+    # one read (domstats and the ids, one process), one dumpxml per domain, then the changes: nothing else
+    assert [c[0] for c in host.calls()] == [READ_LINE] + ["dumpxml"] * 7 + ["setmem"] * 2
 
 
 def test_dry_run_changes_nothing(fake_host):
@@ -50,7 +51,7 @@ def test_dry_run_changes_nothing(fake_host):
 
 def test_flags_and_config_file_set_the_knobs(fake_host):
     host = fake_host(domain("web1", usable_mib=700), domain("db-1", usable_mib=700))
-    host.config.write_text("minimal: 40\nmaximal: 60\naddram: 1GiB\ndomains:\n  'db-*': {exclude: true}\n")
+    host.config.write_text("policy: step\nminimal: 40\nmaximal: 60\naddram: 1GiB\ndomains:\n  'db-*': {exclude: true}\n")
     result = host.run("--once", "--addram", "256MiB")
     assert result.returncode == 0, result.stderr
     assert host.setmems() == [["setmem", "--domain", "web1", "--size", str(2304 * MIB), "--live"]]

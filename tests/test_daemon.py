@@ -27,6 +27,8 @@ def make(*domains, **config):
         dom.pop("age", None)
         dom.setdefault("last_update", int(T0))
     virsh, clock = StateVirsh(state), Clock()
+    config.setdefault("policy", "step")  # these tests check the original's arithmetic
+    config.setdefault("host_memory", "off")
     return Daemon(cfg.build(config), virsh, clock), virsh, clock, state
 
 
@@ -124,7 +126,7 @@ def test_shut_off_and_paused_domains_untouched():
     daemon, virsh, _, _ = make(domain("off", usable_mib=100, state="shut off"),
                                domain("paused", usable_mib=100, state="paused"))
     daemon.cycle()
-    assert virsh.setmems() == [] and [a[0] for a in virsh.argv_log] == ["domstats"]
+    assert virsh.setmems() == [] and [a[0] for a in virsh.argv_log] == ["domstats", "list"] and virsh.calls == 1
 
 
 def test_outage_is_logged_once_and_recovery_once(caplog):
@@ -194,3 +196,18 @@ def test_fallback_to_dommemstat_when_domstats_is_missing():
     assert commands.count("domstats") == 1  # tried once, then never again
     assert commands.count("dominfo") == 2  # the maximum, once per domain
     assert [a[2] for a in virsh.setmems()] == ["web1", "web2"]
+
+
+def test_per_domain_settings_from_the_domains_own_metadata(caplog):
+    daemon, virsh, clock, state = make(domain("own", usable_mib=500, settings={"minimal": 30, "maximal": 40}),
+                                       domain("bad", usable_mib=100, settings={"minimal": 50, "maximal": 40}),
+                                       domain("typo", usable_mib=100, settings={"minimall": 50}))
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        daemon.cycle()
+        clock.now += 0.5
+        daemon.cycle()
+    # own: 24% is below its own band of 30-40% (the config's 25% would hold)
+    assert [a[2] for a in virsh.setmems()] == ["own"]
+    skips = sorted(r.message for r in caplog.records if r.message.startswith("skip "))
+    assert skips == ["skip bad: its settings metadata is not usable: metadata minimal: must be below maximal (50 >= 40)",
+                     "skip typo: its settings metadata is not usable: metadata minimall: unknown key (did you mean 'minimal'?)"]

@@ -65,10 +65,10 @@ def test_simulate_runs_the_daemon_without_virsh_or_a_lock(tiny):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"simulated 30s of 'tiny' (policy step, seed 0) in ")
+    assert lines[0].startswith(f"simulated 30s of 'tiny' (policy target, seed 0) in ")
     assert lines[1].split() == ["GUEST", "OOM_KILLS", "STARVED_S", "SETMEM", "AVG_MiB"]
     assert [line.split()[0] for line in lines[2:]] == ["idle", "busy"]
-    assert "INFO shrink idle 1024 -> 974 MiB: usable" in result.stderr
+    assert "INFO shrink idle 1024 -> 768 MiB: usable 82% > 35%: toward" in result.stderr  # target: 256 MiB at most
 
 
 def test_simulate_without_a_terminal_prints_a_line_per_guest_now_and_then():
@@ -117,7 +117,7 @@ def test_the_benchmark_runs_every_policy_there_is(tiny, tmp_path, monkeypatch, c
     spec = importlib.util.spec_from_file_location("control", ROOT / "bench" / "control.py")
     control = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(control)
-    monkeypatch.setitem(POLICIES, "never", lambda stats, settings, cap: (HOLD, None, "never", "never acts"))
+    monkeypatch.setitem(POLICIES, "never", lambda stats, settings, cap, signals: (HOLD, None, "never", "never acts"))
     assert control.main(["--json", "--scenario", str(tiny), "--duration", "60", "--jobs", "1",
                          "--out", str(tmp_path)]) == 0
     rows = {r["policy"]: r for r in json.loads(capsys.readouterr().out)}

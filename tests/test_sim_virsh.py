@@ -115,7 +115,7 @@ def test_the_executable_serves_the_real_daemon(tmp_path, scenario_file):
                             text=True)
     assert listed.stdout == "web 1\nquiet\n\n"
     daemon = subprocess.run([str(ROOT / "balloon-2395"), "--once", "--virsh", sim_virsh, "--lock-dir",
-                             str(tmp_path / "lock"), "--config", "/dev/null"],
+                             str(tmp_path / "lock"), "--config", "/dev/null", "--policy", "step"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert daemon.returncode == 0, daemon.stderr
     assert "shrink web 1 1024 -> 974 MiB" in daemon.stderr

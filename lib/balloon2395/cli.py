@@ -15,9 +15,11 @@ from . import logs
 from .daemon import Daemon
 from .lock import AlreadyRunning, InstanceLock, LockError, default_dir
 from .observe import Collector
-from .policy import Limits, decide, History
+from .host import HostReader
+from .policy import Limits, decide_all
 from .status import render_json, render_table
 from .virsh import Virsh, VirshError, default_uri
+from .virsh_session import open_virsh
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_RUNNING = 0, 1, 2, 3
 COMMANDS = ("run", "status", "check-config")
@@ -49,7 +51,7 @@ def _add_knobs(parser: argparse.ArgumentParser) -> None:
                    help="guest stats period set on domains that report no usable memory (default 1)")
     g.add_argument("--stale-after", type=float, default=S, metavar="S", dest="stale_after",
                    help="ignore stats older than this (default max(5, 3 x stats period))")
-    g.add_argument("--policy", default=S, choices=cfg.POLICIES, help="decision rule (default step)")
+    g.add_argument("--policy", default=S, choices=cfg.POLICIES, help="decision rule: target (default) or step (the original's fixed steps)")
     g.add_argument("--manage-windows", action=argparse.BooleanOptionalAction, default=S, dest="manage_windows",
                    help="also balloon Windows guests (default: leave them alone)")
     g.add_argument("--debug", action=argparse.BooleanOptionalAction, default=S,
@@ -62,6 +64,8 @@ def _add_knobs(parser: argparse.ArgumentParser) -> None:
                    help="hypervisor URI (default $LIBVIRT_DEFAULT_URI, else qemu:///system as root)")
     c.add_argument("--virsh", default=S, metavar="PATH", help="virsh binary (default: virsh from PATH)")
     c.add_argument("--timeout", type=float, default=S, metavar="S", help="per virsh call timeout (default 10)")
+    c.add_argument("--session", action=argparse.BooleanOptionalAction, default=S,
+                   help="one long-lived virsh process for all calls instead of one per call (default: off)")
     c.add_argument("--lock-dir", default=S, metavar="DIR", dest="lock_dir",
                    help="where the instance lock lives (default /run/balloon-2395, or $XDG_RUNTIME_DIR/balloon-2395)")
 
@@ -119,10 +123,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "run" and args.simulate is not None:
         from .sim.live import simulate  # the daemon proper never loads the simulator
         return simulate(config, args.simulate, args.duration, args.speed, args.seed)
-    virsh = Virsh(config.virsh, config.connect, config.timeout)
-    if command == "status":
-        return _status(config, virsh, args.json)
-    return _run(config, virsh, once=args.once)
+    virsh = open_virsh(config)
+    try:
+        if command == "status":
+            return _status(config, virsh, args.json)
+        return _run(config, virsh, once=args.once)
+    finally:
+        virsh.close()
 
 
 def _status(config: cfg.Config, virsh: Virsh, as_json: bool) -> int:
@@ -131,11 +138,11 @@ def _status(config: cfg.Config, virsh: Virsh, as_json: bool) -> int:
         observations = Collector(virsh, config.stats_period, setup=False).collect()
     except VirshError as exc:
         return _fail(f"cannot read running domains: {exc.message}", EXIT_FAIL)
-    now, limits = time.time(), Limits(config.stale_after_s)
-    rows = []
-    for obs in observations:
-        settings = config.for_domain(obs.name)
-        rows.append((obs, settings, decide(obs, settings, History(), now, limits, config.policy)))
+    settings = {obs.name: config.for_domain(obs.name, obs.facts.settings if obs.facts else ())
+                for obs in observations}
+    host = HostReader(config, virsh, config.connect or default_uri()).read()
+    decisions = decide_all(observations, settings, {}, host, time.time(), Limits(config.stale_after_s), config.policy)
+    rows = [(obs, settings[obs.name], d) for obs, d in zip(observations, decisions)]
     print(render_json(rows) if as_json else render_table(rows))
     return EXIT_OK
 

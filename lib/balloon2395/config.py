@@ -19,7 +19,8 @@ import yaml
 from .units import KIB_PER_MIB, parse_size_kib
 
 DEFAULT_CONFIG_PATH = "/etc/balloon-2395/config.yaml"
-POLICIES = ("step",)
+POLICIES = ("target", "step")
+HOST_MEMORY = ("auto", "local", "virsh", "off")
 _MAX_SIZE_KIB = 1024 ** 4  # 1 PiB: anything larger is a typo, not a guest
 
 
@@ -46,6 +47,10 @@ class DomainSettings:
     maximum_kib: Optional[int] = None  # a cap below the domain's own <memory>
     exclude: bool = False
     manage_windows: bool = False
+    headroom_kib: int = 256 * KIB_PER_MIB  # target policy: usable never planned below this
+    max_shrink_kib: int = 256 * KIB_PER_MIB  # target policy: the most one shrink takes
+    shares: int = 1000  # weight under host pressure: fewer shares give back more
+    invalid: Optional[str] = None  # why the domain's own metadata could not be used
 
 
 @dataclass(frozen=True)
@@ -67,17 +72,37 @@ class Config:
     connect: Optional[str] = None
     virsh: str = "virsh"
     timeout: float = 10.0
+    session: bool = False  # one long-lived virsh for all calls (virsh_session.py) instead of one per call
     stats_period: int = 1
     stale_after: Optional[float] = None
-    policy: str = "step"
+    policy: str = "target"
     dry_run: bool = False
     lock_dir: Optional[str] = None
+    host_reserve: Optional[Tuple[str, float]] = None  # ("kib", n) or ("pct", n); None: max(10 %, 1 GiB)
+    host_memory: str = "auto"
+    host_psi: Optional[float] = None  # PSI "some avg10" above which the host counts as short
 
-    def for_domain(self, name: str) -> DomainSettings:
-        """An exact-name rule wins over globs; among globs the first in the file wins."""
+    def for_domain(self, name: str, metadata: Tuple[Tuple[str, str], ...] = ()) -> DomainSettings:
+        """An exact-name rule wins over globs; among globs the first in the file wins; the
+        domain's own XML metadata wins over both. Bad metadata is reported, never half-applied."""
         exact = [r for r in self.rules if r.pattern == name]
         chosen = exact[0] if exact else next((r for r in self.rules if r.matches(name)), None)
-        return replace(self.defaults, **dict(chosen.overrides)) if chosen else self.defaults
+        settings = replace(self.defaults, **dict(chosen.overrides)) if chosen else self.defaults
+        if not metadata:
+            return settings
+        try:
+            merged = replace(settings, **dict(_metadata_overrides(metadata)))
+            _check_band("metadata ", merged)
+            return merged
+        except ConfigError as exc:
+            return replace(settings, invalid=str(exc))
+
+    def host_reserve_kib(self, host_total_kib: int) -> int:
+        """What the host keeps for itself: growth never takes it below this."""
+        if self.host_reserve is None:
+            return max(host_total_kib // 10, 1024 * 1024)
+        unit, value = self.host_reserve
+        return int(value) if unit == "kib" else int(host_total_kib * value / 100)
 
     @property
     def stale_after_s(self) -> float:
@@ -135,10 +160,25 @@ def _optional_text(value: Any) -> Optional[str]:
     return None if value is None else _text(value)
 
 
-def _policy(value: Any) -> str:
-    if value not in POLICIES:
-        raise ValueError(f"expected one of {', '.join(POLICIES)}, got {value!r}")
-    return value
+def _choice(choices: Tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+    return check
+
+
+def _reserve(value: Any) -> Optional[Tuple[str, float]]:
+    """A size, or a percentage of the host's memory ("10%")."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            pct = float(value.strip()[:-1])
+        except ValueError:
+            raise ValueError(f"expected a size or a percentage such as 10%, got {value!r}") from None
+        return "pct", _number(pct, 0, 90)
+    return "kib", _size(value)
 
 
 def _kind(value: Any) -> str:
@@ -156,6 +196,9 @@ _DOMAIN_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "maximum": ("maximum_kib", _positive_size),
     "exclude": ("exclude", _bool),
     "manage_windows": ("manage_windows", _bool),
+    "headroom": ("headroom_kib", _size),
+    "max_shrink": ("max_shrink_kib", _positive_size),
+    "shares": ("shares", lambda v: _number(v, 1, 1_000_000, integer=True)),
 }
 _GLOBAL_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "secs": ("secs", lambda v: _number(v, 0.05, 86400)),
@@ -164,11 +207,15 @@ _GLOBAL_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "connect": ("connect", _optional_text),
     "virsh": ("virsh", _text),
     "timeout": ("timeout", lambda v: _number(v, 0.1, 3600)),
+    "session": ("session", _bool),
     "stats_period": ("stats_period", lambda v: _number(v, 1, 3600, integer=True)),
     "stale_after": ("stale_after", lambda v: None if v is None else _number(v, 1, 86400)),
-    "policy": ("policy", _policy),
+    "policy": ("policy", _choice(POLICIES)),
     "dry_run": ("dry_run", _bool),
     "lock_dir": ("lock_dir", _optional_text),
+    "host_reserve": ("host_reserve", _reserve),
+    "host_memory": ("host_memory", _choice(HOST_MEMORY)),
+    "host_psi": ("host_psi", lambda v: None if v is None else _number(v, 0, 100)),
 }
 _TOP_LEVEL = {k: v for k, v in {**_DOMAIN_KEYS, **_GLOBAL_KEYS}.items() if k != "maximum"}
 KEYS = tuple(_TOP_LEVEL) + ("domains",)
@@ -190,6 +237,24 @@ def _validate(key: str, table, value: Any) -> Tuple[str, Any]:
 def _check_band(where: str, settings: DomainSettings) -> None:
     if settings.minimal >= settings.maximal:
         raise ConfigError(where + "minimal", f"must be below maximal ({settings.minimal:g} >= {settings.maximal:g})")
+
+
+def _metadata_overrides(attrs: Tuple[Tuple[str, str], ...]) -> Tuple[Tuple[str, Any], ...]:
+    """`<settings minimal="20" headroom="512MiB"/>` attributes, typed as YAML would type them."""
+    out = []
+    for key, raw in attrs:
+        where = f"metadata {key}"
+        if key not in _DOMAIN_KEYS:
+            raise ConfigError(where, str(_unknown(key, _DOMAIN_KEYS)))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        try:
+            out.append(_validate(key, _DOMAIN_KEYS, value))
+        except ConfigError as exc:
+            raise ConfigError(where, exc.problem) from None
+    return tuple(out)
 
 
 def _rules(raw: Any, defaults: DomainSettings) -> Tuple[DomainRule, ...]:

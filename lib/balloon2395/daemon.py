@@ -15,15 +15,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 from . import PROG
 from .config import Config
 from .domain_xml import DomainFacts
+from .host import HostReader
 from .logs import change_line, debug_block
 from .observe import Collector
-from .policy import HOLD, SKIP, Decision, History, Limits, decide
-from .virsh import Virsh, VirshError, VirshTimeout
+from .policy import HOLD, SKIP, Decision, History, Limits, decide_all
+from .virsh import Virsh, VirshError, VirshTimeout, default_uri
 
 log = logging.getLogger(PROG)
 
 # Holds worth telling an operator about once; the rest are routine.
-_NOTABLE_HOLDS = ("at-maximum", "at-floor", "refused")
+_NOTABLE_HOLDS = ("at-maximum", "at-floor", "refused", "host-reserve")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Daemon:
     def __init__(self, config: Config, virsh: Virsh, clock: Callable[[], float] = time.time) -> None:
         self.config, self.virsh, self.clock = config, virsh, clock
         self.collector = Collector(virsh, config.stats_period, wants_stats=self._managed, clock=clock)
+        self.host = HostReader(config, virsh, config.connect or default_uri())
         self.states: Dict[str, _DomainState] = {}
         self.outage_since: Optional[float] = None
 
@@ -54,21 +56,23 @@ class Daemon:
         if self.outage_since is not None:
             log.info("virsh answers again after %.0fs", now - self.outage_since)
             self.outage_since = None
+        for name in self.collector.restarted:  # started again since the last cycle: no history
+            self.states.pop(name, None)
         limits = Limits(stale_after_s=self.config.stale_after_s)
-        states: Dict[str, _DomainState] = {}
-        decisions = []
-        for obs in observations:
-            state = states[obs.name] = self.states.get(obs.name) or _DomainState()
-            settings = self.config.for_domain(obs.name)
-            decision = decide(obs, settings, state.history, now, limits, self.config.policy)
+        states = {obs.name: self.states.get(obs.name) or _DomainState() for obs in observations}
+        settings = {obs.name: self.config.for_domain(obs.name, obs.facts.settings if obs.facts else ())
+                    for obs in observations}
+        decisions = decide_all(observations, settings, {n: s.history for n, s in states.items()},
+                               self.host.read(), now, limits, self.config.policy)
+        for obs, decision in zip(observations, decisions):
+            state = states[obs.name]
             state.history = decision.history
             if self.config.debug:
-                log.debug("%s", debug_block(obs, settings, decision, now))
+                log.debug("%s", debug_block(obs, settings[obs.name], decision, now))
             if decision.changes and not self.config.dry_run:
                 self._setmem(decision, state)
             else:
                 self._note(decision, state)
-            decisions.append(decision)
         self.states = states  # domains that left the running list are forgotten
         return decisions
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
+# The project's own per-domain settings:
+#   virsh metadata DOM --uri https://balloon-2395.example/ns/1 --key b2395 \
+#       --set '<settings minimal="20" headroom="512MiB"/>' --live --config
+SETTINGS_NS = "https://balloon-2395.example/ns/1"
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,7 @@ class DomainFacts:
     windows: Optional[str] = None  # why we think it is Windows, or None
     balloon_model: Optional[str] = None  # 'virtio', 'none', or None when absent
     stats_period_s: Optional[int] = None  # from <memballoon><stats period>
+    settings: Tuple[Tuple[str, str], ...] = ()  # attributes of our <settings/> metadata
 
 
 def parse_domain_xml(text: str) -> DomainFacts:
@@ -35,6 +40,7 @@ def parse_domain_xml(text: str) -> DomainFacts:
         windows=_windows_reason(root),
         balloon_model=_balloon_model(root),
         stats_period_s=_stats_period(root),
+        settings=_settings(root),
     )
 
 
@@ -46,6 +52,11 @@ def _windows_reason(root: ET.Element) -> Optional[str]:
     if root.find("features/hyperv") is not None:
         return "hyperv enlightenments in <features>"
     return None
+
+
+def _settings(root: ET.Element) -> Tuple[Tuple[str, str], ...]:
+    element = root.find(f"metadata/{{{SETTINGS_NS}}}settings")
+    return () if element is None else tuple(sorted(element.attrib.items()))
 
 
 def _balloon_model(root: ET.Element) -> Optional[str]:

@@ -8,13 +8,17 @@ State file (path in $FAKE_VIRSH_STATE):
                 "actual_kib", "maximum_kib", "period": seconds or 0,
                 "driver": true (guest has the balloon driver; false: no guest stats, setmem a no-op),
                 "stuck": true (stats flow but setmem never takes effect),
-                "balloon": "virtio"|"none", "os": libosinfo id or null, "hyperv": bool,
+                "balloon": "virtio"|"none", "os": libosinfo id or null, "hyperv": bool, "settings": {attribute: value} of our metadata,
                 "stats": {"usable": KiB, "available": ..., ...},
                 "last_update": epoch s, or "age": seconds before now,
                 "boot_update": epoch s of the one report a guest without a period sent}],
    "host": {"total_kib", "free_kib", "buffers_kib", "cached_kib"},
-   "faults": {"COMMAND": {"sleep": s, "exit": n, "stderr": text, "stdout": text, "times": n}}}
-Every call is appended to $FAKE_VIRSH_LOG as one JSON argv list per line.
+   "faults": {"COMMAND": {"sleep": s, "exit": n, "stderr": text, "stdout": text, "times": n,
+                          "die": true (the process ends after answering)},
+              "connect": {...}: libvirtd out of reach, no command runs}}
+Without a command it reads commands on stdin, as virsh's interactive mode on a pipe.
+Every process start is appended to $FAKE_VIRSH_LOG as its JSON argv list, every
+command inside an interactive session as {"in_session": argv}.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .virsh import Virsh, VirshError, _message
 
@@ -32,6 +36,7 @@ from .virsh import Virsh, VirshError, _message
 GUEST_STATS = ("swap_in", "swap_out", "major_fault", "minor_fault", "unused", "available", "usable",
                "last_update", "disk_caches", "hugetlb_pgalloc", "hugetlb_pgfail")
 LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
+SETTINGS_NS = "https://balloon-2395.example/ns/1"
 
 
 class Fail(Exception):
@@ -85,8 +90,12 @@ def render_domstats(domains: List[dict]) -> str:
 def render_dumpxml(dom: dict) -> str:
     meta = ""
     if dom.get("os"):
-        meta = (f"  <metadata>\n    <libosinfo:libosinfo xmlns:libosinfo=\"{LIBOSINFO_NS}\">\n"
-                f"      <libosinfo:os id=\"{dom['os']}\"/>\n    </libosinfo:libosinfo>\n  </metadata>\n")
+        meta += (f"    <libosinfo:libosinfo xmlns:libosinfo=\"{LIBOSINFO_NS}\">\n"
+                 f"      <libosinfo:os id=\"{dom['os']}\"/>\n    </libosinfo:libosinfo>\n")
+    if dom.get("settings"):
+        attrs = "".join(f' {key}="{value}"' for key, value in dom["settings"].items())
+        meta += f'    <b2395:settings xmlns:b2395="{SETTINGS_NS}"{attrs}/>\n'
+    meta = f"  <metadata>\n{meta}  </metadata>\n" if meta else ""
     features = "  <features>\n    <acpi/>\n"
     if dom.get("hyperv"):
         features += "    <hyperv mode='custom'>\n      <relaxed state='on'/>\n    </hyperv>\n"
@@ -107,6 +116,19 @@ def render_dumpxml(dom: dict) -> str:
             f"  </devices>\n</domain>\n\n")
 
 
+def render_list_table(domains: List[dict]) -> str:
+    """`virsh list [--all]`: a table that, under LC_ALL=C, shows each non-ASCII byte of a name as \\xff."""
+    rows = [(str(d["id"]) if d.get("state", "running") != "shut off" else "-",
+             "".join(chr(b) if b < 0x80 else "\\xff" for b in d["name"].encode("utf-8")),
+             d.get("state", "running")) for d in domains]
+    widths = [max([len(title)] + [len(row[i]) for row in rows]) for i, title in enumerate(("Id", "Name", "State"))]
+
+    def line(cells: Tuple[str, str, str]) -> str:
+        return " " + "   ".join(cell.ljust(width) for cell, width in zip(cells[:2], widths)) + "   " + cells[2] + "\n"
+
+    return line(("Id", "Name", "State")) + "-" * (sum(widths) + 9) + "\n" + "".join(map(line, rows)) + "\n"
+
+
 def render_dominfo(dom: dict) -> str:
     running = dom.get("state", "running") != "shut off"
     rows = [
@@ -122,6 +144,7 @@ def render_dominfo(dom: dict) -> str:
 class FakeHost:
     def __init__(self, state: dict) -> None:
         self.state = state
+        self.dying = False  # a "die" fault: the virsh process ends right after this command
 
     def running(self) -> List[dict]:
         return [d for d in self.state.get("domains", []) if d.get("state", "running") == "running"]
@@ -140,6 +163,8 @@ class FakeHost:
 
     def call(self, command: str, args: List[str]) -> Tuple[str, str, int, bool]:
         """(stdout, stderr, exit status, state changed), faults injected first."""
+        if not args and " " in command.strip():
+            return self._line(command)
         fault = self.state.get("faults", {}).get(command)
         if fault:
             if "times" in fault:
@@ -148,12 +173,30 @@ class FakeHost:
                     del self.state["faults"][command]
             if fault.get("sleep"):
                 time.sleep(fault["sleep"])
+            self.dying = bool(fault.get("die"))
             return fault.get("stdout", ""), fault.get("stderr", ""), int(fault.get("exit", 0)), True
+        if command == "echo":
+            return _echo(args)
         try:
             stdout, changed = self.run(command, args)
             return stdout, "", 0, changed
         except Fail as exc:
             return exc.stdout, str(exc), exc.exit_code, False
+
+    def _line(self, line: str) -> Tuple[str, str, int, bool]:
+        """`virsh 'a ; b'`: the commands in turn, their outputs joined; the first error ends the line."""
+        outputs, changed = [], False
+        for words in split_commands(line):
+            stdout, stderr, code, step_changed = self.call(words[0], words[1:])
+            outputs.append(stdout)
+            changed = changed or step_changed
+            if code or self.dying:
+                return "".join(outputs), stderr, code, changed
+        return "".join(outputs), "", 0, changed
+
+    def connect(self) -> Optional[Tuple[str, str, int, bool]]:
+        """A "connect" fault is libvirtd out of reach: virsh says why and runs no command."""
+        return self.call("connect", []) if "connect" in self.state.get("faults", {}) else None
 
     def run(self, command: str, args: List[str]) -> Tuple[str, bool]:
         """(stdout, state changed); raises Fail as virsh would fail."""
@@ -162,11 +205,19 @@ class FakeHost:
         opts, positional = _options(args)
         name = opts.get("domain") or (positional[0] if positional else None)
         if command == "domstats":
-            doms = self.running() if "list-running" in opts or not positional else [self.domain(n) for n in positional]
+            names = positional + ([opts["domain"]] if "domain" in opts else [])  # --list-running --domain X: X
+            doms = [self.domain(n) for n in names] if names else self.running()
             return render_domstats(doms), False
         if command == "list":
-            doms = self.running() if "state-running" in opts else self.state.get("domains", [])
-            return "".join(f"{d['name']}\n" for d in doms) + "\n", False
+            doms = self.state.get("domains", [])
+            if "state-running" in opts:
+                doms = self.running()
+            elif "all" not in opts:  # active: running or paused
+                doms = [d for d in doms if d.get("state", "running") != "shut off"]
+            fields = [key for key in ("uuid", "id", "name") if key in opts]  # in virsh's order
+            if not fields:
+                return render_list_table(doms), False
+            return "".join(" ".join(str(d[key]) for key in fields) + "\n" for d in doms) + "\n", False
         if command == "version":
             return ("Compiled against library: libvirt 9.0.0\nUsing library: libvirt 9.0.0\n"
                     "Using API: QEMU 9.0.0\nRunning hypervisor: QEMU 7.2.0\n\n"), False
@@ -215,7 +266,8 @@ class FakeHost:
 class InProcessVirsh(Virsh):
     """The real Virsh class with its process call answered in process: same argv, same
     parsing, no spawn (tests, the simulator). `answer(command, args)` gives
-    (stdout, stderr, exit status)."""
+    (stdout, stderr, exit status). `argv_log` has one argv per command, also for the
+    commands of one line ('a ; b'); `calls` counts the processes a real virsh would take."""
 
     def __init__(self, answer: Callable[[str, List[str]], Tuple[str, str, int]]) -> None:
         super().__init__()
@@ -223,16 +275,36 @@ class InProcessVirsh(Virsh):
         self.argv_log: List[List[str]] = []
 
     def run(self, *args: str) -> str:
-        self.calls += 1
         self.argv_log.append(list(args))
-        stdout, stderr, code = self.answer(args[0], list(args[1:]))
+        return self._answered(args[0], list(args[1:]))
+
+    def run_line(self, line: str) -> str:
+        self.argv_log.extend(split_commands(line))
+        return self._answered(line, [])
+
+    def _answered(self, command: str, args: List[str]) -> str:
+        self.calls += 1
+        stdout, stderr, code = self.answer(command, args)
         if code:
-            raise VirshError(list(args), code, _message(stderr, code))
+            raise VirshError([command] + args, code, _message(stderr, code))
         return stdout
 
 
-COMMANDS = ("domstats", "list", "version", "nodememstats", "dominfo", "dumpxml", "metadata", "dommemstat", "setmem")
-_FLAGS = {"list-running", "state-running", "all", "name", "live", "config", "current", "balloon", "inactive"}
+COMMANDS = ("domstats", "list", "version", "nodememstats", "dominfo", "dumpxml", "metadata", "dommemstat", "setmem",
+            "echo")
+PROMPT = "virsh # "
+BANNER = ("Welcome to virsh, the virtualization interactive terminal.\n\n"
+          "Type:  'help' for help with commands\n       'quit' to quit\n\n")
+
+
+def _echo(args: List[str]) -> Tuple[str, str, int, bool]:
+    """virsh's echo prints its words without a newline of its own; --err makes them an error line."""
+    text = " ".join(a for a in args if a not in ("--err", "--shell", "--xml", "--split"))
+    if "--err" in args:
+        return "\n", f"error: {text}\n", 0, False
+    return text + "\n", "", 0, False
+_FLAGS = {"list-running", "state-running", "all", "name", "live", "config", "current", "balloon", "inactive",
+          "uuid", "id", "err", "shell", "xml", "split"}
 
 
 def _options(args: List[str]) -> Tuple[Dict[str, str], List[str]]:
@@ -257,26 +329,109 @@ def _options(args: List[str]) -> Tuple[Dict[str, str], List[str]]:
     return opts, positional
 
 
-def main(argv: List[str]) -> int:
-    args = list(argv)
-    if len(args) >= 2 and args[0] in ("-c", "--connect"):
-        args = args[2:]
-    log_path = os.environ.get("FAKE_VIRSH_LOG")
-    if log_path:
-        with open(log_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(argv) + "\n")
-    if not args:
-        sys.stderr.write("error: interactive mode is not supported by this fake\n")
-        return 1
-    path = os.environ["FAKE_VIRSH_STATE"]
-    with open(path, "r+", encoding="utf-8") as handle:
+def split_commands(line: str) -> List[List[str]]:
+    """An interactive line as virsh parses it: words split on blanks, commands on ';', '...' taken
+    literally, \\ escaping the next character (also inside "..."), a word starting with '#' a comment."""
+    commands: List[List[str]] = [[]]
+    word: Optional[str] = None  # None: between words
+    quote = ""
+    chars = iter(line)
+    for ch in chars:
+        if quote == "'" and ch != "'":
+            word += ch
+        elif ch == "'" and quote != '"' or ch == '"':
+            quote = "" if quote else ch
+            word = word or ""
+        elif ch == "\\":
+            word = (word or "") + next(chars, "")
+        elif not quote and ch in " \t;":
+            if word is not None:
+                commands[-1].append(word)
+                word = None
+            if ch == ";":
+                commands.append([])
+        elif not quote and ch == "#" and word is None:
+            break
+        else:
+            word = (word or "") + ch
+    if word is not None:
+        commands[-1].append(word)
+    return [words for words in commands if words]
+
+
+def _with_state(act: Callable[[FakeHost], Tuple[str, str, int, bool]]) -> Tuple[str, str, int, bool]:
+    """(stdout, stderr, exit status, dying) of `act` on the state file, locked: concurrent fakes take turns."""
+    with open(os.environ["FAKE_VIRSH_STATE"], "r+", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        state = json.load(handle)
-        stdout, stderr, code, changed = FakeHost(state).call(args[0], args[1:])
+        host = FakeHost(json.load(handle))
+        stdout, stderr, code, changed = act(host)
         if changed:
             handle.seek(0)
             handle.truncate()
-            json.dump(state, handle)
+            json.dump(host.state, handle)
+    return stdout, stderr, code, host.dying
+
+
+def _log(entry) -> None:
+    log_path = os.environ.get("FAKE_VIRSH_LOG")
+    if log_path:
+        with open(log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+
+def _command(args: List[str], quiet: bool) -> Tuple[str, str, int, bool]:
+    stdout, stderr, code, dying = _with_state(lambda host: host.connect() or host.call(args[0], args[1:]))
+    if quiet and stdout.endswith("\n"):  # -q drops the newline virsh adds after each command
+        stdout = stdout[:-1]
+    return stdout, stderr, code, dying
+
+
+def _interactive(quiet: bool) -> int:
+    """Commands read from stdin as virsh reads them from a pipe: each line echoed after the prompt, an
+    error ending the rest of its line but not the session, exit 0 at EOF or `quit`."""
+    _, stderr, code, _ = _with_state(lambda host: host.connect() or ("", "", 0, False))
+    if code:
+        sys.stderr.write(stderr)
+        return code
+    out = sys.stdout
+    if not quiet:
+        out.write(BANNER)
+    while True:
+        out.write(PROMPT)
+        out.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        out.write(line.rstrip("\n") + "\n")
+        for words in split_commands(line.rstrip("\n")):
+            if words[0] in ("quit", "exit"):
+                out.write("\n")
+                return 0
+            _log({"in_session": words})
+            stdout, stderr, code, dying = _command(words, quiet)
+            out.write(stdout)
+            out.flush()
+            sys.stderr.write(stderr)
+            sys.stderr.flush()
+            if dying:
+                return 1
+            if code:
+                break
+    out.write("\n")
+    return 0
+
+
+def main(argv: List[str]) -> int:
+    """Every process start is logged as its argv (a list); a command inside a session as
+    {"in_session": argv}."""
+    args, quiet = list(argv), False
+    while args and args[0] in ("-c", "--connect", "-q", "--quiet"):
+        quiet = quiet or args[0] in ("-q", "--quiet")
+        args = args[1:] if args[0] in ("-q", "--quiet") else args[2:]
+    _log(argv)
+    if not args:
+        return _interactive(quiet)
+    stdout, stderr, code, _ = _command(args, quiet)
     sys.stdout.write(stdout)
     sys.stderr.write(stderr)
     return code

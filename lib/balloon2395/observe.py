@@ -1,10 +1,11 @@
 """Observing: one virsh read of every running domain per cycle, plus facts read once per domain.
 
-`domstats --balloon --list-running` gives all domains in one process. Only
-when that command is missing (old libvirt) does it fall back to
-`list` + `dommemstat` per domain. Per-domain set-up (dumpxml, switching the
-stats period on, the maximum in fallback mode) happens once per domain
-lifetime, which ends when the domain leaves the running list.
+`domstats --balloon --list-running` gives all domains in one process (with
+their ids: lifetime.py). Only when that command is missing (old libvirt) does
+it fall back to `list` + `dommemstat` per domain. Per-domain set-up (dumpxml,
+switching the stats period on, the maximum in fallback mode) happens once per
+domain lifetime, which ends when the domain leaves the running list or is
+listed under a new (uuid, id): started again.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .domain_xml import DomainFacts, parse_domain_xml
+from .lifetime import Lifetime, RunningReader
 from .policy import Observation
 from .virsh import Virsh, VirshError
 from .virsh_output import BalloonStats, VirshOutputError
@@ -30,6 +32,7 @@ class _Known:
     maximum_kib: Optional[int] = None
     stats_requested_at: Optional[float] = None  # when we switched the stats period on
     stats_seen: bool = False  # usable reported since we last switched it on
+    lifetime: Optional[Lifetime] = None  # (uuid, id) of this run, when virsh lists ids
 
 
 class Collector:
@@ -42,17 +45,29 @@ class Collector:
         self.wants_stats, self.setup, self.clock = wants_stats, setup, clock
         self.fallback = False
         self._known: Dict[str, _Known] = {}
+        self._running = RunningReader(virsh)
+        self.restarted: Set[str] = set()  # names started again since the last cycle
 
     def collect(self) -> List[Observation]:
         """Raises VirshError when the running domains cannot be read at all."""
-        all_stats = self._read_all()
-        self._known = {s.name: self._known.get(s.name) or _Known() for s in all_stats}
+        all_stats, lifetimes = self._read_all()
+        known = {s.name: self._carried(s.name, lifetimes.get(s.name)) for s in all_stats}
+        self.restarted = {name for name, k in known.items() if self._known.get(name) not in (None, k)}
+        self._known = known
         return [self._observe(stats, self._known[stats.name]) for stats in all_stats]
 
-    def _read_all(self) -> List[BalloonStats]:
+    def _carried(self, name: str, lifetime: Optional[Lifetime]) -> _Known:
+        """The cache of a domain's current run: kept while its (uuid, id) stays or is not listed."""
+        known = self._known.get(name)
+        if known is None or lifetime is not None and known.lifetime not in (None, lifetime):
+            return _Known(lifetime=lifetime)
+        known.lifetime = lifetime or known.lifetime
+        return known
+
+    def _read_all(self) -> Tuple[List[BalloonStats], Dict[str, Lifetime]]:
         if not self.fallback:
             try:
-                return self._parsed(self.virsh.domstats_balloon)
+                return self._parsed(self._running.read)
             except VirshError as exc:
                 if not exc.unsupported:
                     raise
@@ -66,7 +81,7 @@ class Collector:
             except VirshError as exc:
                 if not exc.domain_gone:
                     log.warning("%s: dommemstat failed: %s", name, exc.message)
-        return out
+        return out, {}
 
     @staticmethod
     def _parsed(read):

@@ -7,8 +7,9 @@ come first and are shared by every policy; a policy only proposes a target.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import DomainSettings
 from .domain_xml import DomainFacts
@@ -21,6 +22,12 @@ CHANGES = (GROW, SHRINK)
 FUTURE_TOLERANCE_S = 2.0  # host clock jitter between virsh's stamp and ours
 SETTLE_S = 5.0  # a balloon that has not moved at all by then never will
 TOLERANCE_KIB = 1024  # 'reached the target': QEMU rounds to pages, guests lag a little
+DEADBAND_KIB = 32 * 1024  # target policy: smaller moves are churn, not control
+# Major faults also come from reading files; only a rate like this, with usable not
+# plentiful, says the guest is paging its working set back in.
+MAJOR_FAULTS_PER_S = 100
+GROW_PAD_KIB = 64 * 1024  # a grow leaves this above the headroom, so the next 1 MiB is no new grow
+BURST_DECAY_PER_S = 0.999  # a burst is remembered for tens of minutes (half-life ~12 min)
 
 
 @dataclass(frozen=True)
@@ -42,9 +49,36 @@ class History:
     from_kib: Optional[int] = None
     target_kib: Optional[int] = None
     unresponsive: bool = False  # a setmem never took effect: leave the domain alone
+    # the last fresh report, to see swap-in, major faults and used memory rise
+    seen_update: Optional[int] = None
+    seen_swap_in_kib: Optional[int] = None
+    seen_major_fault: Optional[int] = None
+    seen_used_kib: Optional[int] = None
+    burst_kib: float = 0.0  # largest recent rise of used between two reports, decaying
 
     def after_change(self, now: float, from_kib: int, target_kib: int) -> "History":
         return replace(self, changed_at=now, from_kib=from_kib, target_kib=target_kib)
+
+    def settled(self) -> "History":
+        return replace(self, changed_at=None, from_kib=None, target_kib=None)
+
+    def saw(self, stats: BalloonStats) -> "History":
+        used = stats.actual_kib - stats.usable_kib
+        burst = self.burst_kib
+        if self.seen_update is not None:
+            burst *= BURST_DECAY_PER_S ** (stats.last_update - self.seen_update)
+            burst = max(burst, used - self.seen_used_kib)
+        return replace(self, seen_update=stats.last_update, seen_swap_in_kib=stats.swap_in_kib,
+                       seen_major_fault=stats.major_fault, seen_used_kib=used, burst_kib=burst)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What a guest's recent reports say beyond its current figures."""
+
+    paging: bool = False  # swap-in or major faults rising since the last report
+    swapped_kib: int = 0  # an estimate of what it has out in swap (swap_out - swap_in)
+    burst_kib: int = 0  # how fast its used memory has jumped lately, between two reports
 
 
 @dataclass(frozen=True)
@@ -64,12 +98,27 @@ class Decision:
 
 @dataclass(frozen=True)
 class Limits:
-    """Timing limits that come from the config, not from one domain."""
+    """Limits that come from the config, not from one domain."""
 
     stale_after_s: float = 5.0
 
 
-# A policy gets fresh, sane figures and returns (action, target KiB, code, reason).
+@dataclass(frozen=True)
+class HostMemory:
+    """The host's side: what it has, what it can still give, what it keeps for itself."""
+
+    total_kib: int
+    available_kib: int
+    reserve_kib: int
+    pressure: bool = False  # PSI says tasks already stall on memory
+
+    @property
+    def spare_kib(self) -> int:
+        return self.available_kib - self.reserve_kib
+
+
+# A policy gets fresh, sane figures and the signals of its recent reports, and
+# returns (action, target KiB, code, reason).
 Proposal = Tuple[str, Optional[int], str, str]
 Block = Tuple[str, str, str]  # (action, code, reason)
 
@@ -79,7 +128,7 @@ def usable_pct(stats: BalloonStats) -> int:
     return stats.usable_kib * 100 // stats.actual_kib
 
 
-def step(stats: BalloonStats, settings: DomainSettings, cap_kib: int) -> Proposal:
+def step(stats: BalloonStats, settings: DomainSettings, cap_kib: int, signals: Signals) -> Proposal:
     """The original's rule with its unit defect fixed: fixed steps across a band."""
     actual, pct = stats.actual_kib, usable_pct(stats)
     if pct < settings.minimal:
@@ -95,7 +144,55 @@ def step(stats: BalloonStats, settings: DomainSettings, cap_kib: int) -> Proposa
     return HOLD, None, "in-band", f"usable {pct}% within {settings.minimal:g}-{settings.maximal:g}%"
 
 
-POLICIES: Dict[str, Callable[[BalloonStats, DomainSettings, int], Proposal]] = {"step": step}
+def target_size_kib(stats: BalloonStats, settings: DomainSettings, signals: Signals = Signals()) -> int:
+    """The size that puts usable in the middle of the band, with at least the headroom
+    (raised to the guest's recent bursts) usable and room for what it has swapped out."""
+    used = stats.actual_kib - stats.usable_kib + (signals.swapped_kib if signals.paging else 0)
+    middle = (settings.minimal + settings.maximal) / 200.0
+    headroom = max(settings.headroom_kib, signals.burst_kib)
+    size = max(math.ceil(used / (1.0 - middle)), used + headroom + GROW_PAD_KIB, settings.critical_kib)
+    return -(-size // 1024) * 1024  # whole MiB: what logs show is what the guest gets
+
+
+def target(stats: BalloonStats, settings: DomainSettings, cap_kib: int, signals: Signals) -> Proposal:
+    """Grow to the target in one move; shrink toward it at most `max_shrink` at a time."""
+    actual, usable, pct = stats.actual_kib, stats.usable_kib, usable_pct(stats)
+    want = min(target_size_kib(stats, settings, signals), cap_kib)
+    if signals.paging:
+        want = max(want, min(actual + settings.addram_kib, cap_kib))
+    headroom = max(settings.headroom_kib, signals.burst_kib)
+    if pct < settings.minimal or usable < headroom or signals.paging:
+        why = ("swapping in or major faults rising" if signals.paging else
+               f"usable {pct}% < {settings.minimal:g}%" if pct < settings.minimal else
+               f"usable {mib(usable)} MiB < headroom {mib(headroom)} MiB")
+        if want <= actual:
+            return HOLD, None, "at-maximum", f"{why} but at maximum {mib(cap_kib)} MiB"
+        code = "paging" if signals.paging else "below-band" if pct < settings.minimal else "headroom"
+        return GROW, want, code, why
+    if pct > settings.maximal and actual - want >= DEADBAND_KIB:
+        goal = max(want, actual - settings.max_shrink_kib)
+        return SHRINK, goal, "above-band", f"usable {pct}% > {settings.maximal:g}%: toward {mib(want)} MiB"
+    if pct > settings.maximal:
+        return HOLD, None, "at-floor", (f"usable {pct}% > {settings.maximal:g}% but at its target "
+                                         f"(floor {mib(settings.critical_kib)} MiB, headroom {mib(headroom)} MiB)")
+    return HOLD, None, "in-band", f"usable {pct}% within {settings.minimal:g}-{settings.maximal:g}%"
+
+
+POLICIES: Dict[str, Callable[[BalloonStats, DomainSettings, int, Signals], Proposal]] = {"step": step, "target": target}
+
+
+def _signals(stats: BalloonStats, settings: DomainSettings, history: History) -> Signals:
+    """Swap-in or a major-fault rate rising since the last fresh report; swap in use; bursts."""
+    swapped = max((stats.swap_out_kib or 0) - (stats.swap_in_kib or 0), 0)
+    burst = int(history.burst_kib)
+    if history.seen_update is None or stats.last_update <= history.seen_update:
+        return Signals(False, swapped, burst)
+    paging = (stats.swap_in_kib is not None and history.seen_swap_in_kib is not None
+              and stats.swap_in_kib > history.seen_swap_in_kib)
+    if not paging and stats.major_fault is not None and history.seen_major_fault is not None:
+        rate = (stats.major_fault - history.seen_major_fault) / (stats.last_update - history.seen_update)
+        paging = rate > MAJOR_FAULTS_PER_S and usable_pct(stats) <= settings.maximal
+    return Signals(paging, swapped, burst)
 
 
 def cap_kib(stats: BalloonStats, settings: DomainSettings) -> Optional[int]:
@@ -113,6 +210,8 @@ def _eligibility(obs: Observation, settings: DomainSettings, history: History, n
     stats, facts = obs.stats, obs.facts
     if settings.exclude:
         return SKIP, "excluded", "excluded by config"
+    if settings.invalid:
+        return SKIP, "bad-metadata", f"its settings metadata is not usable: {settings.invalid}"
     if facts is None:
         return WAIT, "no-xml", "domain XML not read yet"
     if facts.windows and not settings.manage_windows:
@@ -151,25 +250,104 @@ def _settle(stats: BalloonStats, history: History, now: float) -> Tuple[History,
     if not reached and now - history.changed_at < SETTLE_S:
         return history, (WAIT, "moving", f"balloon moving toward {mib(history.target_kib)} MiB")
     if not reached and abs(stats.actual_kib - history.from_kib) <= TOLERANCE_KIB:
-        stuck = History(unresponsive=True)
+        stuck = replace(history.settled(), unresponsive=True)
         return stuck, (SKIP, "unresponsive", f"setmem to {mib(history.target_kib)} MiB had no effect after {SETTLE_S:g}s: leaving it alone")
-    return History(), None
+    return history.settled(), None
 
 
 def decide(obs: Observation, settings: DomainSettings, history: History, now: float,
            limits: Limits = Limits(), policy: str = "step") -> Decision:
     stats = obs.stats
+    signals = Signals()
     blocked = _eligibility(obs, settings, history, now, limits)
     if blocked is None:
+        signals = _signals(stats, settings, history)
+        if history.seen_update is None or stats.last_update > history.seen_update:
+            history = history.saw(stats)
         history, blocked = _settle(stats, history, now)
     if blocked is not None:
         action, code, reason = blocked
         return Decision(obs.name, action, code, reason, stats.actual_kib, None, history)
     cap = cap_kib(stats, settings)
-    action, target, code, reason = POLICIES[policy](stats, settings, cap)
+    action, target, code, reason = POLICIES[policy](stats, settings, cap, signals)
     # Defence in depth: whatever a policy proposes, these bounds hold.
     if action == GROW and not stats.actual_kib < target <= cap:
         action, target, code, reason = HOLD, None, "refused", f"refused grow to {target} KiB: outside ({stats.actual_kib}, {cap}]"
     if action == SHRINK and not settings.critical_kib <= target < stats.actual_kib:
         action, target, code, reason = HOLD, None, "refused", f"refused shrink to {target} KiB: below floor or not a shrink"
     return Decision(obs.name, action, code, reason, stats.actual_kib, target, history)
+
+
+def decide_all(observations: Sequence[Observation], settings: Mapping[str, DomainSettings],
+               histories: Mapping[str, History], host: Optional[HostMemory], now: float,
+               limits: Limits = Limits(), policy: str = "target") -> List[Decision]:
+    """Every domain's decision, then (target policy) fitted to what the host can give."""
+    decisions = [decide(obs, settings[obs.name], histories.get(obs.name, History()), now, limits, policy)
+                 for obs in observations]
+    if host is None or policy == "step":  # the original's rule knows nothing of the host
+        return decisions
+    return fit_host(decisions, {o.name: o for o in observations}, settings, host)
+
+
+def fit_host(decisions: List[Decision], observations: Mapping[str, Observation],
+             settings: Mapping[str, DomainSettings], host: HostMemory) -> List[Decision]:
+    """Growth only from what the host can spare above its reserve (the neediest first);
+    below the reserve, reclaim from the largest surplus first, then by shares, never
+    below a floor."""
+    out = list(decisions)
+    # PSI says tasks already stall: the host is short whatever MemAvailable says.
+    spare = min(host.spare_kib, 0) if host.pressure else host.spare_kib
+    grows = sorted((i for i, d in enumerate(out) if d.action == GROW),
+                   key=lambda i: usable_pct(observations[out[i].name].stats))
+    for i in grows:
+        d = out[i]
+        give = min(d.target_kib - d.actual_kib, max(spare, 0))
+        if give < TOLERANCE_KIB:
+            out[i] = replace(d, action=HOLD, target_kib=None, code="host-reserve",
+                             reason=f"{d.reason}, but the host is at its reserve ({mib(host.available_kib)} MiB "
+                                    f"available, {mib(host.reserve_kib)} MiB kept)")
+            continue
+        if give < d.target_kib - d.actual_kib:
+            out[i] = replace(d, target_kib=d.actual_kib + give, code="host-limited",
+                             reason=f"{d.reason} (limited by the host's reserve)")
+        spare -= give
+    deficit = max(-spare, host.total_kib // 100 if host.pressure else 0)
+    if deficit > 0:
+        out = _reclaim(out, observations, settings, host, deficit)
+    return out
+
+
+def _reclaim(decisions: List[Decision], observations: Mapping[str, Observation],
+             settings: Mapping[str, DomainSettings], host: HostMemory, deficit: int) -> List[Decision]:
+    # Only domains with fresh, settled figures; a grow planned this cycle is undone first.
+    plan: Dict[int, int] = {}
+    for i, d in enumerate(decisions):
+        if d.action in (HOLD, SHRINK, GROW) and d.actual_kib:
+            plan[i] = d.target_kib if d.action == SHRINK else d.actual_kib
+    def floor(i: int) -> int:
+        return settings[decisions[i].name].critical_kib
+
+    def surplus(i: int) -> int:
+        obs = observations[decisions[i].name]
+        return plan[i] - max(target_size_kib(obs.stats, settings[obs.name]), floor(i))
+
+    for i in sorted(plan, key=surplus, reverse=True):
+        take = min(max(surplus(i), 0), deficit)
+        plan[i] -= take
+        deficit -= take
+    if deficit > 0:
+        weights = {i: max(plan[i] - floor(i), 0) / settings[decisions[i].name].shares for i in plan}
+        total = sum(weights.values())
+        for i, weight in weights.items():
+            if total > 0:
+                plan[i] -= min(plan[i] - floor(i), math.ceil(deficit * weight / total)) if weight else 0
+    out = list(decisions)
+    why = (f"host below its reserve ({mib(host.available_kib)} MiB available, {mib(host.reserve_kib)} MiB kept)"
+           if host.spare_kib < 0 else "host memory pressure (PSI)")
+    for i, size in plan.items():
+        d = out[i]
+        if d.actual_kib - size >= TOLERANCE_KIB and size >= floor(i):
+            out[i] = replace(d, action=SHRINK, target_kib=size, code="host-reserve", reason=why)
+        elif d.action == GROW:
+            out[i] = replace(d, action=HOLD, target_kib=None, code="host-reserve", reason=f"{d.reason}, but {why}")
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 KIB_PER_MIB = 1024
@@ -22,9 +23,7 @@ def parse_size_kib(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size such as 300, 512MiB or 2GiB, got a boolean")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"must not be negative, got {value}")
-        return int(round(value * KIB_PER_MIB))
+        return _kib(value, KIB_PER_MIB, value)
     if not isinstance(value, str):
         raise ValueError(f"expected a size such as 300, 512MiB or 2GiB, got {type(value).__name__}")
     if value.strip().startswith("-"):
@@ -36,7 +35,16 @@ def parse_size_kib(value: object) -> int:
     factor = _UNITS_KIB.get(unit.lower()) if unit else KIB_PER_MIB
     if factor is None:
         raise ValueError(f"unknown unit {unit!r} in {value!r} (use KiB, MiB, GiB or TiB)")
-    return int(round(float(number) * factor))
+    return _kib(float(number), factor, value)
+
+
+def _kib(number: float, factor: int, shown: object) -> int:
+    if number < 0:
+        raise ValueError(f"must not be negative, got {shown!r}")
+    kib = number * factor
+    if not math.isfinite(kib):
+        raise ValueError(f"expected a finite size, got {shown!r}")
+    return int(round(kib))
 
 
 def mib(kib: int) -> int:

@@ -58,6 +58,13 @@ class Virsh:
         env["LC_ALL"] = "C"
         self._env = env
 
+    def close(self) -> None:
+        """Nothing to release: every call was its own process (VirshSession keeps one)."""
+
+    def run_line(self, line: str) -> str:
+        """Commands in virsh's own syntax ('a ; b'), all in one virsh; the first error ends the line."""
+        return self.run(line)  # one argument: virsh parses it as a command line
+
     def run(self, *args: str) -> str:
         argv = (["-c", self.uri] if self.uri else []) + list(args)
         self.calls += 1
@@ -92,6 +99,9 @@ class Virsh:
 
     def enable_stats(self, name: str, period_s: int) -> None:
         self.run("dommemstat", "--domain", name, "--period", str(period_s), "--live")
+
+    def nodememstats(self) -> str:
+        return self.run("nodememstats")
 
     def dumpxml(self, name: str) -> str:
         return self.run("dumpxml", "--domain", name)

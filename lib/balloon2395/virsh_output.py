@@ -125,3 +125,19 @@ def parse_dominfo_max_kib(text: str) -> int:
             if len(parts) == 2 and parts[0].isdigit() and parts[1] == "KiB":
                 return int(parts[0])
     raise VirshOutputError("dominfo has no 'Max memory: N KiB' line")
+
+
+def parse_nodememstats(text: str) -> Dict[str, int]:
+    """`virsh nodememstats`: `total  :   24684084 KiB` lines -> {'total': KiB, ...}."""
+    out = {}
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        parts = value.split()
+        if not sep or len(parts) != 2 or not parts[0].isdigit() or parts[1] != "KiB":
+            raise VirshOutputError(f"nodememstats line is not 'key : N KiB': {line[:80]!r}")
+        out[key.strip()] = int(parts[0])
+    if "total" not in out or "free" not in out:
+        raise VirshOutputError("nodememstats has no total or free")
+    return out

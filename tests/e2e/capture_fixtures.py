@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -136,7 +136,8 @@ class Capturer:
 
     def cap(self, name: str, args: List[Union[str, int]], situation: str, *,
             uri: Optional[str] = URI, stdin: Optional[bytes] = None,
-            extra_argv: Optional[List[str]] = None) -> subprocess.CompletedProcess:
+            extra_argv: Optional[List[str]] = None,
+            extra_env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
         assert all(c.isalnum() or c in "._-" for c in name), name
         assert name not in {e["name"] for e in self.entries}, name
         argv = ["virsh"] + (extra_argv or [])
@@ -146,13 +147,15 @@ class Capturer:
         proc = subprocess.run(argv, input=stdin,
                               stdin=None if stdin is not None else subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=virsh_env(), timeout=120)
+                              env={**virsh_env(), **(extra_env or {})}, timeout=120)
         (self.out / f"{name}.stdout").write_bytes(proc.stdout)
         if proc.stderr:
             (self.out / f"{name}.stderr").write_bytes(proc.stderr)
         (self.out / f"{name}.exit").write_text(f"{proc.returncode}\n")
         if stdin is not None:
             (self.out / f"{name}.stdin").write_bytes(stdin)
+        if extra_env:
+            situation += " (environment: " + ", ".join(f"{k}={v}" for k, v in extra_env.items()) + ")"
         self.entries.append({"name": name, "argv": argv, "situation": situation,
                              "exit": proc.returncode, "stdin": stdin is not None,
                              "stderr": bool(proc.stderr)})
@@ -196,6 +199,53 @@ class Capturer:
                 "",
             ]
         (self.out / "INDEX.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+# What the daemon sends (tests/test_virsh_session.py checks these against its code): its read of a
+# cycle (balloon2395.lifetime.READ_LINE), and in a session (balloon2395.virsh_session) the same
+# lines, each followed by a sentinel, here with fixed tokens.
+READ_LINE = "domstats --balloon --list-running ; list --uuid --id --name --state-running"
+SESSION_ENV = {"TERM": "dumb", "VIRSH_HISTSIZE": "0"}
+
+
+def session_input(*commands: str) -> bytes:
+    lines = []
+    for n, command in enumerate(("",) + commands):
+        token = f"b2395-c0ffee00-{n}"
+        lines += ([command] if command else []) + [f"echo --err {token} ; echo {token}"]
+    return "".join(line + "\n" for line in lines).encode()
+
+
+def capture_session_and_restart(c: "Capturer", quote) -> None:
+    """The daemon's one read per cycle, its session protocol, and what a restart changes."""
+    running = ", ".join(f"'{n}'" for n in virsh("list", "--name", "--state-running", check=True).out.split("\n") if n)
+    c.cap("domstats-balloon-list-running-and-ids", [READ_LINE],
+          f"running: {running}; the daemon's one virsh process per cycle: one argument, two commands")
+    c.cap("interactive.session", [],
+          "the daemon's session protocol: each command line followed by a sentinel on both streams; "
+          f"its read of a cycle; names with a space, a quote, non-ASCII; errors in the middle; running: {running}",
+          stdin=session_input(READ_LINE,
+                              "dommemstat --domain 'b2395e2e o'\\''brien'",
+                              f"dommemstat --domain '{WEB}'",
+                              f"dommemstat --domain {MISSING}",
+                              f"setmem --domain '{WEB}' --size 2097152 --live",
+                              "frobnicate"),
+          extra_env=SESSION_ENV)
+    c.cap("interactive.long-line", [],
+          "a command line longer than 80 columns: readline (TERM=dumb) echoes it scrolled, `\\r<` and its end",
+          stdin=session_input(f"dommemstat --domain {MISSING}-{'x' * 80}"), extra_env=SESSION_ENV)
+    ids = ["list", "--uuid", "--id", "--name", "--state-running"]
+    c.cap("domstats-cpu-total-domain.before-restart", ["domstats", "--cpu-total", "--domain", QUOTE],
+          f"'{QUOTE}' a few seconds after its boot")
+    c.cap("list-uuid-id-name-state-running.before-restart", ids, f"running: {running}")
+    quote.destroy()
+    quote.start()
+    quote.wait_booted()
+    c.cap("domstats-cpu-total-domain.after-restart", ["domstats", "--cpu-total", "--domain", QUOTE],
+          f"'{QUOTE}' destroyed and started again: a new QEMU process, whose boot already took more CPU "
+          "time than the old one had (cpu.time cannot tell a restart)")
+    c.cap("list-uuid-id-name-state-running.after-restart", ids,
+          f"after the restart: same name and uuid, a new id")
 
 
 def domain_names() -> List[str]:
@@ -498,6 +548,7 @@ def main() -> int:
                      f"dommemstat '{QUOTE}'\necho @@END@@\n"
                      "echo a  'b  c' \"d\"\nquit\necho after-quit\n").encode(),
               extra_argv=["-q"])
+        capture_session_and_restart(c, quote)
     finally:
         factory.cleanup()
 

@@ -114,7 +114,9 @@ class Simulation:
     def __init__(self, scenario: Scenario, config: Config, seed: int = 0, epoch: float = EPOCH) -> None:
         self.scenario, self.config, self.seed = scenario, config, seed
         self.host = SimHost(scenario, seed, epoch)
-        self.daemon = Daemon(config, SimVirsh(self.host), clock=lambda: self.host.now)
+        # The simulated host is the host: read it through virsh, never this machine's /proc.
+        watched = config if config.host_memory == "off" else replace(config, host_memory="virsh")
+        self.daemon = Daemon(watched, SimVirsh(self.host), clock=lambda: self.host.now)
         self.cycle_ticks = max(1, round(config.secs * TICKS_PER_S))
         self.trackers = [_Tracker(config.for_domain(g.name).minimal) for g in self.host.guests]
         self.last_change: Dict[str, Tuple[float, Decision]] = {}  # guest -> (virtual s, the change)

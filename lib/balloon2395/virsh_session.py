@@ -1,0 +1,231 @@
+"""One long-lived virsh process answering every call: no process spawned per steady cycle.
+
+virsh reads commands on its stdin (interactive mode on a pipe), fed through
+`sh`. Each command line is followed by the line `echo --err TOKEN ; echo TOKEN`,
+a sentinel on both streams, so a command's answer is what came on each stream
+before its sentinel: errors are matched to their command although virsh does not
+keep stdout and stderr in step. Without -q the transcript of one command is
+
+    virsh # CMDLINE                  the prompt and the line, echoed by virsh (readline)
+    OUTPUT                           exactly what a one-shot `virsh CMD` prints on stdout
+    virsh # echo --err T ; echo T
+                                     echo --err prints nothing but virsh's newline
+    T
+
+so the parsers see the same text as from one process per call. A command failed
+when it printed error lines (the exit status of a command inside a session is
+not available); virsh's own notes about the connection ("Disconnected from ...",
+"Reconnected to the hypervisor") are not the command's.
+
+The session is replaced when its process dies, a command outlasts the timeout
+(the process is killed), the connection dropped, or the transcript is not the
+one expected. While no session can start, each call runs as its own process
+(Virsh.run) and a new session is tried after a growing pause.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import secrets
+import threading
+import time
+from queue import Queue
+from typing import List, Optional, Tuple
+
+import sh
+
+from . import PROG
+from .config import Config
+from .virsh import Virsh, VirshError, VirshTimeout, _message
+
+log = logging.getLogger(PROG)
+
+# readline would act on a control character (a tab completes), so such a call gets its own process.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BARE = re.compile(r"^[A-Za-z0-9_./:=@%+,-]+$")
+_CONNECTION_NOTE = re.compile(r"^error: (Disconnected from .* due to |Reconnected to the hypervisor)")
+_RETRY_S = (1.0, 60.0)  # pause before the next try after a session failed to start: first, longest
+_ALIVE_CHECK_S = 0.5  # how often a wait looks whether virsh is still there
+
+
+def quote(word: str) -> str:
+    """A word as virsh's command parser reads it back: inside '...' nothing is special, and a
+    quote itself is written '\\''."""
+    return word if _BARE.match(word) else "'" + word.replace("'", "'\\''") + "'"
+
+
+class SessionBroken(VirshError):
+    """The session cannot go on (died, hung, out of step): the call fails, the next starts a new one."""
+
+
+class VirshSession(Virsh):
+    """Virsh with the same methods, answered by one virsh process for as long as it lasts."""
+
+    def __init__(self, binary: str = "virsh", uri: Optional[str] = None, timeout: float = 10.0) -> None:
+        super().__init__(binary, uri, timeout)
+        self._env = dict(self._env, TERM="dumb", VIRSH_HISTSIZE="0")  # plain echo; keep no command history
+        self.commands = 0  # commands answered inside a session
+        self._proc = None
+        self._stdin: Queue = Queue()
+        self._prompt = ""
+        self._out: List[str] = []  # lines from virsh not yet taken by a command
+        self._err: List[str] = []
+        self._token = ""
+        self._want: Tuple[str, str] = ("", "")  # the sentinel lines awaited on stdout, stderr
+        self._seen = [False, False]
+        self._ended = False
+        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # one command at a time
+        self._tag = secrets.token_hex(4)
+        self._serial = itertools.count()
+        self._retry_at = 0.0
+        self._pause = _RETRY_S[0]
+        self._unsupported = False  # this virsh does not echo commands: never try again
+
+    def run(self, *args: str) -> str:
+        return self._serve(list(args), " ".join(quote(a) for a in args))
+
+    def run_line(self, line: str) -> str:
+        return self._serve([line], line)
+
+    def _serve(self, argv: List[str], line: str) -> str:
+        """`line` answered in the session; `argv` is the same call as its own process, for when
+        there is no session."""
+        if _CONTROL.search(line):
+            return Virsh.run(self, *argv)
+        with self._lock:
+            if self._proc is None and not self._start():
+                return Virsh.run(self, *argv)
+            try:
+                return self._command(line, argv)
+            except (SessionBroken, VirshTimeout):
+                self._stop(kill=True)
+                raise
+
+    def close(self) -> None:
+        """End the session: EOF, as at the end of a script; killed if virsh does not go."""
+        with self._lock:
+            self._stop(kill=False)
+
+    # ------------------------------------------------------------ session
+
+    def _start(self) -> bool:
+        if self._unsupported or time.monotonic() < self._retry_at:
+            return False
+        argv = ["-c", self.uri] if self.uri else []
+        self._stdin, self._out, self._err, self._ended = Queue(), [], [], False
+        self.calls += 1
+        try:
+            self._proc = sh.Command(self.binary)(
+                *argv, _bg=True, _bg_exc=False, _in=self._stdin, _out=self._on_out, _err=self._on_err,
+                _done=self._on_done, _env=self._env, _tty_in=False, _tty_out=False, _encoding="utf-8",
+                _decode_errors="replace", _new_session=True, _ok_code=range(256))
+            lines, _ = self._exchange(None, [])
+        except (sh.CommandNotFound, OSError, VirshError) as exc:
+            self._stop(kill=True)
+            self._start_failed(getattr(exc, "message", str(exc)))
+            return False
+        # After the banner: the sentinel's own line, echoed after the prompt.
+        marker = self._marker_line()
+        if len(lines) < 3 or not lines[-3].endswith(marker):
+            self._unsupported = True
+            self._stop(kill=True)
+            log.warning("virsh does not echo commands read from a pipe: one virsh process per call")
+            return False
+        self._prompt = lines[-3][:-len(marker)]
+        if self._pause > _RETRY_S[0]:
+            log.info("virsh session started again")
+        self._pause = _RETRY_S[0]
+        return True
+
+    def _start_failed(self, why: str) -> None:
+        if self._pause == _RETRY_S[0]:
+            log.warning("cannot start a virsh session (%s): one virsh process per call until it can", why)
+        self._retry_at = time.monotonic() + self._pause
+        self._pause = min(self._pause * 2, _RETRY_S[1])
+
+    def _stop(self, kill: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if not kill:
+                self._stdin.put(None)
+                proc.wait(timeout=min(self.timeout, 2.0))
+                return
+        except (sh.TimeoutException, sh.ErrorReturnCode):
+            pass
+        try:
+            proc.kill_group()
+        except (OSError, AttributeError):
+            pass  # already gone
+
+    # ------------------------------------------------------------ one command
+
+    def _command(self, line: str, argv: List[str]) -> str:
+        lines, errors = self._exchange(line, argv)
+        # lines: [prompt + the command, *its output, prompt + the sentinel line, "\n", sentinel]
+        if len(lines) < 4 or not lines[0].startswith(self._prompt) or lines[-3] != self._prompt + self._marker_line():
+            raise SessionBroken(argv, None, "virsh session out of step: answer not framed by its sentinel")
+        self.commands += 1
+        notes = [line for line in errors if _CONNECTION_NOTE.match(line)]
+        failed = [line for line in errors if line not in notes]
+        if notes:  # virsh reconnected by itself, but a fresh process is the known state
+            log.info("virsh: %s; starting a new session", _message("".join(notes), None))
+            self._stop(kill=True)
+        if any(text.startswith("error:") for text in failed):
+            raise VirshError(argv, 1, _message("".join(failed), 1))
+        return "".join(lines[1:-3])
+
+    def _marker_line(self) -> str:
+        return f"echo --err {self._token} ; echo {self._token}\n"
+
+    def _exchange(self, line: Optional[str], argv: List[str]) -> Tuple[List[str], List[str]]:
+        """Send a command line (None: only the sentinel) and wait for both sentinels; returns the
+        stdout lines up to its sentinel and the stderr lines before it."""
+        self._token = f"b2395-{self._tag}-{next(self._serial)}"
+        with self._cond:
+            self._want, self._seen = (self._token + "\n", f"error: {self._token}\n"), [False, False]
+        self._stdin.put(("" if line is None else line + "\n") + self._marker_line())
+        deadline = time.monotonic() + self.timeout
+        with self._cond:
+            while not all(self._seen):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise VirshTimeout(argv, None, f"virsh {' '.join(argv[:2]) or 'session'} timed out after "
+                                                   f"{self.timeout:g}s: virsh killed")
+                if self._ended or not self._cond.wait(min(left, _ALIVE_CHECK_S)) and not self._proc.is_alive():
+                    raise SessionBroken(argv, None, _message("".join(self._err), None) + " (virsh ended)")
+            return self._take(self._out, self._want[0]), self._take(self._err, self._want[1])[:-1]
+
+    @staticmethod
+    def _take(lines: List[str], last: str) -> List[str]:
+        end = lines.index(last) + 1
+        taken = lines[:end]
+        del lines[:end]
+        return taken
+
+    def _on_done(self, _cmd, _success: bool, _exit_code: int) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def _on_out(self, line: str) -> None:
+        self._arrived(0, self._out, line)
+
+    def _on_err(self, line: str) -> None:
+        self._arrived(1, self._err, line)
+
+    def _arrived(self, stream: int, lines: List[str], line: str) -> None:
+        lines.append(line)
+        if line == self._want[stream]:
+            with self._cond:
+                self._seen[stream] = True
+                self._cond.notify_all()
+
+
+def open_virsh(config: Config) -> Virsh:
+    """The virsh the config asks for: one session for every call, or one process per call."""
+    return (VirshSession if config.session else Virsh)(config.virsh, config.connect, config.timeout)

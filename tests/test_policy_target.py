@@ -1,0 +1,181 @@
+"""The target policy: fixture tables, a simulate-until-stable loop, and host-aware invariants."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from balloon2395.config import DomainSettings
+from balloon2395.domain_xml import DomainFacts
+from balloon2395.policy import (GROW, HOLD, SHRINK, SKIP, WAIT, Decision, History, HostMemory, Limits, Observation,
+                                Signals, decide, decide_all, target, target_size_kib)
+from balloon2395.virsh_output import BalloonStats
+
+MIB = 1024
+GIB = 1024 * MIB
+NOW = 1_800_000_000.0
+LINUX = DomainFacts(uuid="u", domain_id="1", windows=None, balloon_model="virtio", stats_period_s=1)
+DEFAULTS = DomainSettings()
+
+
+def stats(actual, usable, maximum=4096, name="vm", **extra):
+    return BalloonStats(name=name, actual_kib=actual * MIB, usable_kib=usable * MIB, maximum_kib=maximum * MIB,
+                        last_update=int(NOW), **extra)
+
+
+# (actual, usable, maximum MiB, settings, signals) -> (action, target MiB, code)
+TABLE = [
+    # far below the band: one move to the middle of it (used 1800 / 0.7)
+    ((2048, 248, 4096, {}, Signals()), (GROW, 2572, "below-band")),
+    # ... capped at the maximum
+    ((2048, 248, 2300, {}, Signals()), (GROW, 2300, "below-band")),
+    ((2300, 100, 2300, {}, Signals()), (HOLD, None, "at-maximum")),
+    # inside the band by percent but under the absolute headroom: used 312 + 256 + 64 pad
+    ((512, 200, 4096, {}, Signals()), (GROW, 632, "headroom")),
+    # a burst remembered raises the headroom
+    ((1024, 400, 4096, {}, Signals(burst_kib=500 * MIB)), (GROW, 1188, "headroom")),
+    # far above: shrink toward the target, at most max_shrink at a time
+    ((4096, 3800, 4096, {}, Signals()), (SHRINK, 3840, "above-band")),
+    ((4096, 3800, 4096, {"max_shrink_kib": 8 * GIB}, Signals()), (SHRINK, 616, "above-band")),
+    ((700, 450, 4096, {}, Signals()), (SHRINK, 570, "above-band")),
+    # the deadband: 20 MiB above the target is no reason to move
+    ((590, 340, 4096, {}, Signals()), (HOLD, None, "at-floor")),
+    # never below the floor, whatever the arithmetic
+    ((600, 550, 4096, {"headroom_kib": 0}, Signals()), (SHRINK, 344, "above-band")),
+    ((344, 294, 4096, {"headroom_kib": 0, "critical_kib": 344 * MIB}, Signals()), (HOLD, None, "at-floor")),
+    # in the band with headroom: nothing
+    ((2048, 600, 4096, {}, Signals()), (HOLD, None, "in-band")),
+    # swapping in although usable looks fine: grow, at least by addram, with room for the swapped pages
+    ((2048, 700, 4096, {}, Signals(paging=True, swapped_kib=200 * MIB)), (GROW, 2212, "paging")),
+    ((2048, 700, 4096, {}, Signals(paging=True)), (GROW, 2148, "paging")),
+]
+
+
+@pytest.mark.parametrize("inputs,expected", TABLE)
+def test_target_table(inputs, expected):
+    actual, usable, maximum, overrides, signals = inputs
+    s = DomainSettings(**overrides)
+    cap = min(maximum * MIB, s.maximum_kib or maximum * MIB)
+    action, size, code, _ = target(stats(actual, usable, maximum), s, cap, signals)
+    assert (action, None if size is None else size // MIB, code) == expected
+
+
+def guest_step(actual_kib: int, target_kib: int, used_kib: int) -> int:
+    """A guest's balloon: moves to the target, but cannot take memory in use."""
+    return max(target_kib, used_kib + 16 * MIB)
+
+
+@settings(max_examples=300, deadline=None)
+@given(used=st.integers(64, 6000), start=st.integers(300, 8192), maximum=st.integers(1024, 8192),
+       headroom=st.integers(0, 512))
+def test_simulate_until_stable(used, start, maximum, headroom):
+    """Replaying decisions on a guest of steady use settles in a few moves, inside the rules."""
+    s = DomainSettings(headroom_kib=headroom * MIB)
+    actual, history, now, moves = min(start, maximum) * MIB, History(), NOW, 0
+    used_kib = min(used * MIB, actual - MIB)
+    for _ in range(200):
+        obs = Observation(BalloonStats(name="vm", actual_kib=actual, usable_kib=actual - used_kib,
+                                       maximum_kib=maximum * MIB, last_update=int(now)), LINUX)
+        d = decide(obs, s, history, now, Limits(), "target")
+        history = d.history
+        if d.action in (GROW, SHRINK):
+            moves += 1
+            actual = guest_step(actual, d.target_kib, used_kib)
+            history = history.after_change(now, d.actual_kib, d.target_kib)
+        elif d.action == HOLD:
+            break
+        now += 1.0
+    else:
+        pytest.fail("never settled")
+    assert d.code in ("in-band", "at-floor", "at-maximum")
+    assert moves <= 2 + (start * MIB) // s.max_shrink_kib
+    usable = actual - used_kib
+    if d.code != "at-maximum":  # settled with at least the headroom, and not far above target
+        assert usable >= min(s.headroom_kib, actual - used_kib)
+        assert actual <= max(target_size_kib(obs.stats, s), s.critical_kib) + 32 * MIB or usable * 100 // actual <= 35
+
+
+# ------------------------------------------------------------------ the host
+
+def obs(name, actual, usable, maximum=8192, **extra):
+    return Observation(stats(actual, usable, maximum, name=name, **extra), LINUX)
+
+
+def run_all(observations, host, per_domain=None):
+    per_domain = per_domain or {}
+    settings_map = {o.name: per_domain.get(o.name, DEFAULTS) for o in observations}
+    return {d.name: d for d in decide_all(observations, settings_map, {}, host, NOW, Limits(), "target")}
+
+
+def test_growth_only_from_what_the_host_can_spare_neediest_first():
+    host = HostMemory(total_kib=16 * GIB, available_kib=2 * GIB + 300 * MIB, reserve_kib=2 * GIB)
+    out = run_all([obs("a", 2048, 300), obs("b", 2048, 100)], host)  # b is the neediest
+    assert out["b"].action == GROW and out["b"].target_kib - 2048 * MIB == 300 * MIB
+    assert out["b"].code == "host-limited"
+    assert out["a"].action == HOLD and out["a"].code == "host-reserve"
+
+
+def test_below_the_reserve_reclaim_from_surplus_first():
+    host = HostMemory(total_kib=16 * GIB, available_kib=1 * GIB, reserve_kib=2 * GIB)
+    out = run_all([obs("fat", 6144, 5000), obs("tight", 2048, 600)], host)
+    assert out["fat"].action == SHRINK and out["fat"].code == "host-reserve"
+    assert 6144 * MIB - out["fat"].target_kib >= 1 * GIB  # the deficit, taken from the surplus in one move
+    assert out["tight"].action == HOLD
+
+
+def test_then_by_shares_never_below_a_floor():
+    host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=2 * GIB)
+    per = {"gold": DomainSettings(shares=4000), "bronze": DomainSettings(shares=1000)}
+    out = run_all([obs("gold", 4096, 1200), obs("bronze", 4096, 1200)], host, per)
+    given_gold = 4096 * MIB - out["gold"].target_kib
+    given_bronze = 4096 * MIB - out["bronze"].target_kib
+    assert given_bronze > given_gold > 0
+    assert min(out["gold"].target_kib, out["bronze"].target_kib) >= DEFAULTS.critical_kib
+
+
+def test_step_knows_nothing_of_the_host():
+    host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=2 * GIB)
+    observations = [obs("a", 2048, 100)]
+    decisions = decide_all(observations, {"a": DEFAULTS}, {}, host, NOW, Limits(), "step")
+    assert decisions[0].action == GROW
+
+
+@st.composite
+def hosts_and_guests(draw):
+    n = draw(st.integers(1, 6))
+    observations, per = [], {}
+    for i in range(n):
+        maximum = draw(st.integers(512, 16384))
+        actual = draw(st.integers(64, maximum))
+        usable = draw(st.integers(0, actual))
+        observations.append(obs(f"g{i}", actual, usable, maximum,
+                                swap_in_kib=draw(st.integers(0, 10))))
+        per[f"g{i}"] = DomainSettings(critical_kib=draw(st.integers(0, 2048)) * MIB,
+                                      headroom_kib=draw(st.integers(0, 1024)) * MIB,
+                                      shares=draw(st.integers(1, 10000)),
+                                      exclude=draw(st.booleans()))
+    total = draw(st.integers(4, 256)) * GIB
+    host = HostMemory(total, draw(st.integers(0, total)), draw(st.integers(0, total // 2)),
+                      draw(st.booleans()))
+    return observations, per, host
+
+
+@settings(max_examples=1500, deadline=None)
+@given(hosts_and_guests())
+def test_invariants_with_the_host_in_play(situation):
+    observations, per, host = situation
+    out = run_all(observations, host, per)
+    grown = 0
+    for o in observations:
+        d, s = out[o.name], per[o.name]
+        assert d.action in (GROW, SHRINK, HOLD, WAIT, SKIP)
+        if s.exclude:
+            assert d.action == SKIP
+        if d.action == GROW:
+            assert o.stats.actual_kib < d.target_kib <= o.stats.maximum_kib
+            grown += d.target_kib - o.stats.actual_kib
+        if d.action == SHRINK:
+            assert s.critical_kib <= d.target_kib < o.stats.actual_kib
+    assert grown <= max(host.spare_kib, 0)  # growth never takes the host below its reserve
+    if host.spare_kib < 0 or host.pressure:
+        assert grown == 0
