@@ -12,7 +12,8 @@ from typing import List
 
 import pytest
 
-from balloon2395.fake_virsh import FakeHost, InProcessVirsh
+from balloon2395.fake_virsh import FakeHost
+from balloon2395.inprocess import InProcessVirsh
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "lib"

@@ -48,6 +48,8 @@ TABLE = [
     # swapping in although usable looks fine: grow, at least by addram, with room for the swapped pages
     ((2048, 700, 4096, {}, Signals(paging=True, swapped_kib=200 * MIB)), (GROW, 2212, "paging")),
     ((2048, 700, 4096, {}, Signals(paging=True)), (GROW, 2148, "paging")),
+    # it paged its working set back in a few minutes ago: a shrink would only bring that back
+    ((4096, 3800, 4096, {}, Signals(paged_lately=True)), (HOLD, None, "paged-lately")),
 ]
 
 

@@ -28,6 +28,7 @@ DEADBAND_KIB = 32 * 1024  # target policy: smaller moves are churn, not control
 MAJOR_FAULTS_PER_S = 100
 GROW_PAD_KIB = 64 * 1024  # a grow leaves this above the headroom, so the next 1 MiB is no new grow
 BURST_DECAY_PER_S = 0.999  # a burst is remembered for tens of minutes (half-life ~12 min)
+PAGED_HOLD_S = 600  # after the guest paged its working set back in, no shrink for this long
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class History:
     seen_major_fault: Optional[int] = None
     seen_used_kib: Optional[int] = None
     burst_kib: float = 0.0  # largest recent rise of used between two reports, decaying
+    paged_at: Optional[int] = None  # report time of the last sign of paging
 
     def after_change(self, now: float, from_kib: int, target_kib: int) -> "History":
         return replace(self, changed_at=now, from_kib=from_kib, target_kib=target_kib)
@@ -79,6 +81,7 @@ class Signals:
     paging: bool = False  # swap-in or major faults rising since the last report
     swapped_kib: int = 0  # an estimate of what it has out in swap (swap_out - swap_in)
     burst_kib: int = 0  # how fast its used memory has jumped lately, between two reports
+    paged_lately: bool = False  # paging seen within PAGED_HOLD_S: shrinking again would bring it back
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ def target(stats: BalloonStats, settings: DomainSettings, cap_kib: int, signals:
             return HOLD, None, "at-maximum", f"{why} but at maximum {mib(cap_kib)} MiB"
         code = "paging" if signals.paging else "below-band" if pct < settings.minimal else "headroom"
         return GROW, want, code, why
+    if pct > settings.maximal and signals.paged_lately:
+        return HOLD, None, "paged-lately", f"usable {pct}% > {settings.maximal:g}% but it paged within {PAGED_HOLD_S}s"
     if pct > settings.maximal and actual - want >= DEADBAND_KIB:
         goal = max(want, actual - settings.max_shrink_kib)
         return SHRINK, goal, "above-band", f"usable {pct}% > {settings.maximal:g}%: toward {mib(want)} MiB"
@@ -185,14 +190,15 @@ def _signals(stats: BalloonStats, settings: DomainSettings, history: History) ->
     """Swap-in or a major-fault rate rising since the last fresh report; swap in use; bursts."""
     swapped = max((stats.swap_out_kib or 0) - (stats.swap_in_kib or 0), 0)
     burst = int(history.burst_kib)
+    lately = history.paged_at is not None and stats.last_update - history.paged_at < PAGED_HOLD_S
     if history.seen_update is None or stats.last_update <= history.seen_update:
-        return Signals(False, swapped, burst)
+        return Signals(False, swapped, burst, lately)
     paging = (stats.swap_in_kib is not None and history.seen_swap_in_kib is not None
               and stats.swap_in_kib > history.seen_swap_in_kib)
     if not paging and stats.major_fault is not None and history.seen_major_fault is not None:
         rate = (stats.major_fault - history.seen_major_fault) / (stats.last_update - history.seen_update)
         paging = rate > MAJOR_FAULTS_PER_S and usable_pct(stats) <= settings.maximal
-    return Signals(paging, swapped, burst)
+    return Signals(paging, swapped, burst, lately or paging)
 
 
 def cap_kib(stats: BalloonStats, settings: DomainSettings) -> Optional[int]:
@@ -264,6 +270,8 @@ def decide(obs: Observation, settings: DomainSettings, history: History, now: fl
         signals = _signals(stats, settings, history)
         if history.seen_update is None or stats.last_update > history.seen_update:
             history = history.saw(stats)
+            if signals.paging:
+                history = replace(history, paged_at=stats.last_update)
         history, blocked = _settle(stats, history, now)
     if blocked is not None:
         action, code, reason = blocked

@@ -7,6 +7,7 @@ never an option.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Dict, List, Optional
 
 import sh
@@ -49,6 +50,29 @@ def _message(stderr: str, exit_code: Optional[int]) -> str:
     return "; ".join(errors)[:500] or f"exit status {exit_code} with no message"
 
 
+def _waited(proc: sh.RunningCommand, timeout: float) -> bool:
+    """Wait for the process, killing it at the timeout; True when it was killed. (sh's own _timeout
+    checks every 0.1 s, which added that much to every call: a timer costs nothing until it fires.)"""
+    killed = threading.Event()
+
+    def kill() -> None:
+        killed.set()
+        try:
+            proc.kill_group()
+        except OSError:
+            pass  # it ended just now
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    try:
+        proc.wait()
+    except sh.ErrorReturnCode:
+        pass  # killed by a signal, which _ok_code does not cover
+    finally:
+        timer.cancel()
+    return killed.is_set()
+
+
 class Virsh:
     def __init__(self, binary: str = "virsh", uri: Optional[str] = None, timeout: float = 10.0) -> None:
         self.binary, self.uri, self.timeout = binary, uri, timeout
@@ -69,15 +93,15 @@ class Virsh:
         argv = (["-c", self.uri] if self.uri else []) + list(args)
         self.calls += 1
         try:
-            command = sh.Command(self.binary)
-            result = command(*argv, _env=self._env, _timeout=self.timeout, _ok_code=range(256),
-                             _return_cmd=True, _tty_out=False, _in="")
+            # In a session of its own, so that a kill also takes what it started (ssh, for a remote URI).
+            result = sh.Command(self.binary)(*argv, _env=self._env, _bg=True, _bg_exc=False, _ok_code=range(256),
+                                             _tty_out=False, _in="", _new_session=True)
         except sh.CommandNotFound:
             raise VirshError(argv, None, f"virsh not found: {self.binary!r} (install libvirt-clients or set --virsh)") from None
-        except sh.TimeoutException:
-            raise VirshTimeout(argv, None, f"virsh {' '.join(args[:2])} timed out after {self.timeout:g}s") from None
         except OSError as exc:
             raise VirshError(argv, None, f"cannot run {self.binary!r}: {exc.strerror}") from None
+        if _waited(result, self.timeout):
+            raise VirshTimeout(argv, None, f"virsh {' '.join(args[:2])} timed out after {self.timeout:g}s") from None
         stdout = result.stdout.decode("utf-8", "replace")
         if result.exit_code != 0:
             raise VirshError(argv, result.exit_code, _message(result.stderr.decode("utf-8", "replace"), result.exit_code))

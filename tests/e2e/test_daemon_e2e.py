@@ -161,10 +161,11 @@ def test_idle_guest_under_target_keeps_its_headroom(guest_factory, daemons, e2e_
                f"{len(d.changes(g.name))} setmem calls, usable {final['usable'] // MIB} MiB")
 
 
-def test_growing_workload_is_followed_without_oom(guest_factory, daemons, e2e_report):
+@pytest.mark.parametrize("policy", ["target", "step"])
+def test_growing_workload_is_followed_without_oom(guest_factory, daemons, e2e_report, policy):
     g = guest_factory.create("ramp", current_mib=512, max_mib=1024)
     g.wait_fresh_stats()
-    d = daemons()
+    d = daemons("--policy", policy)
     # let the daemon settle the idle guest first (down to its floor)
     wait_for(lambda: "hold " + g.name in d.log() or in_band(g, 25, 35), timeout=90, interval=0.5,
              what="the idle guest settled")
@@ -180,7 +181,7 @@ def test_growing_workload_is_followed_without_oom(guest_factory, daemons, e2e_re
     assert g.hog_status("work") == (True, 300)
     low = min((s["usable"] * 100.0 / s["actual"] for s in sampler.samples if "usable" in s), default=None)
     assert max(sampler.actuals_mib()) <= 1024
-    e2e_report(f"ramp 50 MiB/s to 300 MiB from {settled['actual'] // MIB} MiB: no OOM, lowest usable "
+    e2e_report(f"{policy}: ramp 50 MiB/s to 300 MiB from {settled['actual'] // MIB} MiB: no OOM, lowest usable "
                f"{low:.0f}%, back in band after {t_relief:.1f}s at {relieved['actual'] // MIB} MiB")
 
 

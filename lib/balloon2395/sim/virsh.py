@@ -20,7 +20,8 @@ import sys
 import time
 from typing import Any, List, Tuple
 
-from ..fake_virsh import FakeHost, InProcessVirsh
+from ..fake_virsh import FakeHost
+from ..inprocess import InProcessVirsh
 from .host import SimGuest, SimHost
 from .scenario import ScenarioError, load
 
