@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 import zlib
 from pathlib import Path
 from typing import List
@@ -24,7 +25,8 @@ MIB = 1024
 
 def domain(name: str, actual_mib: int = 2048, usable_mib: int = 600, maximum_mib: int = 4096, **extra) -> dict:
     """A running domain for fake hosts; figures in MiB for readability, stored in KiB."""
-    dom = {"name": name, "uuid": f"uuid-{name}", "id": zlib.crc32(name.encode()) % 1000 + 1, "state": "running",
+    dom = {"name": name, "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, name)), "id": zlib.crc32(name.encode()) % 1000 + 1,
+           "state": "running",
            "actual_kib": actual_mib * MIB, "maximum_kib": maximum_mib * MIB, "period": 1,
            "stats": {"usable": usable_mib * MIB, "available": actual_mib * MIB}, "age": 0}
     dom.update(extra)

@@ -160,3 +160,14 @@ def test_default_config_path_is_read_when_present(fake_host, monkeypatch):
     assert cfg.DEFAULT_CONFIG_PATH == "/etc/balloon-2395/config.yaml"
     monkeypatch.setattr(cfg, "DEFAULT_CONFIG_PATH", os.devnull)
     assert cfg.default_path() == os.devnull
+
+
+def test_target_policy_flags(fake_host):
+    # used 1848 MiB: the middle of the band is 2640 MiB; a 1 GiB headroom asks for 1848 + 1024 + 64 pad
+    host = fake_host(domain("web1", actual_mib=2048, usable_mib=200))
+    result = host.run("--once", "--policy", "target", "--host-memory", "off", "--headroom", "1GiB")
+    assert result.returncode == 0, result.stderr
+    assert host.setmems() == [["setmem", "--domain", "web1", "--size", str(2936 * MIB), "--live"]]
+    assert "grow web1 2048 -> 2936 MiB: usable 9% < 25%" in result.stderr
+    bad = host.run("--once", "--host-reserve", "95%")
+    assert bad.returncode == 2 and "--host-reserve: must be between 0 and 90" in bad.stderr

@@ -52,6 +52,17 @@ def _add_knobs(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stale-after", type=float, default=S, metavar="S", dest="stale_after",
                    help="ignore stats older than this (default max(5, 3 x stats period))")
     g.add_argument("--policy", default=S, choices=cfg.POLICIES, help="decision rule: target (default) or step (the original's fixed steps)")
+    g.add_argument("--headroom", default=S, metavar="SIZE", help="target: usable never planned below this (default 256MiB)")
+    g.add_argument("--max-shrink", default=S, metavar="SIZE", dest="max_shrink",
+                   help="target: the most one shrink takes (default 256MiB)")
+    g.add_argument("--shares", type=int, default=S, metavar="N",
+                   help="target: weight under host pressure; fewer shares give back more (default 1000)")
+    g.add_argument("--host-reserve", default=S, metavar="SIZE|PCT", dest="host_reserve",
+                   help="target: memory the host keeps, e.g. 2GiB or 10%% (default: the larger of 10%% and 1GiB)")
+    g.add_argument("--host-memory", default=S, choices=cfg.HOST_MEMORY, dest="host_memory",
+                   help="where host memory is read (default auto: /proc locally, nodememstats for a remote URI)")
+    g.add_argument("--host-psi", type=float, default=S, metavar="AVG10", dest="host_psi",
+                   help="target: host PSI memory 'some avg10' above which the host counts as short (default off)")
     g.add_argument("--manage-windows", action=argparse.BooleanOptionalAction, default=S, dest="manage_windows",
                    help="also balloon Windows guests (default: leave them alone)")
     g.add_argument("--debug", action=argparse.BooleanOptionalAction, default=S,

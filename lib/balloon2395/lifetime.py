@@ -29,7 +29,7 @@ Lifetime = Tuple[str, int]  # (uuid, domain id)
 READ_LINE = "domstats --balloon --list-running ; list --uuid --id --name --state-running"
 # `UUID ID NAME`, the name raw to the end of the line. A domstats line never fits: it starts
 # with "Domain: '" or a blank.
-_ID_LINE = re.compile(r"^(\S+) (\d+) (.+)$")
+_ID_LINE = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}) (\d+) (.+)$")
 
 
 def parse_running(text: str) -> Tuple[List[BalloonStats], Dict[str, Lifetime]]:

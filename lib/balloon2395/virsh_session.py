@@ -12,12 +12,12 @@ keep stdout and stderr in step. Without -q the transcript of one command is
                                      echo --err prints nothing but virsh's newline
     T
 
-so the parsers see the same text as from one process per call. A command failed
-when it printed error lines (the exit status of a command inside a session is
-not available); virsh's own notes about the connection ("Disconnected from ...",
-"Reconnected to the hypervisor") are not the command's.
+so the parsers see the same text as from one process per call (fixture
+interactive.session). A command failed when it printed error lines: inside a
+session its exit status is not available. virsh's own notes about the connection
+("Disconnected from ...", "Reconnected to the hypervisor") are not the command's.
 
-The session is replaced when its process dies, a command outlasts the timeout
+A session is replaced when its process ends, a command outlasts the timeout
 (the process is killed), the connection dropped, or the transcript is not the
 one expected. While no session can start, each call runs as its own process
 (Virsh.run) and a new session is tried after a growing pause.
@@ -57,7 +57,50 @@ def quote(word: str) -> str:
 
 
 class SessionBroken(VirshError):
-    """The session cannot go on (died, hung, out of step): the call fails, the next starts a new one."""
+    """The session cannot go on (ended, out of step): the call fails, the next starts a new one."""
+
+
+class _Transcript:
+    """What one virsh process printed, line by line, until taken by the command it answers.
+    Its own object per process, so that the last words of a replaced one go nowhere."""
+
+    def __init__(self) -> None:
+        self.lines: Tuple[List[str], List[str]] = ([], [])  # stdout, stderr
+        self.want = ("", "")  # the sentinel line awaited on each
+        self.seen = [False, False]
+        self.ended = False
+        self.cond = threading.Condition()
+
+    def expect(self, token: str) -> None:
+        with self.cond:
+            self.want, self.seen = (token + "\n", f"error: {token}\n"), [False, False]
+
+    def take(self) -> Tuple[List[str], List[str]]:
+        """The stdout lines up to the sentinel, the stderr lines before it."""
+        out = []
+        for stream, lines in enumerate(self.lines):
+            end = lines.index(self.want[stream]) + 1
+            out.append(lines[:end])
+            del lines[:end]
+        return out[0], out[1][:-1]
+
+    def on_out(self, line: str) -> None:
+        self._arrived(0, line)
+
+    def on_err(self, line: str) -> None:
+        self._arrived(1, line)
+
+    def _arrived(self, stream: int, line: str) -> None:
+        self.lines[stream].append(line)
+        if line == self.want[stream]:
+            with self.cond:
+                self.seen[stream] = True
+                self.cond.notify_all()
+
+    def on_done(self, _cmd, _success: bool, _exit_code: int) -> None:
+        with self.cond:
+            self.ended = True
+            self.cond.notify_all()
 
 
 class VirshSession(Virsh):
@@ -69,17 +112,12 @@ class VirshSession(Virsh):
         self.commands = 0  # commands answered inside a session
         self._proc = None
         self._stdin: Queue = Queue()
+        self._said = _Transcript()
         self._prompt = ""
-        self._out: List[str] = []  # lines from virsh not yet taken by a command
-        self._err: List[str] = []
         self._token = ""
-        self._want: Tuple[str, str] = ("", "")  # the sentinel lines awaited on stdout, stderr
-        self._seen = [False, False]
-        self._ended = False
-        self._cond = threading.Condition()
-        self._lock = threading.Lock()  # one command at a time
         self._tag = secrets.token_hex(4)
         self._serial = itertools.count()
+        self._lock = threading.Lock()  # one command at a time
         self._retry_at = 0.0
         self._pause = _RETRY_S[0]
         self._unsupported = False  # this virsh does not echo commands: never try again
@@ -90,12 +128,19 @@ class VirshSession(Virsh):
     def run_line(self, line: str) -> str:
         return self._serve([line], line)
 
+    def close(self) -> None:
+        """End the session: EOF, as at the end of a script; killed if virsh does not go."""
+        with self._lock:
+            self._stop(kill=False)
+
     def _serve(self, argv: List[str], line: str) -> str:
         """`line` answered in the session; `argv` is the same call as its own process, for when
         there is no session."""
         if _CONTROL.search(line):
             return Virsh.run(self, *argv)
         with self._lock:
+            if self._proc is not None and not self._proc.is_alive():
+                self._stop(kill=True)  # ended while idle (killed, crashed): nothing was lost, start anew
             if self._proc is None and not self._start():
                 return Virsh.run(self, *argv)
             try:
@@ -104,24 +149,19 @@ class VirshSession(Virsh):
                 self._stop(kill=True)
                 raise
 
-    def close(self) -> None:
-        """End the session: EOF, as at the end of a script; killed if virsh does not go."""
-        with self._lock:
-            self._stop(kill=False)
-
     # ------------------------------------------------------------ session
 
     def _start(self) -> bool:
         if self._unsupported or time.monotonic() < self._retry_at:
             return False
-        argv = ["-c", self.uri] if self.uri else []
-        self._stdin, self._out, self._err, self._ended = Queue(), [], [], False
+        self._stdin, self._said = Queue(), _Transcript()
         self.calls += 1
         try:
             self._proc = sh.Command(self.binary)(
-                *argv, _bg=True, _bg_exc=False, _in=self._stdin, _out=self._on_out, _err=self._on_err,
-                _done=self._on_done, _env=self._env, _tty_in=False, _tty_out=False, _encoding="utf-8",
-                _decode_errors="replace", _new_session=True, _ok_code=range(256))
+                *(["-c", self.uri] if self.uri else []), _bg=True, _bg_exc=False, _in=self._stdin,
+                _out=self._said.on_out, _err=self._said.on_err, _done=self._said.on_done, _env=self._env,
+                _tty_in=False, _tty_out=False, _encoding="utf-8", _decode_errors="replace", _new_session=True,
+                _ok_code=range(256))
             lines, _ = self._exchange(None, [])
         except (sh.CommandNotFound, OSError, VirshError) as exc:
             self._stop(kill=True)
@@ -150,16 +190,16 @@ class VirshSession(Virsh):
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        try:
-            if not kill:
-                self._stdin.put(None)
+        if not kill:
+            self._stdin.put(None)
+            try:
                 proc.wait(timeout=min(self.timeout, 2.0))
                 return
-        except (sh.TimeoutException, sh.ErrorReturnCode):
-            pass
+            except (sh.TimeoutException, sh.ErrorReturnCode):
+                pass
         try:
             proc.kill_group()
-        except (OSError, AttributeError):
+        except OSError:
             pass  # already gone
 
     # ------------------------------------------------------------ one command
@@ -170,9 +210,9 @@ class VirshSession(Virsh):
         if len(lines) < 4 or not lines[0].startswith(self._prompt) or lines[-3] != self._prompt + self._marker_line():
             raise SessionBroken(argv, None, "virsh session out of step: answer not framed by its sentinel")
         self.commands += 1
-        notes = [line for line in errors if _CONNECTION_NOTE.match(line)]
-        failed = [line for line in errors if line not in notes]
-        if notes:  # virsh reconnected by itself, but a fresh process is the known state
+        notes = [text for text in errors if _CONNECTION_NOTE.match(text)]
+        failed = [text for text in errors if text not in notes]
+        if notes:  # virsh reconnects by itself, but a new process is a known state
             log.info("virsh: %s; starting a new session", _message("".join(notes), None))
             self._stop(kill=True)
         if any(text.startswith("error:") for text in failed):
@@ -183,47 +223,21 @@ class VirshSession(Virsh):
         return f"echo --err {self._token} ; echo {self._token}\n"
 
     def _exchange(self, line: Optional[str], argv: List[str]) -> Tuple[List[str], List[str]]:
-        """Send a command line (None: only the sentinel) and wait for both sentinels; returns the
-        stdout lines up to its sentinel and the stderr lines before it."""
+        """Send a command line (None: only the sentinel) and wait for both sentinels."""
+        said = self._said
         self._token = f"b2395-{self._tag}-{next(self._serial)}"
-        with self._cond:
-            self._want, self._seen = (self._token + "\n", f"error: {self._token}\n"), [False, False]
+        said.expect(self._token)
         self._stdin.put(("" if line is None else line + "\n") + self._marker_line())
         deadline = time.monotonic() + self.timeout
-        with self._cond:
-            while not all(self._seen):
+        with said.cond:
+            while not all(said.seen):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise VirshTimeout(argv, None, f"virsh {' '.join(argv[:2]) or 'session'} timed out after "
                                                    f"{self.timeout:g}s: virsh killed")
-                if self._ended or not self._cond.wait(min(left, _ALIVE_CHECK_S)) and not self._proc.is_alive():
-                    raise SessionBroken(argv, None, _message("".join(self._err), None) + " (virsh ended)")
-            return self._take(self._out, self._want[0]), self._take(self._err, self._want[1])[:-1]
-
-    @staticmethod
-    def _take(lines: List[str], last: str) -> List[str]:
-        end = lines.index(last) + 1
-        taken = lines[:end]
-        del lines[:end]
-        return taken
-
-    def _on_done(self, _cmd, _success: bool, _exit_code: int) -> None:
-        with self._cond:
-            self._ended = True
-            self._cond.notify_all()
-
-    def _on_out(self, line: str) -> None:
-        self._arrived(0, self._out, line)
-
-    def _on_err(self, line: str) -> None:
-        self._arrived(1, self._err, line)
-
-    def _arrived(self, stream: int, lines: List[str], line: str) -> None:
-        lines.append(line)
-        if line == self._want[stream]:
-            with self._cond:
-                self._seen[stream] = True
-                self._cond.notify_all()
+                if said.ended or not said.cond.wait(min(left, _ALIVE_CHECK_S)) and not self._proc.is_alive():
+                    raise SessionBroken(argv, None, _message("".join(said.lines[1]), None) + " (virsh ended)")
+        return said.take()
 
 
 def open_virsh(config: Config) -> Virsh:

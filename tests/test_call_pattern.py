@@ -1,0 +1,67 @@
+"""The daemon's cost as a call pattern: the real daemon against the recording fake virsh (real
+processes), per cycle. Steady state: one virsh process per cycle (none in a session) plus a setmem
+per domain that changes; per-domain set-up once per domain lifetime, again after a restart."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from balloon2395 import config as cfg
+from balloon2395.daemon import Daemon
+from balloon2395.lifetime import READ_LINE
+from balloon2395.virsh_session import open_virsh
+from conftest import domain
+
+URI = "qemu:///system"
+
+
+@pytest.fixture
+def daemon_on(fake_host, monkeypatch):
+    def make(session: bool, *domains):
+        now = int(time.time())
+        host = fake_host(*[dict(d, last_update=now) for d in domains])
+        for key in ("FAKE_VIRSH_STATE", "FAKE_VIRSH_LOG", "PYTHONPATH"):
+            monkeypatch.setenv(key, host.env[key])
+        config = cfg.build({"policy": "step", "session": session, "virsh": str(host.bin / "virsh"), "connect": URI})
+        virsh = open_virsh(config)
+        yield_ = Daemon(config, virsh), host
+        return yield_
+    return make
+
+
+def cycle_calls(daemon, host):
+    """(processes started, commands run) by one cycle: the session's sentinel echoes left out."""
+    before = len(host.calls())
+    daemon.cycle()
+    new = host.calls()[before:]
+    procs = [c for c in new if isinstance(c, list)]
+    commands = [c["in_session"] for c in new if isinstance(c, dict) and c["in_session"][0] != "echo"]
+    return procs, commands + [p[2:] for p in procs if p[2:]]
+
+
+@pytest.mark.parametrize("session", [False, True], ids=["process-per-call", "session"])
+def test_one_virsh_process_per_steady_cycle_and_setup_once_per_lifetime(daemon_on, session):
+    daemon, host = daemon_on(session, domain("in-band 1"), domain("in-band 2"), domain("quiet", period=0),
+                             domain("short", usable_mib=300))
+    procs, commands = cycle_calls(daemon, host)
+    first = sorted(" ".join(c) for c in commands)
+    assert first == sorted([READ_LINE] * (not session) + ["domstats --balloon --list-running",
+                                                          "list --uuid --id --name --state-running"] * session
+                           + [f"dumpxml --domain {n}" for n in ("in-band 1", "in-band 2", "quiet", "short")]
+                           + ["dommemstat --domain quiet --period 1 --live", "setmem --domain short --size "
+                              f"{2148 * 1024} --live"])
+    assert len(procs) == (1 if session else len(commands))  # the session itself, or one per command
+    for _ in range(4):  # steady: the read, nothing else (the setmem waits for stats newer than it)
+        procs, commands = cycle_calls(daemon, host)
+        assert len(procs) == (0 if session else 1)
+        assert [" ".join(c) for c in commands] == ([READ_LINE] if not session else
+                                                   ["domstats --balloon --list-running",
+                                                    "list --uuid --id --name --state-running"])
+    state = host.read()
+    state["domains"][0]["id"] += 100  # 'in-band 1' destroyed and started again between two cycles
+    host.write(state)
+    procs, commands = cycle_calls(daemon, host)
+    assert ["dumpxml", "--domain", "in-band 1"] in commands and len(procs) == (0 if session else 2)
+    daemon.virsh.close()

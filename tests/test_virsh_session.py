@@ -1,0 +1,185 @@
+"""The virsh session against the fake virsh's interactive mode (real processes, real pipes, real sh):
+same answers as one process per call, errors matched to their command, awkward names, and every way
+a session ends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from balloon2395.fake_virsh import split_commands
+from balloon2395.lifetime import READ_LINE
+from balloon2395.virsh import Virsh, VirshError, VirshTimeout
+from balloon2395.virsh_session import SessionBroken, VirshSession, quote
+from conftest import MIB, domain
+
+URI = "qemu:///system"
+T0 = int(time.time())
+DOWN = ("error: failed to connect to the hypervisor\n"
+        "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory\n")
+
+
+@pytest.fixture
+def host(fake_host, monkeypatch):
+    """A fake host whose `virsh` both the session and one-shot calls run (environment set before they start)."""
+    def make(*domains, faults=None):
+        made = fake_host(*[dict(d, last_update=T0) for d in domains])
+        if faults:
+            made.write({**made.read(), "faults": faults})
+        for key in ("FAKE_VIRSH_STATE", "FAKE_VIRSH_LOG", "PYTHONPATH"):
+            monkeypatch.setenv(key, made.env[key])
+        made.virsh = str(made.bin / "virsh")
+        return made
+    return make
+
+
+def processes(host):
+    return [c for c in host.calls() if isinstance(c, list)]
+
+
+def session_commands(host):
+    return [c["in_session"] for c in host.calls() if isinstance(c, dict) and c["in_session"][0] != "echo"]
+
+
+def test_a_session_answers_exactly_as_one_process_per_call(host):
+    fake = host(domain("web1"), domain("o'brien é", usable_mib=300), domain("-dash", period=0))
+    calls = [lambda v: v.run("domstats", "--balloon", "--list-running"), lambda v: v.run_line(READ_LINE),
+             lambda v: v.run("dommemstat", "--domain", "o'brien é"), lambda v: v.dumpxml("-dash"),
+             lambda v: v.run("version")]
+    session = VirshSession(fake.virsh, URI)
+    assert [call(session) for call in calls] == [call(Virsh(fake.virsh, URI)) for call in calls]
+    assert session.calls == 1 and session.commands == len(calls)
+    assert processes(fake)[0] == ["-c", URI]  # the session: virsh without a command
+
+
+def test_errors_belong_to_their_command_and_the_session_goes_on(host):
+    fake = host(domain("web1"))
+    session = VirshSession(fake.virsh, URI)
+    with pytest.raises(VirshError) as gone:
+        session.dommemstat("nosuch")
+    assert gone.value.message == "error: failed to get domain 'nosuch'" and gone.value.domain_gone
+    with pytest.raises(VirshError) as unknown:
+        session.run("frobnicate")
+    assert unknown.value.unsupported
+    with pytest.raises(VirshError) as above:
+        session.setmem("web1", 8192 * MIB)
+    assert above.value.message == "error: invalid argument: cannot set memory higher than max memory"
+    session.setmem("web1", 1024 * MIB)
+    assert fake.read()["domains"][0]["actual_kib"] == 1024 * MIB
+    assert len(processes(fake)) == 1
+
+
+AWKWARD = ["web 1", "o'brien", "-dash", "café é1", 'say "hi"', "semi;colon", "#hash", "back\\slash", "$HOME ~ *",
+           "a  b"]
+
+
+def test_awkward_names_reach_virsh_intact(host):
+    fake = host(*[domain(name) for name in AWKWARD])
+    session = VirshSession(fake.virsh, URI)
+    for number, name in enumerate(AWKWARD):
+        session.setmem(name, (1000 + number) * MIB)
+    assert [d["actual_kib"] for d in fake.read()["domains"]] == [(1000 + n) * MIB for n in range(len(AWKWARD))]
+    assert [c[2] for c in session_commands(fake)] == AWKWARD and len(processes(fake)) == 1
+
+
+@given(st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1))
+def test_quoting_survives_virshs_parser(word):
+    # split_commands is virsh's parser as the fixtures interactive-quiet.quoting and interactive.session show it
+    assert split_commands("setmem --domain " + quote(word)) == [["setmem", "--domain", word]]
+
+
+def test_a_hung_virsh_is_killed_and_replaced(host):
+    fake = host(domain("web1"), faults={"domstats": {"sleep": 30}})
+    session = VirshSession(fake.virsh, URI, timeout=1)
+    started = time.monotonic()
+    with pytest.raises(VirshTimeout):
+        session.domstats_balloon()
+    assert time.monotonic() - started < 5
+    fake.write({**fake.read(), "faults": {}})  # readable again: the hung fake was killed, its lock with it
+    assert [s.name for s in session.domstats_balloon()] == ["web1"]
+    assert len(processes(fake)) == 2
+
+
+def test_a_virsh_that_dies_is_replaced(host):
+    fake = host(domain("web1"), faults={"dommemstat": {"die": True, "times": 1}})
+    session = VirshSession(fake.virsh, URI)
+    with pytest.raises(SessionBroken):
+        session.dommemstat("web1")
+    assert session.dommemstat("web1").actual_kib == 2048 * MIB
+    pid = session._proc.pid
+    os.kill(pid, signal.SIGKILL)  # between two cycles: the next call does not even notice
+    time.sleep(0.2)
+    assert session.dommemstat("web1").actual_kib == 2048 * MIB
+    assert len(processes(fake)) == 3
+
+
+def test_without_libvirtd_calls_run_one_process_each_until_a_session_starts_again(host, caplog):
+    fake = host(domain("web1"), faults={"connect": {"exit": 1, "stderr": DOWN}})
+    session = VirshSession(fake.virsh, URI)
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        for _ in range(3):
+            with pytest.raises(VirshError) as down:
+                session.domstats_balloon()
+            assert "failed to connect to the hypervisor" in down.value.message
+        # one try at a session, then one process per call while the pause lasts
+        assert [len(p) for p in processes(fake)] == [2, 5, 5, 5]
+        fake.write({**fake.read(), "faults": {}})
+        time.sleep(1.1)
+        for _ in range(3):
+            assert [s.name for s in session.domstats_balloon()] == ["web1"]
+    assert [len(p) for p in processes(fake)] == [2, 5, 5, 5, 2]
+    assert sum("cannot start a virsh session" in r.message for r in caplog.records) == 1
+
+
+def test_a_connection_that_dropped_costs_no_call_but_renews_the_session(host, caplog):
+    notes = "error: Disconnected from qemu:///system due to end of file\nerror: Reconnected to the hypervisor\n"
+    fake = host(domain("web1"), faults={"version": {"stdout": "v\n\n", "stderr": notes, "times": 1}})
+    session = VirshSession(fake.virsh, URI)
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        assert session.run("version") == "v\n\n"
+    assert "Reconnected to the hypervisor; starting a new session" in caplog.text
+    assert [s.name for s in session.domstats_balloon()] == ["web1"]
+    assert len(processes(fake)) == 2
+
+
+def test_control_characters_take_a_process_of_their_own(host):
+    fake = host(domain("web1"))
+    session = VirshSession(fake.virsh, URI)
+    with pytest.raises(VirshError):
+        session.dommemstat("tab\there")
+    assert processes(fake) == [["-c", URI, "dommemstat", "--domain", "tab\there"]] and session_commands(fake) == []
+
+
+def test_close_ends_the_session(host):
+    fake = host(domain("web1"))
+    session = VirshSession(fake.virsh, URI)
+    session.domstats_balloon()
+    pid = session._proc.pid
+    session.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_a_virsh_that_does_not_echo_its_input_is_used_one_process_per_call(host, tmp_path, caplog):
+    fake = host(domain("web1"))
+    mute = tmp_path / "mute-virsh"
+    mute.write_text(f"""#!/bin/bash
+# a virsh built without readline: a prompt, but what it reads is not echoed
+[ "$#" -gt 2 ] && exec {fake.virsh} "$@"
+while IFS= read -r line; do
+    printf 'virsh # '
+    case "$line" in "echo --err "*) token=${{line##* }}; echo "error: $token" >&2; printf '\\n%s\\n' "$token";; esac
+done
+""")
+    mute.chmod(0o755)
+    session = VirshSession(str(mute), URI)
+    with caplog.at_level(logging.WARNING, logger="balloon-2395"):
+        for _ in range(3):
+            assert [s.name for s in session.domstats_balloon()] == ["web1"]
+    assert session.calls == 4 and "does not echo commands" in caplog.text
