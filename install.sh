@@ -2,24 +2,66 @@
 # Set up balloon-2395 where this script lives: a .venv with its dependencies.
 #   ./install.sh         runtime dependencies (sh, filelock, PyYAML)
 #   ./install.sh --dev   also the test dependencies (pytest, hypothesis)
-#   ./install.sh --bench also the benchmark's plotting (matplotlib); both may be given
-# Idempotent: run it again after an update.
+#   ./install.sh --bench also the benchmark's plotting (matplotlib); options may be combined
+#   ./install.sh --metrics also prometheus-client, for the daemon's metrics
+#   ./install.sh --systemd also a systemd unit running this checkout (enabled, started) and
+#                          /etc/balloon-2395/config.yaml (never overwritten)
+#   ./install.sh --uninstall removes what --systemd installed (an edited config is kept)
+# Idempotent: run it again after an update. BALLOON_ROOT=DIR installs the unit and config
+# under DIR instead of / (packaging, tests) and then never calls systemctl.
 set -euo pipefail
 
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 dev=0
 bench=0
+metrics=0
+systemd=0
 for arg in "$@"; do
     case "$arg" in
         --dev) dev=1 ;;
         --bench) bench=1 ;;
-        -h|--help) sed -n '2,6s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        --metrics) metrics=1 ;;
+        --systemd) systemd=1 ;;
+        --uninstall) uninstall=1 ;;
+        -h|--help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
 
 say() { echo "install.sh: $*"; }
 die() { echo "install.sh: $*" >&2; exit 1; }
+
+root=${BALLOON_ROOT:-}
+unit="$root/etc/systemd/system/balloon-2395.service"
+config="$root/etc/balloon-2395/config.yaml"
+# what --systemd wrote, with checksums: --uninstall removes only those, and a config
+# the operator has edited since stays
+manifest="$root/var/lib/balloon-2395/installed"
+# systemctl only for the real root of a machine that runs systemd
+use_systemctl() { [ -z "$root" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
+[ -z "$root" ] && [ $((systemd + ${uninstall:-0})) -gt 0 ] && [ "$(id -u)" != 0 ] &&
+    die "--systemd and --uninstall write under /etc: run as root (or set BALLOON_ROOT)"
+
+if [ "${uninstall:-0}" = 1 ]; then
+    [ -f "$manifest" ] || die "nothing to uninstall: $manifest does not exist"
+    if use_systemctl; then
+        systemctl disable --now balloon-2395.service || true
+    fi
+    while read -r sum path; do
+        if [ ! -e "$root$path" ]; then
+            continue
+        elif [ "$(sha256sum < "$root$path" | cut -d' ' -f1)" = "$sum" ]; then
+            rm -f "$root$path" && say "removed $root$path"
+        else
+            say "kept $root$path: changed since it was installed"
+        fi
+    done < "$manifest"
+    rm -f "$manifest"
+    rmdir "$(dirname "$manifest")" "$(dirname "$config")" 2>/dev/null || true
+    use_systemctl && systemctl daemon-reload
+    say "uninstalled (this checkout and its .venv stay: remove $here yourself)"
+    exit 0
+fi
 
 python=${PYTHON:-python3}
 command -v "$python" >/dev/null 2>&1 ||
@@ -53,8 +95,40 @@ fi
 reqs=(-r "$here/requirements.txt")
 [ "$dev" = 1 ] && reqs=(-r "$here/requirements-dev.txt")
 [ "$bench" = 1 ] && reqs+=(-r "$here/requirements-bench.txt")
+[ "$metrics" = 1 ] && reqs+=(-r "$here/requirements-metrics.txt")
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${reqs[@]}" ||
     die "pip could not install the dependencies (see above)"
 
 chmod +x "$here/balloon-2395"
+
+record() { echo "$(sha256sum < "$1" | cut -d' ' -f1) ${1#"$root"}" >> "$manifest.new"; }
+
+if [ "$systemd" = 1 ]; then
+    mkdir -p "$(dirname "$unit")" "$(dirname "$config")" "$(dirname "$manifest")"
+    : > "$manifest.new"
+    sed "s|/opt/balloon-2395/|$here/|g" "$here/examples/balloon-2395.service" > "$unit.new"
+    mv "$unit.new" "$unit"
+    chmod 644 "$unit"
+    record "$unit"
+    say "installed $unit (runs $here/balloon-2395)"
+    if [ -e "$config" ]; then
+        say "kept $config as it is"
+        grep -qs " ${config#"$root"}$" "$manifest" && grep " ${config#"$root"}$" "$manifest" >> "$manifest.new"
+    else
+        install -m 644 "$here/examples/config.yaml" "$config"
+        record "$config"
+        say "installed $config (the defaults; edit it, then: systemctl reload balloon-2395)"
+    fi
+    mv "$manifest.new" "$manifest"
+    if command -v systemd-analyze >/dev/null 2>&1; then
+        systemd-analyze verify "$unit" || die "systemd-analyze verify found problems in $unit"
+    fi
+    if use_systemctl; then
+        systemctl daemon-reload
+        systemctl enable --now balloon-2395.service
+        say "enabled and started balloon-2395.service (journalctl -u balloon-2395)"
+    else
+        say "systemd is not managing this root: enable it there with systemctl enable --now balloon-2395"
+    fi
+fi
 say "ready: $here/balloon-2395 --help"

@@ -658,7 +658,7 @@ def render(c: Dict[str, object]) -> str:
         ("workload fully held after ramp start (s)", "work_full_after_s", False),
         ("lowest usable % during the ramp/hold", "lowest_usable_pct_ramp", False),
         ("  ... at (s)", "lowest_usable_at_s", False),
-        (f"ramp start -> usable >= {plan['minimal']:g}% again (s)", "relief_s", False),
+        (f"ramp start -> usable >= {plan['minimal']:g}% for good (s; 0: never below)", "relief_s", False),
         ("peak actual from the ramp on (MiB)", "peak_actual_mib", True),
         ("size holding the workload (MiB)", "held_actual_mib", True),
         ("used holding the workload (MiB)", "held_used_mib", True),
@@ -686,7 +686,7 @@ def render(c: Dict[str, object]) -> str:
     out.append(f"real balloon: actual at a change's target after {_fmt(b['target_reached_median_s'], 1)} s median "
                f"(max {_fmt(b['target_reached_max_s'], 1)} s, sampled every {SAMPLE_S:g} s); fastest move seen "
                f"{_fmt(b['fastest_move_mib_s'])} MiB/s; usable figure {_fmt(b['stats_age_median_s'], 1)} s old "
-               f"median (max {_fmt(b['stats_age_max_s'], 1)} s)")
+               f"median (max {_fmt(b['stats_age_max_s'], 1)} s; last_update is whole seconds, so up to 1 s high)")
     for src in ("sim", "real"):
         ch = c["changes"][src]
         out.append(f"{src} changes: " + (", ".join(
@@ -739,7 +739,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG_NAME}: {policy}: simulating, then replaying on a real guest "
               f"(~{plan.duration_s + 15:.0f}s)", file=sys.stderr, flush=True)
         sim = simulate(scenario, plan, policy, args.seed, config)
-        real = replay(plan, policy, log_dir, probing=not args.no_probe)
+        try:
+            real = replay(plan, policy, log_dir, probing=not args.no_probe)
+        except (HarnessError, subprocess.SubprocessError, OSError) as exc:
+            print(f"{PROG_NAME}: {policy}: the real replay failed (its guest is removed): {exc}", file=sys.stderr)
+            return 1
         probed = real.notes.get("probe")
         size = probed["size_mib"] if isinstance(probed, dict) else plan.current_mib
         results.append(Comparison(policy, plan, sim, real, args.every, model_facts(scenario, plan, size)).as_dict())

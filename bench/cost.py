@@ -82,12 +82,9 @@ def marks(calls: Path, cpu: Path) -> Dict[str, float]:
     commands, and the fake virsh's CPU seconds."""
     entries = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
     commands = []
-    for entry in entries:
-        if isinstance(entry, dict):
-            commands.append(entry["in_session"])
-        else:  # a process: its argv, maybe one 'a ; b' line, none for a session
-            args = entry[2:] if entry[:1] == ["-c"] else entry
-            commands += [c.split() for c in args[0].split(";")] if len(args) == 1 else [args] if args else []
+    for entry in entries:  # a process's argv or a line in a session, maybe one 'a ; b' argument
+        args = entry["in_session"] if isinstance(entry, dict) else entry[2:] if entry[:1] == ["-c"] else entry
+        commands += [c.split() for c in args[0].split(";")] if len(args) == 1 else [args] if args else []
     return {"procs": sum(isinstance(e, list) for e in entries),
             "cmds": sum(c[0] != "echo" for c in commands), "setmem": sum(c[0] == "setmem" for c in commands),
             "fake_cpu": sum(map(float, cpu.read_text().split())) if cpu.exists() else 0.0}

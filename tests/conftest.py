@@ -26,8 +26,7 @@ MIB = 1024
 def domain(name: str, actual_mib: int = 2048, usable_mib: int = 600, maximum_mib: int = 4096, **extra) -> dict:
     """A running domain for fake hosts; figures in MiB for readability, stored in KiB."""
     dom = {"name": name, "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, name)), "id": zlib.crc32(name.encode()) % 1000 + 1,
-           "state": "running",
-           "actual_kib": actual_mib * MIB, "maximum_kib": maximum_mib * MIB, "period": 1,
+           "state": "running", "actual_kib": actual_mib * MIB, "maximum_kib": maximum_mib * MIB, "period": 1,
            "stats": {"usable": usable_mib * MIB, "available": actual_mib * MIB}, "age": 0}
     dom.update(extra)
     return dom
@@ -68,10 +67,29 @@ class FakeHostDir:
     def read(self) -> dict:
         return json.loads(self.state_file.read_text())
 
-    def calls(self) -> List[List[str]]:
+    def log(self) -> list:
+        """The fake's log as written: each process start as its argv, each line read in a session as
+        {"in_session": argv} (a line of several commands as one argument, as virsh 'a ; b')."""
         if not self.log_file.exists():
             return []
         return [json.loads(line) for line in self.log_file.read_text().splitlines()]
+
+    def processes(self) -> List[List[str]]:
+        return [entry for entry in self.log() if isinstance(entry, list)]
+
+    def calls(self) -> List[List[str]]:
+        """Every virsh call as one process per call would have run it (`-c URI` first when given), also
+        those answered inside a session; the session's start and its sentinel echoes left out."""
+        calls, session = [], []
+        for entry in self.log():
+            if isinstance(entry, dict):
+                if entry["in_session"][0].split()[0] != "echo":
+                    calls.append(session + entry["in_session"])
+            elif entry[2:] if entry[:1] == ["-c"] else entry:
+                calls.append(entry)
+            else:
+                session = entry  # virsh without a command: a session, `-c URI` or nothing
+        return calls
 
     def setmems(self) -> List[List[str]]:
         return [argv for argv in self.calls() if "setmem" in argv]

@@ -32,36 +32,27 @@ def daemon_on(fake_host, monkeypatch):
 
 
 def cycle_calls(daemon, host):
-    """(processes started, commands run) by one cycle: the session's sentinel echoes left out."""
-    before = len(host.calls())
+    """(processes started, virsh calls made, without `-c URI`) by one cycle."""
+    procs, calls = len(host.processes()), len(host.calls())
     daemon.cycle()
-    new = host.calls()[before:]
-    procs = [c for c in new if isinstance(c, list)]
-    commands = [c["in_session"] for c in new if isinstance(c, dict) and c["in_session"][0] != "echo"]
-    return procs, commands + [p[2:] for p in procs if p[2:]]
+    return host.processes()[procs:], [call[2:] for call in host.calls()[calls:]]
 
 
 @pytest.mark.parametrize("session", [False, True], ids=["process-per-call", "session"])
 def test_one_virsh_process_per_steady_cycle_and_setup_once_per_lifetime(daemon_on, session):
     daemon, host = daemon_on(session, domain("in-band 1"), domain("in-band 2"), domain("quiet", period=0),
                              domain("short", usable_mib=300))
-    procs, commands = cycle_calls(daemon, host)
-    first = sorted(" ".join(c) for c in commands)
-    assert first == sorted([READ_LINE] * (not session) + ["domstats --balloon --list-running",
-                                                          "list --uuid --id --name --state-running"] * session
-                           + [f"dumpxml --domain {n}" for n in ("in-band 1", "in-band 2", "quiet", "short")]
-                           + ["dommemstat --domain quiet --period 1 --live", "setmem --domain short --size "
-                              f"{2148 * 1024} --live"])
-    assert len(procs) == (1 if session else len(commands))  # the session itself, or one per command
+    procs, calls = cycle_calls(daemon, host)
+    assert sorted(" ".join(c) for c in calls) == sorted(
+        [READ_LINE, "dommemstat --domain quiet --period 1 --live", f"setmem --domain short --size {2148 * 1024} --live"]
+        + [f"dumpxml --domain {n}" for n in ("in-band 1", "in-band 2", "quiet", "short")])
+    assert len(procs) == (1 if session else len(calls))  # the session itself, or one per call
     for _ in range(4):  # steady: the read, nothing else (the setmem waits for stats newer than it)
-        procs, commands = cycle_calls(daemon, host)
-        assert len(procs) == (0 if session else 1)
-        assert [" ".join(c) for c in commands] == ([READ_LINE] if not session else
-                                                   ["domstats --balloon --list-running",
-                                                    "list --uuid --id --name --state-running"])
+        procs, calls = cycle_calls(daemon, host)
+        assert (len(procs), calls) == (0 if session else 1, [[READ_LINE]])
     state = host.read()
     state["domains"][0]["id"] += 100  # 'in-band 1' destroyed and started again between two cycles
     host.write(state)
-    procs, commands = cycle_calls(daemon, host)
-    assert ["dumpxml", "--domain", "in-band 1"] in commands and len(procs) == (0 if session else 2)
+    procs, calls = cycle_calls(daemon, host)
+    assert calls == [[READ_LINE], ["dumpxml", "--domain", "in-band 1"]] and len(procs) == (0 if session else 2)
     daemon.virsh.close()

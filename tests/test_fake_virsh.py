@@ -8,8 +8,9 @@ from typing import Optional
 
 import pytest
 
-from balloon2395.fake_virsh import FakeHost
-from balloon2395.virsh_output import parse_dommemstat
+from balloon2395.fake_virsh import PROMPT, FakeHost
+from balloon2395.lifetime import READ_LINE, parse_running
+from balloon2395.virsh_output import BalloonStats, parse_dommemstat
 from conftest import FIXTURES, LIB
 
 VIRSH = FIXTURES / "virsh"
@@ -22,14 +23,18 @@ def fixture(name: str, ext: str = "stdout") -> str:
 
 def dom_from(capture: str, name: str, maximum_kib: int, **extra) -> dict:
     """A fake domain holding exactly the figures a real dommemstat capture shows."""
-    s = parse_dommemstat(name, fixture(capture))
+    return dom_of(parse_dommemstat(name, fixture(capture)), maximum_kib, **extra)
+
+
+def dom_of(s: BalloonStats, maximum_kib: int, **extra) -> dict:
+    """A fake domain holding exactly the figures virsh showed for it."""
     stats = {k: getattr(s, f) for k, f in (("swap_in", "swap_in_kib"), ("swap_out", "swap_out_kib"),
                                            ("major_fault", "major_fault"), ("minor_fault", "minor_fault"),
                                            ("unused", "unused_kib"), ("available", "available_kib"),
                                            ("usable", "usable_kib"), ("disk_caches", "disk_caches_kib"))
              if getattr(s, f) is not None}
     stats.update(hugetlb_pgalloc=0, hugetlb_pgfail=0)
-    dom = {"name": name, "uuid": "u-" + name, "id": 6, "actual_kib": s.actual_kib or maximum_kib,
+    dom = {"name": s.name, "uuid": "u-" + s.name, "id": 6, "actual_kib": s.actual_kib or maximum_kib,
            "maximum_kib": maximum_kib, "period": 1, "stats": stats, "last_update": s.last_update, "rss_kib": s.rss_kib}
     dom.update(extra)
     return dom
@@ -108,3 +113,62 @@ def test_the_executable_records_calls_and_applies_setmem(tmp_path):
     assert (result.returncode, result.stdout, result.stderr) == (0, b"\n", b"")
     assert json.loads(state.read_text())["domains"][0]["actual_kib"] == 400000
     assert json.loads(log.read_text()) == argv[3:]
+
+
+MANY = [dict(WEB, id=6), dict(NOSTATS, id=7), dict(NODRIVER, id=8), dict(WEB, name="b2395e2e o'brien", id=9),
+        dict(WEB, name="b2395e2e-win10", id=10), dict(OFF, name="b2395e2e-off")]
+
+
+@pytest.mark.parametrize("argv,domains,capture", [
+    (["list", "--all"], MANY, "list-all.many-guests"),
+    (["list", "--state-running"], MANY, "list-state-running-table.many-guests"),
+    (["list", "--all"], [], "list-all.empty-host"),
+    (["echo", "@@END@@"], [], "echo"),
+])
+def test_tables_and_echo_as_real_virsh(argv, domains, capture):
+    assert call([dict(d) for d in domains], *argv) == expect(capture)
+
+
+def run_fake(tmp_path, domains, argv, stdin: bytes = b"", **env):
+    import json
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"domains": domains}))
+    env.update(FAKE_VIRSH_STATE=str(state), PYTHONPATH=str(LIB), LC_ALL="C")
+    result = subprocess.run([sys.executable, "-m", "balloon2395.fake_virsh", *argv], input=stdin, env=env,
+                            capture_output=True)
+    return result.stdout.decode("utf-8"), result.stderr.decode("utf-8"), result.returncode
+
+
+def transcript(capture: str) -> dict:
+    """Command line -> what virsh printed after it, from an interactive capture."""
+    return dict(piece.split("\n", 1) for piece in fixture(capture).split(PROMPT)[1:] if "\n" in piece)
+
+
+def test_a_cycles_read_as_real_virsh(tmp_path):
+    stats, lifetimes = parse_running(fixture("domstats-balloon-list-running-and-ids"))
+    domains = [dom_of(s, s.maximum_kib, uuid=lifetimes[s.name][0], id=lifetimes[s.name][1]) for s in stats]
+    assert run_fake(tmp_path, domains, ["-c", "qemu:///system", READ_LINE]) == \
+        expect("domstats-balloon-list-running-and-ids")
+
+
+@pytest.mark.parametrize("capture,quiet,doms", [
+    ("interactive-quiet.error-inside", True, [("b2395e2e web é1", "dommemstat --domain 'b2395e2e web é1'", 1048576)]),
+    ("interactive.error-inside", False, [("b2395e2e web é1", "dommemstat --domain 'b2395e2e web é1'", 1048576)]),
+    ("interactive-quiet.quoting", True, [("b2395e2e web é1", 'dommemstat "b2395e2e web é1"', 1048576),
+                                         ("b2395e2e o'brien", 'dommemstat "b2395e2e o\'brien"', 524288)]),
+])
+def test_interactive_sessions_as_real_virsh(tmp_path, capture, quiet, doms):
+    said = transcript(capture)
+    domains = [dom_of(parse_dommemstat(name, said[line]), maximum) for name, line, maximum in doms]
+    argv = ["-q"] * quiet + ["-c", "qemu:///system"]
+    assert run_fake(tmp_path, domains, argv, (VIRSH / f"{capture}.stdin").read_bytes()) == expect(capture)
+
+
+@pytest.mark.parametrize("capture", ["interactive.session", "interactive.long-line"])
+def test_the_daemons_session_as_real_virsh(tmp_path, capture):
+    domains = []
+    if capture == "interactive.session":
+        stats, lifetimes = parse_running(fixture("domstats-balloon-list-running-and-ids"))
+        domains = [dom_of(s, s.maximum_kib, uuid=lifetimes[s.name][0], id=lifetimes[s.name][1]) for s in stats]
+    stdin = (VIRSH / f"{capture}.stdin").read_bytes()
+    assert run_fake(tmp_path, domains, ["-c", "qemu:///system"], stdin, TERM="dumb") == expect(capture)

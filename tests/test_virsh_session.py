@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 
@@ -17,7 +18,7 @@ from balloon2395.fake_virsh import split_commands
 from balloon2395.lifetime import READ_LINE
 from balloon2395.virsh import Virsh, VirshError, VirshTimeout
 from balloon2395.virsh_session import SessionBroken, VirshSession, quote
-from conftest import MIB, domain
+from conftest import FIXTURES, MIB, domain
 
 URI = "qemu:///system"
 T0 = int(time.time())
@@ -39,23 +40,15 @@ def host(fake_host, monkeypatch):
     return make
 
 
-def processes(host):
-    return [c for c in host.calls() if isinstance(c, list)]
-
-
-def session_commands(host):
-    return [c["in_session"] for c in host.calls() if isinstance(c, dict) and c["in_session"][0] != "echo"]
-
-
 def test_a_session_answers_exactly_as_one_process_per_call(host):
-    fake = host(domain("web1"), domain("o'brien é", usable_mib=300), domain("-dash", period=0))
+    fake = host(domain("web1"), domain("o'brien é", usable_mib=300), domain("-dash", period=0, boot_update=T0 - 600))
     calls = [lambda v: v.run("domstats", "--balloon", "--list-running"), lambda v: v.run_line(READ_LINE),
              lambda v: v.run("dommemstat", "--domain", "o'brien é"), lambda v: v.dumpxml("-dash"),
              lambda v: v.run("version")]
     session = VirshSession(fake.virsh, URI)
     assert [call(session) for call in calls] == [call(Virsh(fake.virsh, URI)) for call in calls]
     assert session.calls == 1 and session.commands == len(calls)
-    assert processes(fake)[0] == ["-c", URI]  # the session: virsh without a command
+    assert fake.processes()[0] == ["-c", URI]  # the session: virsh without a command
 
 
 def test_errors_belong_to_their_command_and_the_session_goes_on(host):
@@ -72,7 +65,7 @@ def test_errors_belong_to_their_command_and_the_session_goes_on(host):
     assert above.value.message == "error: invalid argument: cannot set memory higher than max memory"
     session.setmem("web1", 1024 * MIB)
     assert fake.read()["domains"][0]["actual_kib"] == 1024 * MIB
-    assert len(processes(fake)) == 1
+    assert len(fake.processes()) == 1
 
 
 AWKWARD = ["web 1", "o'brien", "-dash", "café é1", 'say "hi"', "semi;colon", "#hash", "back\\slash", "$HOME ~ *",
@@ -85,7 +78,7 @@ def test_awkward_names_reach_virsh_intact(host):
     for number, name in enumerate(AWKWARD):
         session.setmem(name, (1000 + number) * MIB)
     assert [d["actual_kib"] for d in fake.read()["domains"]] == [(1000 + n) * MIB for n in range(len(AWKWARD))]
-    assert [c[2] for c in session_commands(fake)] == AWKWARD and len(processes(fake)) == 1
+    assert [c[4] for c in fake.calls()] == AWKWARD and len(fake.processes()) == 1
 
 
 @given(st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1))
@@ -103,7 +96,7 @@ def test_a_hung_virsh_is_killed_and_replaced(host):
     assert time.monotonic() - started < 5
     fake.write({**fake.read(), "faults": {}})  # readable again: the hung fake was killed, its lock with it
     assert [s.name for s in session.domstats_balloon()] == ["web1"]
-    assert len(processes(fake)) == 2
+    assert len(fake.processes()) == 2
 
 
 def test_a_virsh_that_dies_is_replaced(host):
@@ -116,7 +109,7 @@ def test_a_virsh_that_dies_is_replaced(host):
     os.kill(pid, signal.SIGKILL)  # between two cycles: the next call does not even notice
     time.sleep(0.2)
     assert session.dommemstat("web1").actual_kib == 2048 * MIB
-    assert len(processes(fake)) == 3
+    assert len(fake.processes()) == 3
 
 
 def test_without_libvirtd_calls_run_one_process_each_until_a_session_starts_again(host, caplog):
@@ -128,12 +121,12 @@ def test_without_libvirtd_calls_run_one_process_each_until_a_session_starts_agai
                 session.domstats_balloon()
             assert "failed to connect to the hypervisor" in down.value.message
         # one try at a session, then one process per call while the pause lasts
-        assert [len(p) for p in processes(fake)] == [2, 5, 5, 5]
+        assert [len(p) for p in fake.processes()] == [2, 5, 5, 5]
         fake.write({**fake.read(), "faults": {}})
         time.sleep(1.1)
         for _ in range(3):
             assert [s.name for s in session.domstats_balloon()] == ["web1"]
-    assert [len(p) for p in processes(fake)] == [2, 5, 5, 5, 2]
+    assert [len(p) for p in fake.processes()] == [2, 5, 5, 5, 2]
     assert sum("cannot start a virsh session" in r.message for r in caplog.records) == 1
 
 
@@ -145,7 +138,7 @@ def test_a_connection_that_dropped_costs_no_call_but_renews_the_session(host, ca
         assert session.run("version") == "v\n\n"
     assert "Reconnected to the hypervisor; starting a new session" in caplog.text
     assert [s.name for s in session.domstats_balloon()] == ["web1"]
-    assert len(processes(fake)) == 2
+    assert len(fake.processes()) == 2
 
 
 def test_control_characters_take_a_process_of_their_own(host):
@@ -153,7 +146,7 @@ def test_control_characters_take_a_process_of_their_own(host):
     session = VirshSession(fake.virsh, URI)
     with pytest.raises(VirshError):
         session.dommemstat("tab\there")
-    assert processes(fake) == [["-c", URI, "dommemstat", "--domain", "tab\there"]] and session_commands(fake) == []
+    assert fake.log() == [["-c", URI, "dommemstat", "--domain", "tab\there"]]
 
 
 def test_close_ends_the_session(host):
@@ -183,3 +176,14 @@ done
         for _ in range(3):
             assert [s.name for s in session.domstats_balloon()] == ["web1"]
     assert session.calls == 4 and "does not echo commands" in caplog.text
+
+
+def test_the_captured_session_is_what_the_session_sends():
+    # tests/fixtures/virsh/interactive.session: what real virsh answered to this protocol
+    lines = (FIXTURES / "virsh" / "interactive.session.stdin").read_text().splitlines()
+    web, obrien = "b2395e2e web é1", "b2395e2e o'brien"
+    calls = [["setmem", "--domain", obrien, "--size", "262144", "--live"],
+             ["dommemstat", "--domain", "b2395e2e-does-not-exist"],
+             ["setmem", "--domain", web, "--size", "2097152", "--live"], ["frobnicate"]]
+    assert lines[1::2] == [READ_LINE] + [" ".join(quote(a) for a in call) for call in calls]
+    assert all(re.fullmatch(r"echo --err (b2395-\w+-\d+) ; echo \1", line) for line in lines[::2])

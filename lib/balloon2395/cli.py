@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
-import time
 from typing import Any, Dict, List, Optional
 
 from . import PROG, __version__
 from . import config as cfg
-from . import logs
-from .daemon import Daemon
-from .lock import AlreadyRunning, InstanceLock, LockError, default_dir
-from .observe import Collector
-from .host import HostReader
-from .policy import Limits, decide_all
-from .status import render_json, render_table
-from .virsh import Virsh, VirshError, default_uri
-from .virsh_session import open_virsh
+from . import logs, watch
+from .service import EXIT_OK, EXIT_USAGE, serve
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_RUNNING = 0, 1, 2, 3
-COMMANDS = ("run", "status", "check-config")
+COMMANDS = ("run", "status", "explain", "check-config")
 
 DESCRIPTION = f"""\
 Keep every running QEMU/KVM guest's usable memory inside a band by ballooning it through virsh.
@@ -30,7 +19,10 @@ Keep every running QEMU/KVM guest's usable memory inside a band by ballooning it
 commands:
   run                 (default) every --secs, grow guests whose usable memory is below
                       --minimal % of their size and shrink those above --maximal %
-  status [--json]     what every running domain looks like and what the next cycle would do
+  status [--json] [--watch]
+                      what every running domain looks like and what the next cycle would do;
+                      --watch: a live table, most pressed domain first
+  explain DOMAIN      the inputs and the rule behind a domain's last and next decision
   check-config [FILE] validate a config file (default {cfg.DEFAULT_CONFIG_PATH}) and exit
 
 Sizes take units (512MiB, 2GiB); a bare number is MiB, as in the original.
@@ -71,14 +63,26 @@ def _add_knobs(parser: argparse.ArgumentParser) -> None:
                    help="decide and log, never setmem")
     g.add_argument("--logdir", default=S, metavar="DIR", help="log to DIR/balloon-2395.log (rotated) instead of stderr")
     c = parser.add_argument_group("connection")
-    c.add_argument("-c", "--connect", default=S, metavar="URI",
-                   help="hypervisor URI (default $LIBVIRT_DEFAULT_URI, else qemu:///system as root)")
+    c.add_argument("-c", "--connect", action="append", default=S, metavar="URI",
+                   help="hypervisor URI (default $LIBVIRT_DEFAULT_URI, else qemu:///system as root); "
+                        "repeat it to serve several from one process, each with its own lock")
     c.add_argument("--virsh", default=S, metavar="PATH", help="virsh binary (default: virsh from PATH)")
     c.add_argument("--timeout", type=float, default=S, metavar="S", help="per virsh call timeout (default 10)")
     c.add_argument("--session", action=argparse.BooleanOptionalAction, default=S,
-                   help="one long-lived virsh process for all calls instead of one per call (default: off)")
+                   help="one long-lived virsh process for all calls instead of one per call (default: on)")
     c.add_argument("--lock-dir", default=S, metavar="DIR", dest="lock_dir",
                    help="where the instance lock lives (default /run/balloon-2395, or $XDG_RUNTIME_DIR/balloon-2395)")
+    o = parser.add_argument_group("operation")
+    o.add_argument("--log-format", default=S, choices=cfg.LOG_FORMATS, dest="log_format",
+                   help="text (default; bare lines with priorities under systemd's journal) or json")
+    o.add_argument("--ksm", default=S, choices=cfg.KSM_MODES,
+                   help="when KSM runs: warn (default, one line saying what it means), refuse to start, ignore")
+    o.add_argument("--metrics-textfile", default=S, metavar="PATH", dest="metrics_textfile",
+                   help="write Prometheus metrics to PATH (node_exporter textfile collector) after every cycle")
+    o.add_argument("--metrics-port", type=int, default=S, metavar="PORT", dest="metrics_port",
+                   help="serve Prometheus metrics over HTTP on PORT")
+    o.add_argument("--metrics-address", default=S, metavar="IP", dest="metrics_address",
+                   help="address the metrics endpoint listens on (default 127.0.0.1)")
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -101,8 +105,13 @@ def _parser(command: str) -> argparse.ArgumentParser:
         sim.add_argument("--speed", type=float, default=10.0, metavar="N",
                          help="simulated seconds per real second (default 10)")
         sim.add_argument("--seed", type=int, default=0, help="seed of the simulated workloads (default 0)")
+    elif command == "explain":
+        parser.add_argument("domain", help="a running domain's name")
     else:
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        parser.add_argument("--watch", action="store_true", help="redraw every --refresh seconds until Ctrl-C")
+        parser.add_argument("--refresh", type=float, default=2.0, metavar="S", help="--watch: seconds between redraws")
+        parser.add_argument("--count", type=int, metavar="N", help="--watch: stop after N redraws")
     _add_knobs(parser)
     return parser
 
@@ -134,54 +143,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "run" and args.simulate is not None:
         from .sim.live import simulate  # the daemon proper never loads the simulator
         return simulate(config, args.simulate, args.duration, args.speed, args.seed)
-    virsh = open_virsh(config)
-    try:
-        if command == "status":
-            return _status(config, virsh, args.json)
-        return _run(config, virsh, once=args.once)
-    finally:
-        virsh.close()
-
-
-def _status(config: cfg.Config, virsh: Virsh, as_json: bool) -> int:
+    if command == "run":
+        return serve(config, args.config or cfg.default_path(), _flags(args), args.once)
     logs.setup(None, debug=False)
-    try:
-        observations = Collector(virsh, config.stats_period, setup=False).collect()
-    except VirshError as exc:
-        return _fail(f"cannot read running domains: {exc.message}", EXIT_FAIL)
-    settings = {obs.name: config.for_domain(obs.name, obs.facts.settings if obs.facts else ())
-                for obs in observations}
-    host = HostReader(config, virsh, config.connect or default_uri()).read()
-    decisions = decide_all(observations, settings, {}, host, time.time(), Limits(config.stale_after_s), config.policy)
-    rows = [(obs, settings[obs.name], d) for obs, d in zip(observations, decisions)]
-    print(render_json(rows) if as_json else render_table(rows))
-    return EXIT_OK
+    if command == "explain":
+        return watch.explain(config, args.domain)
+    return watch.status(config, args.json, args.watch, args.refresh, args.count)
 
-
-def _run(config: cfg.Config, virsh: Virsh, once: bool) -> int:
-    uri = config.connect or default_uri()
-    try:
-        logs.setup(config.logdir, config.debug)
-    except OSError as exc:
-        return _fail(f"cannot open log in {config.logdir}: {exc.strerror}", EXIT_FAIL)
-    try:
-        lock = InstanceLock(uri, config.lock_dir or default_dir())
-        lock.acquire()
-    except AlreadyRunning as exc:
-        return _fail(str(exc), EXIT_RUNNING)
-    except LockError as exc:
-        return _fail(str(exc), EXIT_FAIL)
-    try:
-        daemon = Daemon(config, virsh)
-        if once:
-            return EXIT_OK if daemon.cycle() is not None else EXIT_FAIL
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-        logs.log.info("started for %s: band %g-%g%%, every %gs%s", uri, config.defaults.minimal,
-                      config.defaults.maximal, config.secs, " (dry run)" if config.dry_run else "")
-        daemon.run(stop)
-        logs.log.info("stopped")
-        return EXIT_OK
-    finally:
-        lock.release()

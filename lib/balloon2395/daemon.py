@@ -13,18 +13,34 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import PROG
-from .config import Config
+from .config import Config, DomainSettings
 from .domain_xml import DomainFacts
 from .host import HostReader
+from .journal import ChangeJournal
 from .logs import change_line, debug_block
 from .observe import Collector
-from .policy import HOLD, SKIP, Decision, History, Limits, decide_all
+from .policy import HOLD, SKIP, WAIT, Decision, History, HostMemory, Limits, Observation, decide_all
 from .virsh import Virsh, VirshError, VirshTimeout, default_uri
 
 log = logging.getLogger(PROG)
 
 # Holds worth telling an operator about once; the rest are routine.
 _NOTABLE_HOLDS = ("at-maximum", "at-floor", "refused", "host-reserve")
+# While the running domains cannot be read (libvirtd restarting), the wait between tries doubles up
+# to this: a daemon that is down for minutes is not hammered every `secs`.
+RETRY_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """What one pass saw and decided: for metrics, the state file and `explain`."""
+
+    at: float
+    observations: List[Observation]
+    settings: Dict[str, DomainSettings]
+    decisions: List[Decision]
+    host: Optional[HostMemory]
+    duration_s: float
 
 
 @dataclass
@@ -34,12 +50,21 @@ class _DomainState:
 
 
 class Daemon:
-    def __init__(self, config: Config, virsh: Virsh, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, virsh: Virsh, clock: Callable[[], float] = time.time,
+                 journal: Optional[ChangeJournal] = None) -> None:
         self.config, self.virsh, self.clock = config, virsh, clock
         self.collector = Collector(virsh, config.stats_period, wants_stats=self._managed, clock=clock)
         self.host = HostReader(config, virsh, config.connect or default_uri())
         self.states: Dict[str, _DomainState] = {}
         self.outage_since: Optional[float] = None
+        self.retry_s = 0.0  # wait before the next try during an outage; 0 when virsh answers
+        # name -> when we last changed it. Unlike a state it outlives a domain missing from one read
+        # (a cut output, a short pause), whose history is forgotten: without it the domain would be
+        # changed again on the figures the first change was made on. Kept for stale_after_s, after
+        # which such figures are stale anyway. The journal keeps it across a restart.
+        self.journal = journal
+        self.changed_at: Dict[str, float] = journal.load(clock(), config.stale_after_s) if journal else {}
+        self.last: Optional[Cycle] = None  # the last pass that could read the domains
 
     def _managed(self, name: str, facts: DomainFacts) -> bool:
         settings = self.config.for_domain(name)
@@ -47,7 +72,7 @@ class Daemon:
 
     def cycle(self) -> Optional[List[Decision]]:
         """One pass; None when the running domains could not be read."""
-        now = self.clock()
+        now, started = self.clock(), time.monotonic()
         try:
             observations = self.collector.collect()
         except VirshError as exc:
@@ -55,33 +80,45 @@ class Daemon:
             return None
         if self.outage_since is not None:
             log.info("virsh answers again after %.0fs", now - self.outage_since)
-            self.outage_since = None
+            self.outage_since, self.retry_s = None, 0.0
         for name in self.collector.restarted:  # started again since the last cycle: no history
             self.states.pop(name, None)
         limits = Limits(stale_after_s=self.config.stale_after_s)
+        self.changed_at = {n: t for n, t in self.changed_at.items() if now - t <= limits.stale_after_s}
         states = {obs.name: self.states.get(obs.name) or _DomainState() for obs in observations}
         settings = {obs.name: self.config.for_domain(obs.name, obs.facts.settings if obs.facts else ())
                     for obs in observations}
+        host = self.host.read()
         decisions = decide_all(observations, settings, {n: s.history for n, s in states.items()},
-                               self.host.read(), now, limits, self.config.policy)
+                               host, now, limits, self.config.policy)
         for obs, decision in zip(observations, decisions):
             state = states[obs.name]
             state.history = decision.history
             if self.config.debug:
                 log.debug("%s", debug_block(obs, settings[obs.name], decision, now))
-            if decision.changes and not self.config.dry_run:
+            if decision.changes and not self.config.dry_run and obs.stats.last_update <= self.changed_at.get(
+                    obs.name, -1.0):
+                self._say(state, (WAIT, "fenced"), logging.INFO,
+                          f"wait {obs.name}: changed before a restart or while missing from a read; "
+                          "waiting for stats newer than that change")
+            elif decision.changes and not self.config.dry_run:
                 self._setmem(decision, state)
             else:
                 self._note(decision, state)
         self.states = states  # domains that left the running list are forgotten
+        self.last = Cycle(now, observations, settings, decisions, host, time.monotonic() - started)
         return decisions
 
     def _setmem(self, decision: Decision, state: _DomainState) -> None:
+        # Written before the change: killed right after it, the next instance still waits for fresh figures.
+        self.changed_at[decision.name] = self.clock()
+        if self.journal is not None:
+            self.journal.save(self.changed_at)
         try:
             self.virsh.setmem(decision.name, decision.target_kib)
         except VirshTimeout as exc:
             # It may still land: wait for fresh stats as if it had.
-            state.history = state.history.after_change(self.clock(), decision.actual_kib, decision.target_kib)
+            self._changed(decision, state)
             log.warning("%s (%s)", change_line(decision), exc.message)
             return
         except VirshError as exc:
@@ -91,9 +128,12 @@ class Daemon:
                 self._say(state, ("error", "setmem"), logging.ERROR,
                           f"{change_line(decision)}: setmem failed: {exc.message}")
             return
-        state.history = state.history.after_change(self.clock(), decision.actual_kib, decision.target_kib)
+        self._changed(decision, state)
         state.noted = None
         log.info("%s", change_line(decision))
+
+    def _changed(self, decision: Decision, state: _DomainState) -> None:
+        state.history = state.history.after_change(self.clock(), decision.actual_kib, decision.target_kib)
 
     def _note(self, decision: Decision, state: _DomainState) -> None:
         if decision.changes:  # dry run
@@ -112,16 +152,28 @@ class Daemon:
             log.log(level, "%s", message)
 
     def _outage(self, exc: VirshError, now: float) -> None:
+        self.retry_s = min(RETRY_MAX_S, max(self.config.secs, 2 * self.retry_s))
         if self.outage_since is None:
             self.outage_since = now
-            log.error("cannot read running domains: %s (retrying every %gs)", exc.message, self.config.secs)
+            log.error("cannot read running domains: %s (retrying, waits doubling up to %gs)", exc.message,
+                      max(RETRY_MAX_S, self.config.secs))
 
-    def run(self, stop: threading.Event) -> None:
-        """Cycle every `secs` until `stop` is set; a cycle is never cut short."""
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config (SIGHUP), between cycles; what is known of the domains stays."""
+        self.config = config
+        self.collector.stats_period_s = config.stats_period
+        self.host = HostReader(config, self.virsh, config.connect or default_uri())
+
+    def run(self, stop: threading.Event, before: Callable[[], None] = lambda: None,
+            after: Callable[[], None] = lambda: None) -> None:
+        """Cycle every `secs` until `stop` is set; a cycle is never cut short. `before` and
+        `after` run around each cycle (a config reload, metrics), never inside one."""
         while not stop.is_set():
             started = time.monotonic()
             try:
+                before()
                 self.cycle()
+                after()
             except Exception:  # a bug must cost one cycle, not the guests' daemon
                 log.exception("cycle failed; continuing")
-            stop.wait(max(0.0, self.config.secs - (time.monotonic() - started)))
+            stop.wait(max(0.0, max(self.config.secs, self.retry_s) - (time.monotonic() - started)))

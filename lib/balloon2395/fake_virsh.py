@@ -18,7 +18,8 @@ State file (path in $FAKE_VIRSH_STATE):
               "connect": {...}: libvirtd out of reach, no command runs}}
 Without a command it reads commands on stdin, as virsh's interactive mode on a pipe.
 Every process start is appended to $FAKE_VIRSH_LOG as its JSON argv list, every
-command inside an interactive session as {"in_session": argv}.
+line read in an interactive session as {"in_session": argv}, a line of several
+commands as one argument, as in `virsh 'a ; b'`.
 """
 
 from __future__ import annotations
@@ -214,6 +215,8 @@ class FakeHost:
                 doms = self.running()
             elif "all" not in opts:  # active: running or paused
                 doms = [d for d in doms if d.get("state", "running") != "shut off"]
+            # active domains by id, then the others by name (domstats keeps no order of its own)
+            doms = sorted(doms, key=lambda d: (d.get("state", "running") == "shut off", int(d.get("id", 0)), d["name"]))
             fields = [key for key in ("uuid", "id", "name") if key in opts]  # in virsh's order
             if not fields:
                 return render_list_table(doms), False
@@ -359,13 +362,19 @@ def _command(args: List[str], quiet: bool) -> Tuple[str, str, int, bool]:
     return stdout, stderr, code, dying
 
 
-def _interactive(quiet: bool) -> int:
+def _echoed(line: str) -> str:
+    """How readline echoes a line read from a pipe, after the prompt. On a dumb terminal (TERM=dumb,
+    as the daemon's session runs virsh) of 80 columns, 79 usable, a line that does not fit is
+    scrolled: '\\r<' and the last 51 characters of prompt and line (fixture interactive.long-line)."""
+    if os.environ.get("TERM") == "dumb" and len(PROMPT + line) >= 79:
+        return "\r<" + (PROMPT + line)[-51:]
+    return line
+
+
+def interactive(answer: Callable[[List[str]], Tuple[str, str, int, bool]], quiet: bool) -> int:
     """Commands read from stdin as virsh reads them from a pipe: each line echoed after the prompt, an
-    error ending the rest of its line but not the session, exit 0 at EOF or `quit`."""
-    _, stderr, code, _ = _with_state(lambda host: host.connect() or ("", "", 0, False))
-    if code:
-        sys.stderr.write(stderr)
-        return code
+    error ending the rest of its line but not the session, exit 0 at EOF or `quit`. `answer(argv)`
+    gives (stdout, stderr, exit status, whether the process ends there)."""
     out = sys.stdout
     if not quiet:
         out.write(BANNER)
@@ -375,13 +384,15 @@ def _interactive(quiet: bool) -> int:
         line = sys.stdin.readline()
         if not line:
             break
-        out.write(line.rstrip("\n") + "\n")
-        for words in split_commands(line.rstrip("\n")):
+        out.write(_echoed(line.rstrip("\n")) + "\n")
+        commands = split_commands(line.rstrip("\n"))
+        if commands:
+            _log({"in_session": commands[0] if len(commands) == 1 else [line.rstrip("\n")]})
+        for words in commands:
             if words[0] in ("quit", "exit"):
                 out.write("\n")
                 return 0
-            _log({"in_session": words})
-            stdout, stderr, code, dying = _command(words, quiet)
+            stdout, stderr, code, dying = answer(words)
             out.write(stdout)
             out.flush()
             sys.stderr.write(stderr)
@@ -395,15 +406,18 @@ def _interactive(quiet: bool) -> int:
 
 
 def main(argv: List[str]) -> int:
-    """Every process start is logged as its argv (a list); a command inside a session as
-    {"in_session": argv}."""
+    """One command from argv, or a session reading them on stdin; see the module's doc for the log."""
     args, quiet = list(argv), False
     while args and args[0] in ("-c", "--connect", "-q", "--quiet"):
         quiet = quiet or args[0] in ("-q", "--quiet")
         args = args[1:] if args[0] in ("-q", "--quiet") else args[2:]
     _log(argv)
     if not args:
-        return _interactive(quiet)
+        _, stderr, code, _ = _with_state(lambda host: host.connect() or ("", "", 0, False))
+        if code:
+            sys.stderr.write(stderr)
+            return code
+        return interactive(lambda words: _command(words, quiet), quiet)
     stdout, stderr, code, _ = _command(args, quiet)
     sys.stdout.write(stdout)
     sys.stderr.write(stderr)

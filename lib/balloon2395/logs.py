@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 from typing import Optional
 
-from . import PROG
+from . import PROG, logstyle
+from .safefiles import RotatingLogFile
 from .config import DomainSettings
 from .policy import Decision, Observation, cap_kib
 from .units import mib
@@ -20,18 +20,19 @@ ROTATE_BYTES = 10 * 1024 * 1024
 ROTATE_KEEP = 5
 
 
-def setup(logdir: Optional[str], debug: bool, stream=None) -> None:
+def setup(logdir: Optional[str], debug: bool, stream=None, fmt: str = "text", per_uri: bool = False) -> None:
     """Replace any earlier handler: setup may run again after a config reload."""
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
     if logdir:
         os.makedirs(logdir, mode=0o750, exist_ok=True)
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+        handler: logging.Handler = RotatingLogFile(
             os.path.join(logdir, LOG_FILE), maxBytes=ROTATE_BYTES, backupCount=ROTATE_KEEP, encoding="utf-8")
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    journal = not logdir and logstyle.to_journal(handler.stream)
+    handler.setFormatter(logstyle.formatter(fmt, journal, per_uri))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False

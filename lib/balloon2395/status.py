@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import DomainSettings
 from .policy import Decision, Observation, cap_kib
 from .units import mib
 
-Row = Tuple[Observation, DomainSettings, Decision]
 COLUMNS = ("DOMAIN", "ACTUAL_MiB", "USABLE_MiB", "USABLE%", "BAND", "FLOOR_MiB", "MAX_MiB", "NEXT", "WHY")
 
 
-def _mib(kib) -> str:
-    return "-" if kib is None else str(mib(kib))
+def _mib_text(value: Optional[int]) -> str:
+    return "-" if value is None else str(value)
 
 
 def row_dict(obs: Observation, settings: DomainSettings, decision: Decision) -> Dict[str, Any]:
@@ -36,22 +35,22 @@ def row_dict(obs: Observation, settings: DomainSettings, decision: Decision) -> 
     }
 
 
-def render_json(rows: Sequence[Row]) -> str:
-    return json.dumps([row_dict(*row) for row in rows], indent=2, ensure_ascii=False)
+def render_json(rows: Sequence[Dict[str, Any]]) -> str:
+    """`rows`: row_dict()s (explain's inputs, when present, are left to `explain`)."""
+    return json.dumps([{k: v for k, v in d.items() if k != "explain"} for d in rows], indent=2, ensure_ascii=False)
 
 
-def render_table(rows: Sequence[Row]) -> str:
+def render_table(rows: Sequence[Dict[str, Any]]) -> str:
     if not rows:
         return "no running domains"
     lines: List[Tuple[str, ...]] = [COLUMNS]
-    for obs, settings, decision in rows:
-        d = row_dict(obs, settings, decision)
+    for d in rows:
         next_action = d["next"] + (f" -> {d['target_mib']}" if d["target_mib"] is not None else "")
+        low, high = d["band_pct"]
         lines.append((
-            d["domain"], _mib(obs.stats.actual_kib), _mib(obs.stats.usable_kib),
+            d["domain"], _mib_text(d["actual_mib"]), _mib_text(d["usable_mib"]),
             "-" if d["usable_pct"] is None else f"{d['usable_pct']}%",
-            f"{settings.minimal:g}-{settings.maximal:g}%", str(d["floor_mib"]),
-            "-" if d["maximum_mib"] is None else str(d["maximum_mib"]), next_action, d["why"],
+            f"{low:g}-{high:g}%", str(d["floor_mib"]), _mib_text(d["maximum_mib"]), next_action, d["why"],
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS) - 1)]
     return "\n".join(

@@ -101,7 +101,7 @@ class Virsh:
         except OSError as exc:
             raise VirshError(argv, None, f"cannot run {self.binary!r}: {exc.strerror}") from None
         if _waited(result, self.timeout):
-            raise VirshTimeout(argv, None, f"virsh {' '.join(args[:2])} timed out after {self.timeout:g}s") from None
+            raise VirshTimeout(argv, None, f"virsh {' '.join(args[:2])} timed out after {self.timeout:g}s")
         stdout = result.stdout.decode("utf-8", "replace")
         if result.exit_code != 0:
             raise VirshError(argv, result.exit_code, _message(result.stderr.decode("utf-8", "replace"), result.exit_code))

@@ -32,7 +32,7 @@ import secrets
 import threading
 import time
 from queue import Queue
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import sh
 
@@ -54,6 +54,16 @@ def quote(word: str) -> str:
     """A word as virsh's command parser reads it back: inside '...' nothing is special, and a
     quote itself is written '\\''."""
     return word if _BARE.match(word) else "'" + word.replace("'", "'\\''") + "'"
+
+
+def _fed(lines: Queue) -> Iterator[str]:
+    """What is put on the queue, until None, as sh's stdin for virsh. sh polls a Queue ten times a
+    second; a generator it just reads from, so an idle session costs nothing."""
+    while True:
+        line = lines.get()
+        if line is None:
+            return
+        yield line
 
 
 class SessionBroken(VirshError):
@@ -158,7 +168,7 @@ class VirshSession(Virsh):
         self.calls += 1
         try:
             self._proc = sh.Command(self.binary)(
-                *(["-c", self.uri] if self.uri else []), _bg=True, _bg_exc=False, _in=self._stdin,
+                *(["-c", self.uri] if self.uri else []), _bg=True, _bg_exc=False, _in=_fed(self._stdin),
                 _out=self._said.on_out, _err=self._said.on_err, _done=self._said.on_done, _env=self._env,
                 _tty_in=False, _tty_out=False, _encoding="utf-8", _decode_errors="replace", _new_session=True,
                 _ok_code=range(256))
@@ -190,8 +200,8 @@ class VirshSession(Virsh):
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        self._stdin.put(None)  # EOF; it also ends the thread that feeds virsh
         if not kill:
-            self._stdin.put(None)
             try:
                 proc.wait(timeout=min(self.timeout, 2.0))
                 return

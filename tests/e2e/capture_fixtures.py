@@ -110,6 +110,29 @@ OBSERVATIONS = r"""
   With libvirtd down, an interactive virsh exits at once (exit 1, 2 error
   lines, no banner).
 - `domstats --list-running --domain X` is accepted and gives X only.
+- **One argument is a command line**: `virsh -c URI 'domstats --balloon
+  --list-running ; list --uuid --id --name --state-running'` runs both in one
+  process, their outputs one after the other, each with its extra `\n`; an
+  error ends the rest of the line (also in interactive mode). `list --uuid
+  --id --name` prints `UUID ID NAME`, the name raw.
+- **Restarts**: a domain destroyed and started again keeps its name and uuid
+  and gets a new id (`list-uuid-id-name-state-running.*-restart`). Its
+  `cpu.time` (`domstats --cpu-total`) does not tell: the new QEMU's boot had
+  already taken more CPU time than the old one had (`3.00 s` -> `3.11 s`,
+  `domstats-cpu-total-domain.*-restart`).
+- **Session protocol** (`interactive.session`, what `VirshSession` sends):
+  after each command line, `echo --err T ; echo T` puts `error: T` on stderr
+  and `\n` + `T\n` on stdout, so each stream is cut at its own sentinel; a
+  command's stdout between its echoed line and the sentinel's is exactly its
+  one-shot output. With `TERM=dumb` readline echoes a line that does not fit
+  80 columns scrolled: `virsh # \r<` and its last 51 characters
+  (`interactive.long-line`), still one line.
+- **Connection loss in a session** (seen with a session libvirtd run as
+  `nobody` and killed; not captured as files): virsh prints `error:
+  Disconnected from qemu:///session due to end of file` on its own, and
+  before the next command `error: Reconnected to the hypervisor`, then runs
+  it. One session answered 20000 reads with its RSS unchanged (19 MB,
+  `VIRSH_HISTSIZE=0`).
 - test:///default: `domstats --balloon` prints only `Domain: 'test'` (no
   balloon fields); `dommemstat` has static numbers (`last_update 627319920`).
 - Sandbox quirks: `nodeinfo` "Memory size" (one NUMA node) is not the host
@@ -223,10 +246,10 @@ def capture_session_and_restart(c: "Capturer", quote) -> None:
           f"running: {running}; the daemon's one virsh process per cycle: one argument, two commands")
     c.cap("interactive.session", [],
           "the daemon's session protocol: each command line followed by a sentinel on both streams; "
-          f"its read of a cycle; names with a space, a quote, non-ASCII; errors in the middle; running: {running}",
+          f"its read of a cycle; names with a space, a quote, non-ASCII (setmem to the size it has); "
+          f"errors in the middle; running: {running}",
           stdin=session_input(READ_LINE,
-                              "dommemstat --domain 'b2395e2e o'\\''brien'",
-                              f"dommemstat --domain '{WEB}'",
+                              "setmem --domain 'b2395e2e o'\\''brien' --size 262144 --live",
                               f"dommemstat --domain {MISSING}",
                               f"setmem --domain '{WEB}' --size 2097152 --live",
                               "frobnicate"),

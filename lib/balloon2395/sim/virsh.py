@@ -9,6 +9,7 @@ As an executable, in wall-clock time (the daemon checks stats ages against
 its own clock), with the state in $BALLOON2395_SIM_STATE:
     python -m balloon2395.sim.virsh --sim-init SCENARIO [--seed N]
     python -m balloon2395.sim.virsh [-c URI] domstats --balloon --list-running
+    python -m balloon2395.sim.virsh [-c URI]     # commands on stdin: virsh's interactive mode
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import time
 from typing import Any, List, Tuple
 
-from ..fake_virsh import FakeHost
+from ..fake_virsh import FakeHost, interactive
 from ..inprocess import InProcessVirsh
 from .host import SimGuest, SimHost
 from .scenario import ScenarioError, load
@@ -87,6 +88,18 @@ def _init(path: str, args: List[str]) -> int:
     return 0
 
 
+def _answered(path: str, args: List[str]) -> Tuple[str, str, int]:
+    with open(path, "r+", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # one call at a time moves the model
+        host = SimHost.from_json(json.load(handle))
+        host.advance_to(time.time())
+        stdout, stderr, code = answer(host, args[0], args[1:])
+        handle.seek(0)
+        handle.truncate()
+        json.dump(host.to_json(), handle)
+    return stdout, stderr, code
+
+
 def main(argv: List[str]) -> int:
     args = list(argv)
     if len(args) >= 2 and args[0] in ("-c", "--connect"):
@@ -97,17 +110,9 @@ def main(argv: List[str]) -> int:
         return 1
     if args[:1] == ["--sim-init"]:
         return _init(path, args[1:])
-    if not args:
-        sys.stderr.write("error: interactive mode is not supported by the simulator\n")
-        return 1
-    with open(path, "r+", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # one call at a time moves the model
-        host = SimHost.from_json(json.load(handle))
-        host.advance_to(time.time())
-        stdout, stderr, code = answer(host, args[0], args[1:])
-        handle.seek(0)
-        handle.truncate()
-        json.dump(host.to_json(), handle)
+    if not args:  # virsh's interactive mode, for balloon-2395's session
+        return interactive(lambda words: _answered(path, words) + (False,), quiet=False)
+    stdout, stderr, code = _answered(path, args)
     sys.stdout.write(stdout)
     sys.stderr.write(stderr)
     return code

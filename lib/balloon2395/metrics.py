@@ -1,0 +1,157 @@
+"""Prometheus metrics (prometheus-client, an optional dependency): a node_exporter textfile,
+written atomically after every cycle, and/or an HTTP endpoint on loopback.
+
+Every series has a `host` label (the hypervisor's host: the machine's name for a
+local URI), so one daemon serving several URIs, or a fleet of daemons, reads
+the same way in Prometheus. Figures are in bytes and seconds, as Prometheus
+conventions ask; per-domain series follow the last cycle, so a domain that
+stops running leaves no stale series behind.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import Counter
+from typing import Dict, Iterator, Optional
+from urllib.parse import urlsplit
+
+from .config import Config
+from .daemon import Cycle
+from .policy import CHANGES, SKIP, cap_kib
+from .virsh import VirshError
+
+try:
+    from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    AVAILABLE = True
+except ImportError:  # the daemon runs without it; asking for metrics then is a config error
+    AVAILABLE = False
+
+NS = "balloon2395"
+MISSING = ("metrics need the optional prometheus-client package: ./install.sh --metrics "
+           "(or pip install -r requirements-metrics.txt)")
+
+
+def host_label(uri: str) -> str:
+    """qemu+ssh://host2/system -> host2; a local URI -> this machine's name."""
+    return urlsplit(uri).hostname or socket.gethostname()
+
+
+class _Host:
+    """What one connection's daemon has reported so far."""
+
+    def __init__(self) -> None:
+        self.cycle: Optional[Cycle] = None
+        self.dry_run = False
+        self.adjustments: Counter = Counter()  # direction -> setmem calls made
+        self.virsh_errors: Counter = Counter()  # command -> failed calls
+
+
+class Metrics:
+    """Collected on demand from each host's last cycle (the HTTP thread scrapes while daemons run)."""
+
+    def __init__(self, config: Config) -> None:
+        if not AVAILABLE:
+            raise RuntimeError(MISSING)
+        self.textfile, self._lock = config.metrics_textfile, threading.Lock()
+        self._hosts: Dict[str, _Host] = {}
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        self._server = None
+        if config.metrics_port is not None:
+            self._server, _ = start_http_server(config.metrics_port, config.metrics_address, self.registry)
+
+    def add_host(self, label: str, dry_run: bool) -> None:
+        with self._lock:
+            self._hosts.setdefault(label, _Host()).dry_run = dry_run
+
+    def cycle_done(self, label: str, cycle: Optional[Cycle]) -> None:
+        """After each cycle: count what it changed, keep its figures, write the textfile."""
+        with self._lock:
+            host = self._hosts[label]
+            if cycle is not None and cycle is not host.cycle:
+                host.cycle = cycle
+                if not host.dry_run:
+                    host.adjustments.update(d.action for d in cycle.decisions if d.action in CHANGES)
+        if self.textfile:
+            write_to_textfile(self.textfile, self.registry)
+
+    def virsh_error(self, label: str, command: str) -> None:
+        with self._lock:
+            self._hosts[label].virsh_errors[command] += 1
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def collect(self) -> Iterator:
+        with self._lock:
+            hosts = {label: (h.cycle, dict(h.adjustments), dict(h.virsh_errors)) for label, h in self._hosts.items()}
+        per_domain = {field: GaugeMetricFamily(f"{NS}_domain_{field}_bytes", help_text, labels=["host", "domain"])
+                      for field, help_text in (
+                          ("actual", "the guest's current size (balloon.current)"),
+                          ("usable", "memory the guest can use without swapping (MemAvailable)"),
+                          ("target", "the size the last decision moved the guest to (only when it changed it)"),
+                          ("maximum", "the most the guest may grow to (its maximum, or a configured cap)"))}
+        adjustments = CounterMetricFamily(f"{NS}_adjustments", "setmem calls made, by direction",
+                                          labels=["host", "direction"])
+        skipped = GaugeMetricFamily(f"{NS}_domains_skipped", "domains left alone in the last cycle, by reason",
+                                    labels=["host", "reason"])
+        errors = CounterMetricFamily(f"{NS}_virsh_errors", "virsh calls that failed or timed out, by command",
+                                     labels=["host", "command"])
+        duration = GaugeMetricFamily(f"{NS}_cycle_duration_seconds", "how long the last cycle took", labels=["host"])
+        last = GaugeMetricFamily(f"{NS}_last_cycle_timestamp_seconds", "when the last cycle that could read "
+                                 "the domains ran (alert when it falls behind)", labels=["host"])
+        available = GaugeMetricFamily(f"{NS}_host_available_bytes", "the host's available memory", labels=["host"])
+        for label, (cycle, adjusted, failed) in sorted(hosts.items()):
+            for direction in CHANGES:
+                adjustments.add_metric([label, direction], adjusted.get(direction, 0))
+            for command, count in sorted(failed.items()):
+                errors.add_metric([label, command], count)
+            if cycle is None:
+                continue
+            duration.add_metric([label], cycle.duration_s)
+            last.add_metric([label], cycle.at)
+            if cycle.host is not None:
+                available.add_metric([label], cycle.host.available_kib * 1024)
+            for reason, count in sorted(Counter(d.code for d in cycle.decisions if d.action == SKIP).items()):
+                skipped.add_metric([label, reason], count)
+            for obs, decision in zip(cycle.observations, cycle.decisions):
+                s = obs.stats
+                for field, kib in (("actual", s.actual_kib), ("usable", s.usable_kib),
+                                   ("target", decision.target_kib),
+                                   ("maximum", cap_kib(s, cycle.settings[obs.name]))):
+                    if kib is not None:
+                        per_domain[field].add_metric([label, obs.name], kib * 1024)
+        yield from per_domain.values()
+        yield from (adjustments, skipped, errors, duration, last, available)
+
+
+class CountingVirsh:
+    """A virsh that tells the metrics of each failed call; everything else passes through."""
+
+    def __init__(self, virsh, count) -> None:
+        self._virsh, self._count = virsh, count
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._virsh, name)
+        if not callable(attr) or name.startswith("_") or name == "close":
+            return attr
+
+        def counted(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except VirshError as exc:
+                self._count(_command(exc.argv) or name)
+                raise
+        return counted
+
+
+def _command(argv) -> str:
+    """The virsh command a failed call ran: `setmem` of `-c URI setmem --domain ...`."""
+    args = list(argv[2:] if argv[:1] == ["-c"] else argv)
+    return args[0].split()[0] if args and args[0].strip() else ""
+
+

@@ -1,0 +1,253 @@
+"""The daemon as a host service: the connections it serves, signals, config reload, metrics.
+
+One process serves every URI of `connect:`, each through its own Daemon, lock,
+virsh and thread, so a slow remote host never delays the others' cycles.
+Signal handlers only set flags (no locks in a handler); the main thread acts on
+them: SIGTERM/SIGINT let every daemon finish its current cycle and stop,
+SIGHUP reloads the config (same file, same flags) and hands each daemon the new
+one to take before its next cycle. A bad new file is one ERROR line and the
+old config stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from . import PROG, ksm, logs, statefile
+from . import config as cfg
+from .daemon import Daemon
+from .host import is_remote
+from .journal import ChangeJournal, path_for as journal_path
+from .lock import AlreadyRunning, InstanceLock, LockError, default_dir
+from .virsh import Virsh, default_uri
+from .virsh_session import open_virsh
+
+log = logging.getLogger(PROG)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_RUNNING = 0, 1, 2, 3
+# Taken once at start: a reload cannot move a lock, a connection or a listening socket.
+RESTART_ONLY = ("uris", "virsh", "timeout", "session", "lock_dir", "metrics_textfile", "metrics_port",
+                "metrics_address")
+POLL_S = 0.2  # how soon the main thread notices a signal's flag
+
+
+def one_uri(config: cfg.Config, uri: str) -> cfg.Config:
+    """The config of one connection. Without `connect`, virsh is run without -c, so that it
+    picks its default (LIBVIRT_DEFAULT_URI, libvirt's rules) itself, as an operator's virsh does."""
+    return replace(config, uris=(uri,)) if config.uris else config
+
+
+class Failed(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Connection:
+    uri: str
+    label: str
+    virsh: Virsh
+    daemon: Daemon
+    state_path: str
+    pending: Optional[cfg.Config] = None  # a reloaded config, taken before the next cycle
+    publish_error: Optional[str] = None  # the last metrics/state file write problem, said once
+
+
+@dataclass
+class _Signals:
+    stop: bool = False
+    reload: bool = False
+
+
+class Service:
+    def __init__(self, config: cfg.Config, path: Optional[str], flags: Mapping[str, Any]) -> None:
+        self.config, self.path, self.flags = config, path, dict(flags)
+        self.uris = config.uris or (default_uri(),)
+        self.metrics = None
+        self.locks: List[InstanceLock] = []
+        self.connections: List[Connection] = []
+        self.signals = _Signals()
+
+    def start(self) -> None:
+        """Logs, every lock, KSM, metrics, all before any virsh call; raises Failed."""
+        self._logs(self.config)
+        locks = [self._lock(uri) for uri in self.uris]
+        try:
+            said = ksm.check(self.config.ksm, remote=all(is_remote(uri) for uri in self.uris))
+        except ksm.KsmRefused as exc:
+            raise Failed(str(exc), EXIT_FAIL) from None
+        if said.line:
+            (log.warning if said.running else log.info)("%s", said.line)
+        if self.config.metrics_textfile or self.config.metrics_port is not None:
+            self.metrics = _open_metrics(self.config)
+        for uri, lock in zip(self.uris, locks):
+            self.connections.append(self._connect(uri, lock))
+
+    def _lock(self, uri: str) -> InstanceLock:
+        try:
+            lock = InstanceLock(uri, self.config.lock_dir or default_dir())
+            lock.acquire()
+        except AlreadyRunning as exc:
+            raise Failed(str(exc), EXIT_RUNNING) from None
+        except LockError as exc:
+            raise Failed(str(exc), EXIT_FAIL) from None
+        self.locks.append(lock)
+        return lock
+
+    def _connect(self, uri: str, lock: InstanceLock) -> Connection:
+        from .metrics import CountingVirsh, host_label
+        config = one_uri(self.config, uri)
+        label = host_label(uri)
+        virsh = open_virsh(config)
+        counted = virsh
+        if self.metrics is not None:
+            self.metrics.add_host(label, config.dry_run)
+            counted = CountingVirsh(virsh, lambda command: self.metrics.virsh_error(label, command))
+        daemon = Daemon(config, counted, journal=ChangeJournal(journal_path(lock.path)))
+        return Connection(uri, label, virsh, daemon, statefile.path_for(lock))
+
+    def _logs(self, config: cfg.Config) -> None:
+        try:
+            logs.setup(config.logdir, config.debug, fmt=config.log_format, per_uri=len(self.uris) > 1)
+        except OSError as exc:
+            raise Failed(f"cannot open log in {config.logdir}: {exc.strerror}", EXIT_FAIL) from None
+
+    def close(self) -> None:
+        for conn in self.connections:
+            statefile.remove(conn.state_path)
+            conn.virsh.close()
+        for lock in self.locks:
+            lock.release()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    # ------------------------------------------------------------ the loop
+
+    def once(self) -> int:
+        failed = []
+
+        def cycle(conn: Connection) -> None:
+            if conn.daemon.cycle() is None:
+                failed.append(conn.uri)
+            self._after(conn)
+
+        for conn in self.connections:  # one after the other, each in a thread named for its URI (logs)
+            thread = threading.Thread(target=cycle, args=(conn,), name=conn.uri)
+            thread.start()
+            thread.join()
+        return EXIT_FAIL if failed else EXIT_OK
+
+    def run(self) -> int:
+        def on_stop(*_):
+            self.signals.stop = True
+
+        def on_hup(*_):
+            self.signals.reload = True
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+        c = self.config
+        log.info("started for %s: band %g-%g%%, every %gs%s", ", ".join(self.uris), c.defaults.minimal,
+                 c.defaults.maximal, c.secs, " (dry run)" if c.dry_run else "")
+        stop = threading.Event()
+        threads = [threading.Thread(target=conn.daemon.run, name=conn.uri,
+                                    args=(stop, lambda conn=conn: self._before(conn),
+                                          lambda conn=conn: self._after(conn)))
+                   for conn in self.connections]
+        for thread in threads:
+            thread.start()
+        while not self.signals.stop:
+            time.sleep(POLL_S)
+            if self.signals.reload:
+                self.signals.reload = False
+                self.reload()
+        stop.set()  # each daemon ends its current cycle: a setmem is never cut in half
+        for thread in threads:
+            thread.join()
+        log.info("stopped")
+        return EXIT_OK
+
+    @staticmethod
+    def _before(conn: Connection) -> None:
+        pending, conn.pending = conn.pending, None
+        if pending is not None:
+            conn.daemon.reconfigure(pending)
+
+    def _after(self, conn: Connection) -> None:
+        """Publish the cycle: metrics, state file, each on its own. A file that cannot be written
+        is said once (again when that changes), not every cycle, and never costs a cycle."""
+        cycle = conn.daemon.last
+        problems = []
+        if self.metrics is not None:
+            problems.append(_written(lambda: self.metrics.cycle_done(conn.label, cycle)))
+        if cycle is not None:
+            problems.append(_written(lambda: statefile.write(conn.state_path, conn.uri, cycle)))
+        problem = "; ".join(p for p in problems if p) or None
+        if problem and problem != conn.publish_error:
+            log.warning("%s (metrics or status --watch may be out of date)", problem)
+        conn.publish_error = problem
+
+    # ------------------------------------------------------------ SIGHUP
+
+    def reload(self) -> None:
+        path = self.path or cfg.default_path()
+        try:
+            new = cfg.load(path, self.flags)
+        except cfg.ConfigError as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            return
+        kept = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.config, key)]
+        if kept:
+            log.warning("reload: %s cannot change without a restart; keeping the running value",
+                        ", ".join("connect" if key == "uris" else key for key in kept))
+            new = replace(new, **{key: getattr(self.config, key) for key in kept})
+        if any(getattr(new, key) != getattr(self.config, key) for key in ("logdir", "debug", "log_format")):
+            try:
+                self._logs(new)
+            except Failed as exc:
+                self._logs(self.config)
+                log.error("reload failed, keeping the running config: %s", exc)
+                return
+        self.config = new
+        for conn in self.connections:
+            conn.pending = one_uri(new, conn.uri)
+        log.info("reloaded %s", path or "(no config file: defaults and flags)")
+
+
+def _written(write: Callable[[], None]) -> Optional[str]:
+    try:
+        write()
+    except OSError as exc:
+        return f"cannot write {exc.filename}: {exc.strerror}"
+    return None
+
+
+def _open_metrics(config: cfg.Config):
+    from . import metrics
+    if not metrics.AVAILABLE:
+        raise Failed(metrics.MISSING, EXIT_USAGE)
+    try:
+        return metrics.Metrics(config)
+    except OSError as exc:
+        raise Failed(f"cannot serve metrics on {config.metrics_address}:{config.metrics_port}: {exc.strerror}",
+                     EXIT_FAIL) from None
+
+
+def serve(config: cfg.Config, path: Optional[str], flags: Dict[str, Any], once: bool) -> int:
+    service = Service(config, path, flags)
+    try:
+        service.start()
+        return service.once() if once else service.run()
+    except Failed as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.code
+    finally:
+        service.close()

@@ -1,0 +1,193 @@
+"""Faults injected into a virsh, and a checker of the safety invariants around the daemon's virsh.
+
+Both wrap a Virsh (usually an InProcessVirsh: the fake host or the simulator)
+and are Virshes themselves, so the daemon runs its own code through them:
+
+    Daemon(config, CheckedVirsh(FaultyVirsh(SimVirsh(host), rng), config, clock), clock)
+
+FaultyVirsh makes some calls hang (VirshTimeout, as the real runner raises
+it), fail as libvirt fails, print garbage, truncated or doctored figures, or
+find libvirtd gone for a while. CheckedVirsh, outermost, sees exactly what the
+daemon sees and records every setmem with the observation it came from; a
+setmem that breaks a safety rule is a violation.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Set
+
+from ..config import Config
+from ..lifetime import READ_LINE, parse_running
+from ..policy import FUTURE_TOLERANCE_S
+from ..virsh import Virsh, VirshError, VirshTimeout
+from ..virsh_output import BalloonStats, VirshOutputError
+
+# What libvirt says when libvirtd is not there (virsh 9.0, captured).
+DAEMON_DOWN = ("error: failed to connect to the hypervisor\n"
+               "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': Connection refused\n")
+_FIGURE = re.compile(r"^(  balloon\.(current|usable|last-update)=)(\d+)$", re.M)
+
+
+class _Wrapped(Virsh):
+    """A Virsh whose every command goes to another Virsh."""
+
+    def __init__(self, inner: Virsh) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def run(self, *args: str) -> str:
+        return self.inner.run(*args)
+
+    def run_line(self, line: str) -> str:
+        return self.inner.run_line(line)
+
+
+class FaultyVirsh(_Wrapped):
+    """Each call fails at `rate` (seeded), in one of FAULTS' ways; `outage()` makes libvirtd go away
+    for some calls. `tried` counts the faults by kind."""
+
+    FAULTS = ("hang", "error", "garbage", "truncated", "future", "backwards", "usable>actual", "actual=0",
+              "vanished", "no-effect")
+
+    def __init__(self, inner: Virsh, rng: random.Random, rate: float = 0.0) -> None:
+        super().__init__(inner)
+        self.rng, self.rate = rng, rate
+        self.down_calls = 0  # calls still to fail with DAEMON_DOWN
+        self.tried: Counter = Counter()
+
+    def outage(self, calls: int) -> None:
+        self.down_calls = calls
+        self.tried["outage"] += 1
+
+    def run(self, *args: str) -> str:
+        return self._faulted(args[0], lambda: self.inner.run(*args), args)
+
+    def run_line(self, line: str) -> str:
+        return self._faulted(line, lambda: self.inner.run_line(line), (line,))
+
+    def _faulted(self, command: str, call: Callable[[], str], argv) -> str:
+        if self.down_calls:
+            self.down_calls -= 1
+            raise VirshError(list(argv), 1, "; ".join(DAEMON_DOWN.strip().splitlines()))
+        if self.rng.random() >= self.rate:
+            return call()
+        kind = self.rng.choice(self.FAULTS)
+        self.tried[kind] += 1
+        if kind == "hang":
+            raise VirshTimeout(list(argv), None, f"virsh {command} timed out")
+        if kind == "error":
+            raise VirshError(list(argv), 1, "error: internal error: client socket is closed")
+        if command == "setmem":
+            if kind == "vanished":  # shut off or migrated away since the read
+                raise VirshError(list(argv), 1, f"error: failed to get domain '{argv[2]}'")
+            if kind == "no-effect":  # accepted; the balloon never moves
+                return "\n"
+            return call()
+        out = call()
+        if kind == "garbage":
+            return "".join(self.rng.choice("Domain: '=balloon.current0123456789\n -x") for _ in range(200))
+        if kind == "truncated":
+            return out[:self.rng.randrange(len(out))] if out else out
+        return self._doctored(kind, out)
+
+    def _doctored(self, kind: str, out: str) -> str:
+        """One domain's figure made wrong in a way a parser cannot see, only the safety rules."""
+        figures = list(_FIGURE.finditer(out))
+        wanted = {"future": "last-update", "backwards": "last-update", "usable>actual": "usable",
+                  "actual=0": "current"}.get(kind)
+        figures = [m for m in figures if m.group(2) == wanted]
+        if not figures:
+            return out
+        m = self.rng.choice(figures)
+        value = int(m.group(3))
+        new = {"future": value + 3600, "backwards": max(0, value - 3600), "usable>actual": value * 50,
+               "actual=0": 0}[kind]
+        return out[:m.start(3)] + str(new) + out[m.end(3):]
+
+
+class CheckedVirsh(_Wrapped):
+    """Records what the daemon read and checks each setmem against it (see the module doc).
+
+    A setmem is unsafe when: the domain was not in the last good read (the read
+    failed, or printed garbage), its figures were missing, stale, future-dated or
+    inconsistent (usable > actual, actual 0), it shrinks below the floor or grows
+    above the maximum, it is the domain's second in one cycle, or the figures are
+    not newer than the domain's last change."""
+
+    def __init__(self, inner: Virsh, config: Config, clock: Callable[[], float]) -> None:
+        super().__init__(inner)
+        self.config, self.clock = config, clock
+        self.seen: Dict[str, BalloonStats] = {}
+        self.changed_at: Dict[str, float] = {}
+        self.this_cycle: Set[str] = set()
+        self.reads = self.setmems = 0
+        self.violations: List[str] = []
+
+    def run_line(self, line: str) -> str:
+        if line != READ_LINE:
+            return self.inner.run_line(line)
+        self._read_starts()
+        out = self.inner.run_line(line)
+        try:
+            stats, _ = parse_running(out)
+        except VirshOutputError:
+            return out
+        self.seen = {s.name: s for s in stats}
+        return out
+
+    def run(self, *args: str) -> str:
+        if args[0] == "setmem":
+            return self._setmem(args[2], int(args[4]), args)
+        return self.inner.run(*args)
+
+    def _read_starts(self) -> None:
+        self.reads += 1
+        self.seen, self.this_cycle = {}, set()
+
+    def _setmem(self, name: str, kib: int, args) -> str:
+        now = self.clock()
+        self.setmems += 1
+        for problem in self._problems(name, kib, now):
+            self.violations.append(f"setmem {name} {kib} KiB at {now:.1f}: {problem}")
+        self.this_cycle.add(name)
+        try:
+            out = self.inner.run(*args)
+        except VirshTimeout:
+            self.changed_at[name] = now  # it may have landed
+            raise
+        self.changed_at[name] = now
+        return out
+
+    def _problems(self, name: str, kib: int, now: float) -> List[str]:
+        s = self.seen.get(name)
+        if s is None:
+            return ["not in the last good read"]
+        if s.actual_kib is None or s.usable_kib is None or s.last_update is None or s.maximum_kib is None:
+            return [f"figures missing: {s}"]
+        problems = []
+        settings = self.config.for_domain(name)
+        if settings.exclude:
+            problems.append("excluded domain")
+        if s.actual_kib <= 0 or s.usable_kib > s.actual_kib:
+            problems.append(f"inconsistent figures: actual {s.actual_kib}, usable {s.usable_kib}")
+        if now - s.last_update > self.config.stale_after_s:
+            problems.append(f"stale figures ({now - s.last_update:.0f}s old)")
+        if s.last_update > now + FUTURE_TOLERANCE_S:
+            problems.append(f"future-dated figures ({s.last_update - now:.0f}s ahead)")
+        if kib < s.actual_kib and kib < settings.critical_kib:
+            problems.append(f"shrink below the floor {settings.critical_kib}")
+        cap = min(s.maximum_kib, settings.maximum_kib or s.maximum_kib)
+        if kib > s.actual_kib and kib > cap:
+            problems.append(f"grow above the maximum {cap}")
+        if name in self.this_cycle:
+            problems.append("second setmem in one cycle")
+        last: Optional[float] = self.changed_at.get(name)
+        if last is not None and s.last_update <= last:
+            problems.append(f"figures (stamped {s.last_update}) not newer than the last change at {last:.1f}")
+        return problems

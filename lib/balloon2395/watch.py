@@ -1,0 +1,187 @@
+"""`status` (once, or `--watch`: a live table like virt-top's, sorted by pressure) and
+`explain DOMAIN`: the inputs and the rule behind a domain's last and next decision.
+
+A running daemon leaves its last cycle in a state file (statefile.py); the views
+show that, and what a cycle would do now. Without a daemon they read the
+domains themselves (changing nothing) and say so.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from . import PROG
+from . import config as cfg
+from . import statefile
+from .daemon import Cycle
+from .host import HostReader
+from .lock import InstanceLock, LockError, default_dir
+from .observe import Collector
+from .policy import History, Limits, decide_all
+from .service import one_uri
+from .status import render_json, render_table
+from .units import mib
+from .virsh import VirshError, default_uri
+from .virsh_session import open_virsh
+
+NO_DAEMON = "no daemon running: showing what a cycle would do now"
+
+
+@dataclass(frozen=True)
+class View:
+    uri: str
+    daemon: Optional[Dict[str, Any]]  # the running daemon's last cycle (statefile.snapshot), if any
+    now: Dict[str, Any]  # what a cycle would do now, with the daemon's memory of each domain
+
+    def header(self) -> str:
+        if self.daemon is None:
+            return f"{self.uri}: {NO_DAEMON}"
+        at = time.strftime("%H:%M:%S", time.localtime(self.daemon["at"]))
+        return f"{self.uri}: daemon pid {self.daemon['pid']}, last cycle at {at}; NEXT is what a cycle would do now"
+
+
+def daemon_state(config: cfg.Config, uri: str) -> Optional[Dict[str, Any]]:
+    try:
+        directory = config.lock_dir or default_dir()
+    except LockError:
+        return None
+    return statefile.read(statefile.path_for(InstanceLock(uri, directory)))
+
+
+def read_now(config: cfg.Config, uri: str, histories: Dict[str, History]) -> Cycle:
+    """One read of the domains and the decisions a cycle would make; changes nothing."""
+    config = one_uri(config, uri)
+    virsh = open_virsh(config)
+    try:
+        started, now = time.monotonic(), time.time()
+        observations = Collector(virsh, config.stats_period, setup=False).collect()
+        settings = {obs.name: config.for_domain(obs.name, obs.facts.settings if obs.facts else ())
+                    for obs in observations}
+        host = HostReader(config, virsh, uri).read()
+        decisions = decide_all(observations, settings, histories, host, now, Limits(config.stale_after_s),
+                               config.policy)
+    finally:
+        virsh.close()
+    return Cycle(now, observations, settings, decisions, host, time.monotonic() - started)
+
+
+def view(config: cfg.Config, uri: str) -> View:
+    """Raises VirshError when the domains cannot be read."""
+    state = daemon_state(config, uri)
+    try:
+        histories = {} if state is None else {
+            row["domain"]: History(**row["explain"]["history"]) for row in state["domains"]}
+    except (KeyError, TypeError):  # written by another version of the daemon
+        state, histories = None, {}
+    return View(uri, state, statefile.snapshot(uri, read_now(config, uri, histories)))
+
+
+def pressure_order(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Most pressed first: the lowest usable %; domains without a figure last."""
+    return sorted(rows, key=lambda d: (d["usable_pct"] is None, d["usable_pct"] or 0, d["domain"]))
+
+
+def status(config: cfg.Config, as_json: bool, watch: bool, refresh_s: float, count: Optional[int]) -> int:
+    uris = config.uris or (default_uri(),)
+    shown = 0
+    try:
+        while True:
+            try:
+                views = [view(config, uri) for uri in uris]
+            except VirshError as exc:
+                print(f"{PROG}: cannot read running domains: {exc.message}", file=sys.stderr)
+                return 1
+            rows = {v.uri: pressure_order(v.now["domains"]) if watch else v.now["domains"] for v in views}
+            if as_json:
+                text = render_json([dict(d, uri=uri) for uri, r in rows.items() for d in r]) \
+                    if len(uris) > 1 else render_json(rows[uris[0]])
+            else:
+                headed = watch or len(views) > 1  # a plain one-host `status` stays a bare table
+                text = "\n\n".join((v.header() + "\n" if headed else "") + render_table(rows[v.uri])
+                                   for v in views)
+            if watch and sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")  # redraw in place, as top does
+            print(text, flush=True)
+            shown += 1
+            if not watch or count is not None and shown >= count:
+                return 0
+            time.sleep(refresh_s)
+            if not sys.stdout.isatty():
+                print()
+    except KeyboardInterrupt:
+        return 0
+
+
+def explain(config: cfg.Config, name: str) -> int:
+    uris = config.uris or (default_uri(),)
+    for uri in uris:
+        try:
+            v = view(config, uri)
+        except VirshError as exc:
+            print(f"{PROG}: {uri}: cannot read running domains: {exc.message}", file=sys.stderr)
+            return 1
+        now = next((d for d in v.now["domains"] if d["domain"] == name), None)
+        if now is not None:
+            last = None if v.daemon is None else next(
+                (d for d in v.daemon["domains"] if d["domain"] == name), None)
+            print(render_explain(config, v, now, last))
+            return 0
+    print(f"{PROG}: {name}: not a running domain on {', '.join(uris)}", file=sys.stderr)
+    return 1
+
+
+def _size(kib: Optional[int]) -> str:
+    return "-" if kib is None else f"{mib(kib)} MiB"
+
+
+def render_explain(config: cfg.Config, v: View, now: Dict[str, Any], last: Optional[Dict[str, Any]]) -> str:
+    inputs = now["explain"]
+    stats, settings, history = inputs["stats"], inputs["settings"], inputs["history"]
+    age = "-" if stats["last_update"] is None else f"{v.now['at'] - stats['last_update']:.1f}s"
+    pct = "-" if now["usable_pct"] is None else f"{now['usable_pct']}%"
+    host = v.now["host"]
+    lines = [
+        f"{now['domain']} on {v.uri} ({config.policy} policy)",
+        "inputs:",
+        f"  actual {_size(stats['actual_kib'])}, usable {_size(stats['usable_kib'])} ({pct}), "
+        f"maximum {_size(stats['maximum_kib'])}, stats age {age}",
+        f"  swap_in {_size(stats['swap_in_kib'])}, swap_out {_size(stats['swap_out_kib'])}, "
+        f"major faults {stats['major_fault'] if stats['major_fault'] is not None else '-'}",
+        f"  band {settings['minimal']:g}-{settings['maximal']:g}%, floor {_size(settings['critical_kib'])}, "
+        f"cap {'-' if now['maximum_mib'] is None else str(now['maximum_mib']) + ' MiB'}, headroom {_size(settings['headroom_kib'])}, "
+        f"max shrink {_size(settings['max_shrink_kib'])}, shares {settings['shares']}"
+        + (", excluded" if settings["exclude"] else ""),
+        "  host: " + ("not watched" if host is None else
+                      f"available {_size(host['available_kib'])}, reserve {_size(host['reserve_kib'])}"
+                      + (", PSI pressure" if host["pressure"] else "")),
+        "  remembered: " + _history(history),
+    ]
+    if last is None:
+        lines.append("last decision: " + (NO_DAEMON if v.daemon is None else "none yet (new to the daemon)"))
+    else:
+        at = time.strftime("%H:%M:%S", time.localtime(v.daemon["at"]))
+        lines.append(f"last decision ({at}, daemon pid {v.daemon['pid']}): {_decision(last)}")
+    lines.append(f"next decision (a cycle now): {_decision(now)}")
+    return "\n".join(lines)
+
+
+def _decision(d: Dict[str, Any]) -> str:
+    target = f" -> {d['target_mib']} MiB" if d["target_mib"] is not None else ""
+    return f"{d['next']}{target} [rule {d['code']}]: {d['why']}"
+
+
+def _history(h: Dict[str, Any]) -> str:
+    parts = []
+    if h["changed_at"] is not None:
+        parts.append(f"setmem {_size(h['from_kib'])} -> {_size(h['target_kib'])} at "
+                     f"{time.strftime('%H:%M:%S', time.localtime(h['changed_at']))}, waiting for fresh stats")
+    if h["unresponsive"]:
+        parts.append("a setmem had no effect: left alone")
+    if h["burst_kib"]:
+        parts.append(f"recent burst {_size(int(h['burst_kib']))}")
+    if h["paged_at"] is not None:
+        parts.append(f"paged at {time.strftime('%H:%M:%S', time.localtime(h['paged_at']))}")
+    return "; ".join(parts) or "nothing (no change pending, no burst, no paging)"

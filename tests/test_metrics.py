@@ -1,0 +1,163 @@
+"""Prometheus metrics: the HTTP endpoint on loopback and the node_exporter textfile, both read
+back with prometheus-client's own parser; the textfile is never seen half-written."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import urllib.request
+
+import pytest
+
+from balloon2395 import config as cfg
+from balloon2395.daemon import Daemon
+from conftest import MIB, StateVirsh, domain
+from test_lock import _wait_for, daemons  # noqa: F401 (a fixture)
+
+prometheus_client = pytest.importorskip(
+    "prometheus_client", reason="prometheus-client is optional: pip install -r requirements-metrics.txt")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from balloon2395 import metrics  # noqa: E402
+
+HOST = socket.gethostname()
+
+
+def _samples(text):
+    """{(name, frozenset(labels)): value} of an exposition."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _host_with_every_kind_of_domain(fake_host):
+    host = fake_host(domain("web1", usable_mib=370), domain("ok", usable_mib=600),
+                     domain("win", os="http://microsoft.com/win/10"), domain("fw", usable_mib=600))
+    host.config.write_text("policy: step\ndomains:\n  fw: {exclude: true}\n")
+    state = host.read()
+    state["faults"] = {"setmem": {"exit": 1, "stderr": "error: internal error: oops\n", "times": 1}}
+    host.write(state)
+    return host
+
+
+def test_http_endpoint_on_loopback(fake_host, daemons):
+    host = _host_with_every_kind_of_domain(fake_host)
+    port = _free_port()
+    proc = daemons(host, "--secs", "0.2", "--metrics-port", str(port))
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scrape():
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return _samples(response.read().decode())
+        except OSError:
+            return None
+
+    def grown():
+        samples = scrape()
+        return samples and samples.get(("balloon2395_adjustments_total",
+                                        frozenset({"host": HOST, "direction": "grow"}.items())), 0) >= 1
+
+    assert _wait_for(grown), f"no grow counted at {url}"
+    s = scrape()
+    on = {"host": HOST}
+    assert s[("balloon2395_domain_maximum_bytes", frozenset(dict(on, domain="ok").items()))] == 4096 * MIB * 1024
+    assert s[("balloon2395_domain_usable_bytes", frozenset(dict(on, domain="ok").items()))] == 600 * MIB * 1024
+    assert ("balloon2395_domain_actual_bytes", frozenset(dict(on, domain="web1").items())) in s
+    assert s[("balloon2395_domains_skipped", frozenset(dict(on, reason="windows").items()))] == 1
+    assert s[("balloon2395_domains_skipped", frozenset(dict(on, reason="excluded").items()))] == 1
+    assert s[("balloon2395_virsh_errors_total", frozenset(dict(on, command="setmem").items()))] == 1
+    assert s[("balloon2395_host_available_bytes", frozenset(on.items()))] > 0
+    assert 0 < s[("balloon2395_cycle_duration_seconds", frozenset(on.items()))] < 10
+    assert ("balloon2395_adjustments_total", frozenset(dict(on, direction="shrink").items())) in s
+    proc.terminate()
+    assert proc.wait(timeout=20) == 0
+
+
+def test_textfile_once(fake_host, tmp_path):
+    host = _host_with_every_kind_of_domain(fake_host)
+    prom = tmp_path / "textfile" / "balloon2395.prom"
+    prom.parent.mkdir()
+    result = host.run("--once", "--metrics-textfile", str(prom))
+    assert result.returncode == 0, result.stderr
+    s = _samples(prom.read_text())
+    assert s[("balloon2395_domain_target_bytes", frozenset({"host": HOST, "domain": "web1"}.items()))] == \
+        2148 * MIB * 1024
+    assert [p.name for p in prom.parent.iterdir()] == ["balloon2395.prom"]  # no temp file left behind
+
+
+def test_metrics_from_the_config_file_and_errors_naming_the_key(fake_host, tmp_path):
+    host = fake_host(domain("web1", usable_mib=600))
+    prom = tmp_path / "m.prom"
+    host.config.write_text(f"metrics:\n  textfile: {prom}\n")
+    assert host.run("--once").returncode == 0 and prom.exists()
+    host.config.write_text("metrics:\n  port: http\n")
+    bad = host.run("--once")
+    assert bad.returncode == 2 and "metrics.port: expected a number" in bad.stderr
+    assert cfg.build({}).metrics_address == "127.0.0.1"  # loopback unless told otherwise
+
+
+def test_textfile_is_never_seen_half_written(tmp_path):
+    state = {"domains": [domain(f"vm{i}", usable_mib=600) for i in range(40)]}
+    for dom in state["domains"]:
+        dom["last_update"] = int(1_800_000_000)
+    prom = tmp_path / "b.prom"
+    config = cfg.build({"host_memory": "off", "metrics_textfile": str(prom)})
+    daemon = Daemon(config, StateVirsh(state), clock=lambda: 1_800_000_000.0)
+    daemon.cycle()
+    m = metrics.Metrics(config)
+    m.add_host("h", dry_run=False)
+    done = threading.Event()
+
+    def write():
+        while not done.is_set():
+            m.cycle_done("h", daemon.last)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert _wait_for(prom.exists)
+        expected = None
+        for _ in range(300):
+            text = prom.read_text()
+            samples = _samples(text)  # a torn file would not parse, or miss series
+            expected = expected or len(samples)
+            assert len(samples) == expected and text.endswith("\n")
+    finally:
+        done.set()
+        writer.join()
+    assert expected
+
+
+def test_missing_prometheus_client_is_a_config_error(fake_host, tmp_path):
+    blocker = tmp_path / "block" / "prometheus_client"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('not installed')\n")
+    host = fake_host(domain("web1"))
+    env = dict(host.env, PYTHONPATH=f"{blocker.parent}:{host.env['PYTHONPATH']}")
+    result = subprocess.run(host.daemon_argv("--once", "--metrics-port", "9"), env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "./install.sh --metrics" in result.stderr
+    assert host.calls() == []
+    plain = subprocess.run(host.daemon_argv("--once"), env=env, capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 0, plain.stderr  # without metrics it never needs the package
+    assert json.loads(host.state_file.read_text())
+
+
+def test_an_unwritable_textfile_is_said_once_and_costs_no_cycle(fake_host, daemons, tmp_path):
+    host = fake_host(domain("web1", usable_mib=600))
+    prom = tmp_path / "missing" / "b.prom"
+    proc = daemons(host, "--secs", "0.05", "--metrics-textfile", str(prom))
+    assert _wait_for(lambda: list(host.lock_dir.glob("*.state.json")))
+    _wait_for(lambda: False, timeout=1.0)  # many cycles
+    proc.terminate()
+    assert proc.wait(timeout=20) == 0
+    err = proc.stderr.read()
+    assert err.count(f"cannot write {prom}") == 1 and "cycle failed" not in err

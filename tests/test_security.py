@@ -1,0 +1,183 @@
+"""Security (issue 8, point 5): no shell, names are data, files written as root follow no symlink and
+get safe modes, and as root a config file others could rewrite is refused."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import stat
+import subprocess
+
+import pytest
+
+from balloon2395 import config as cfg
+from balloon2395 import logs
+from balloon2395.safefiles import unsafe_config
+from balloon2395.virsh import Virsh
+from conftest import LIB, ROOT, domain
+
+SOURCES = sorted((LIB / "balloon2395").rglob("*.py"))
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="the config ownership rule applies to root only")
+
+
+@pytest.mark.parametrize("pattern", [r"shell\s*=\s*True", r"\bos\.system\b", r"\bos\.popen\b", r"\bpopen\(",
+                                     r"\bimport subprocess\b", r"['\"]/bin/(ba)?sh['\"]", r"\bos\.exec"])
+def test_no_shell_anywhere(pattern):
+    hits = [f"{path.relative_to(LIB)}:{n}" for path in SOURCES
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if re.search(pattern, line)]
+    assert hits == []
+
+
+def test_only_the_virsh_runners_start_processes():
+    users = sorted(path.name for path in SOURCES if re.search(r"^import sh$|^from sh ", path.read_text(), re.M))
+    assert users == ["virsh.py", "virsh_session.py"]
+
+
+class _Recorder(Virsh):
+    def __init__(self):
+        super().__init__()
+        self.argv = []
+
+    def run(self, *args):
+        self.argv.append(list(args))
+        raise _Stop  # what virsh would answer does not matter here
+
+    def run_line(self, line):
+        raise AssertionError(f"a domain name must never go through a command line: {line!r}")
+
+
+class _Stop(Exception):
+    pass
+
+
+NAMED = [name for name, fn in inspect.getmembers(Virsh, inspect.isfunction)
+         if "name" in inspect.signature(fn).parameters]
+
+
+def test_every_method_taking_a_domain_is_covered():
+    assert {"dommemstat", "max_memory_kib", "enable_stats", "dumpxml", "setmem"} <= set(NAMED)
+
+
+@pytest.mark.parametrize("method", NAMED)
+@pytest.mark.parametrize("name", ["-c", "--domain", "-h x", "--live", "a;reboot"])
+def test_domain_names_go_after_domain_as_data(method, name):
+    def argv_for(domain_name):
+        virsh = _Recorder()
+        params = [p for p in inspect.signature(getattr(Virsh, method)).parameters if p not in ("self", "name")]
+        with pytest.raises(_Stop):
+            getattr(virsh, method)(domain_name, *[1] * len(params))
+        (argv,) = virsh.argv
+        return argv
+
+    argv, plain = argv_for(name), argv_for("plain")
+    at = plain.index("--domain")
+    # the name fills the one slot after --domain, whatever it looks like; nothing else changes
+    assert plain[at + 1] == "plain" and argv == plain[:at + 1] + [name] + plain[at + 2:]
+
+
+def test_log_file_is_created_0640_and_never_through_a_symlink(tmp_path):
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    victim = tmp_path / "shadow"
+    victim.write_text("root:x:0:0\n")
+    (logdir / logs.LOG_FILE).symlink_to(victim)
+    with pytest.raises(OSError):
+        logs.setup(str(logdir), debug=False)
+    assert victim.read_text() == "root:x:0:0\n"
+    (logdir / logs.LOG_FILE).unlink()
+    try:
+        logs.setup(str(logdir), debug=False)
+        logs.log.info("hello")
+        info = os.lstat(logdir / logs.LOG_FILE)
+        assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o640
+        assert "hello" in (logdir / logs.LOG_FILE).read_text()
+    finally:
+        logs.setup(None, debug=False)
+
+
+def test_an_old_log_writable_by_others_is_tightened(tmp_path):
+    (tmp_path / logs.LOG_FILE).write_text("")
+    (tmp_path / logs.LOG_FILE).chmod(0o666)
+    try:
+        logs.setup(str(tmp_path), debug=False)
+    finally:
+        logs.setup(None, debug=False)
+    assert stat.S_IMODE(os.stat(tmp_path / logs.LOG_FILE).st_mode) == 0o644
+
+
+def _config(tmp_path, mode=0o644, dir_mode=0o755, uid=0):
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    path = directory / "config.yaml"
+    path.write_text("minimal: 20\n")
+    path.chmod(mode)
+    os.chown(path, uid, -1)
+    directory.chmod(dir_mode)
+    return path
+
+
+@AS_ROOT
+@pytest.mark.parametrize("mode,dir_mode,uid,words", [
+    (0o666, 0o755, 0, "the file is writable by group or others (mode 666"),
+    (0o620, 0o755, 0, "the file is writable by group or others (mode 620"),
+    (0o644, 0o755, 1000, "the file belongs to uid 1000, not root"),
+    (0o644, 0o777, 0, "is writable by group or others (mode 777"),
+])
+def test_as_root_a_config_others_could_rewrite_is_refused(tmp_path, mode, dir_mode, uid, words):
+    path = _config(tmp_path, mode, dir_mode, uid)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(str(path), {})
+    assert words in str(err.value) and str(err.value).startswith(f"{path}: file: refused as root")
+
+
+@AS_ROOT
+def test_as_root_a_safe_config_and_one_in_a_sticky_directory_are_fine(tmp_path):
+    assert cfg.load(str(_config(tmp_path)), {}).defaults.minimal == 20
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "c.yaml").write_text("minimal: 21\n")
+    assert cfg.load(str(sticky / "c.yaml"), {}).defaults.minimal == 21
+
+
+def test_the_rule_is_for_root_only(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("")
+    path.chmod(0o666)
+    assert unsafe_config(str(path), os.stat(path), euid=1000) is None
+    assert "writable" in unsafe_config(str(path), os.stat(path), euid=0)
+
+
+@AS_ROOT
+def test_cli_refuses_it_in_one_line_exit_2_before_any_virsh_call(fake_host):
+    host = fake_host(domain("web1", usable_mib=100))
+    host.config.chmod(0o666)
+    for argv in (["--once"], ["status"], ["check-config", str(host.config)]):
+        args = argv if argv[0] == "check-config" else host.daemon_argv(*argv)[1:]
+        result = subprocess.run([str(ROOT / "balloon-2395"), *args], env=host.env, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "refused as root" in lines[0] and str(host.config) in lines[0]
+    assert host.calls() == []
+
+
+def test_a_symlink_planted_as_the_lock_or_pid_file_is_never_followed(tmp_path):
+    from balloon2395.lock import InstanceLock, LockError
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o755)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    lock = InstanceLock("qemu:///system", str(locks))
+    os.symlink(victim, lock.path)
+    with pytest.raises(LockError, match="symbolic links"):
+        lock.acquire()
+    os.unlink(lock.path)
+    os.symlink(victim, lock.pid_path)
+    lock.acquire()  # the pid file is replaced by a rename, never written through the link
+    try:
+        assert victim.read_text() == "precious\n" and not os.path.islink(lock.pid_path)
+        assert stat.S_IMODE(os.stat(lock.path).st_mode) == 0o600
+    finally:
+        lock.release()

@@ -1,0 +1,183 @@
+"""The daemon as a host service, with real processes: signals, reload, logs for the journal,
+several connections from one process, the state file behind `status --watch` and `explain`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from balloon2395 import ksm
+from conftest import MIB, domain
+from test_lock import _lock_files, _wait_for, daemons  # noqa: F401 (a fixture)
+
+
+def _commands(host):
+    """virsh's argv lists, whether virsh ran once per call or as one session (logged as in_session)."""
+    return [c["in_session"] if isinstance(c, dict) else c for c in host.calls()]
+
+
+def _setmems(host):
+    return [c for c in _commands(host) if "setmem" in c]
+
+
+def _state_files(host):
+    return list(host.lock_dir.glob("*.state.json")) if host.lock_dir.exists() else []
+
+
+def _state(host):
+    files = _state_files(host)
+    return json.loads(files[0].read_text()) if files else None
+
+
+def test_sigterm_mid_setmem_finishes_the_change_then_stops_cleanly(fake_host, daemons):
+    host = fake_host(domain("web1", usable_mib=370))
+    state = host.read()
+    state["faults"] = {"setmem": {"sleep": 1.5}}  # a slow setmem: the signal lands inside it
+    host.write(state)
+    proc = daemons(host, "--secs", "0.2")
+    assert _wait_for(lambda: _setmems(host)), "no setmem started"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    err = proc.stderr.read()
+    # the change that was under way was completed and logged, then nothing more
+    assert "INFO grow web1 2048 -> 2148 MiB" in err
+    assert err.rstrip().endswith("INFO stopped")
+    assert len(_setmems(host)) == 1
+    assert _lock_files(host) == [] and _state_files(host) == []
+
+
+def test_sigint_stops_with_exit_0(fake_host, daemons):
+    host = fake_host(domain("web1", usable_mib=600))
+    proc = daemons(host, "--secs", "0.2")
+    assert _wait_for(lambda: _state_files(host))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    assert _lock_files(host) == []
+
+
+def test_sighup_reloads_a_good_file_and_keeps_the_old_config_on_a_bad_one(fake_host, daemons, tmp_path):
+    host = fake_host(domain("web1", usable_mib=600))
+    log_file = tmp_path / "logs" / "balloon-2395.log"
+
+    def logged(text):
+        return _wait_for(lambda: log_file.exists() and text in log_file.read_text())
+
+    proc = daemons(host, "--secs", "0.2", "--dry-run", "--logdir", str(log_file.parent))
+    assert _wait_for(lambda: _state(host))
+    assert _state(host)["domains"][0]["band_pct"] == [25, 35]
+    host.config.write_text("policy: step\nminimal: 10\nmaximal: 90\n")
+    proc.send_signal(signal.SIGHUP)
+    assert logged(f"reloaded {host.config}")
+    assert _wait_for(lambda: (_state(host) or {"domains": [{}]})["domains"][0].get("band_pct") == [10, 90])
+    host.config.write_text("policy: step\nminimal: 95\n")  # minimal above maximal: refused
+    proc.send_signal(signal.SIGHUP)
+    assert logged("reload failed")
+    host.config.write_text("policy: step\nminimal: 10\nmaximal: 80\nconnect: qemu+ssh://elsewhere/system\n")
+    proc.send_signal(signal.SIGHUP)
+    assert logged("reload: connect cannot change without a restart")
+    assert _wait_for(lambda: _state(host)["domains"][0]["band_pct"] == [10, 80])
+    assert proc.poll() is None, "a bad reload must not stop the daemon"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    errors = [line for line in log_file.read_text().splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    assert "reload failed, keeping the running config" in errors[0] and "minimal: must be below maximal" in errors[0]
+    assert all("qemu+ssh://elsewhere" not in str(c) for c in host.calls())  # the connection never moved
+    assert _setmems(host) == []  # --dry-run, a flag, survived every reload
+
+
+def test_journal_gets_bare_lines_with_priorities(fake_host, tmp_path):
+    host = fake_host(domain("web1", usable_mib=370), domain("win", os="http://microsoft.com/win/10"))
+    out = tmp_path / "journal"
+    with open(out, "w") as stream:
+        info = os.fstat(stream.fileno())
+        env = dict(host.env, JOURNAL_STREAM=f"{info.st_dev}:{info.st_ino}")
+        result = subprocess.run(host.daemon_argv("--once"), env=env, stderr=stream, timeout=60)
+    assert result.returncode == 0
+    lines = out.read_text().splitlines()
+    assert "<6>grow web1 2048 -> 2148 MiB: usable 18% < 25%" in lines
+    assert all(line[:3] in ("<6>", "<4>", "<3>") for line in lines)  # no timestamps: the journal adds them
+
+
+def test_log_format_json(fake_host):
+    host = fake_host(domain("web1", usable_mib=370))
+    result = host.run("--once", "--log-format", "json")
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {"level": "INFO", "message": "grow web1 2048 -> 2148 MiB: usable 18% < 25%"}.items() <= \
+        next(e for e in entries if "grow" in e["message"]).items()
+
+
+def _two_hosts(host, tmp_path):
+    """A virsh that serves each -c URI from its own state file, as two hypervisors would."""
+    second = tmp_path / "state-host2.json"
+    second.write_text(json.dumps({"domains": [domain("db1", usable_mib=1500)],
+                                  "host": {"total_kib": 64 * 1024 * MIB, "free_kib": 20 * 1024 * MIB}}))
+    wrapper = host.bin / "virsh"
+    wrapper.write_text(f"""#!/bin/sh
+if [ "$1" = -c ] && [ "$2" = qemu+ssh://host2/system ]; then export FAKE_VIRSH_STATE={second}; fi
+exec {sys.executable} -m balloon2395.fake_virsh "$@"
+""")
+    return second
+
+
+def test_several_uris_one_process_each_with_its_own_lock(fake_host, tmp_path, daemons):
+    host = fake_host(domain("web1", usable_mib=370))
+    second = _two_hosts(host, tmp_path)
+    uris = ("-c", "qemu:///system", "-c", "qemu+ssh://host2/system")
+    result = host.run("--once", *uris)
+    assert result.returncode == 0, result.stderr
+    assert host.read()["domains"][0]["actual_kib"] == 2148 * MIB  # grown on the first
+    assert json.loads(second.read_text())["domains"][0]["actual_kib"] == 1998 * MIB  # shrunk on the second
+    assert any(c[-1:] == ["nodememstats"] for c in _commands(host))  # the remote host's memory, through virsh
+    assert "INFO [qemu+ssh://host2/system] shrink db1 2048 -> 1998 MiB" in result.stderr
+    assert "INFO [qemu:///system] grow web1 2048 -> 2148 MiB" in result.stderr
+    proc = daemons(host, "--secs", "0.2", *uris)
+    assert _wait_for(lambda: len(_lock_files(host)) == 2)
+    # each connection's lock is its own: a second daemon for host2 alone is refused
+    other = host.run("--once", "-c", "qemu+ssh://host2/system")
+    assert other.returncode == 3 and f"pid {proc.pid}" in other.stderr
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert "INFO started for qemu:///system, qemu+ssh://host2/system" in proc.stderr.read()
+
+
+def test_status_watch_and_explain_with_and_without_a_daemon(fake_host, daemons):
+    host = fake_host(domain("ok", usable_mib=600), domain("pressed", usable_mib=100), domain("idle", usable_mib=1500))
+    alone = host.run("status", "--watch", "--count", "1")
+    assert alone.returncode == 0, alone.stderr
+    lines = alone.stdout.splitlines()
+    assert "no daemon running: showing what a cycle would do now" in lines[0]
+    assert [line.split()[0] for line in lines[2:]] == ["pressed", "ok", "idle"]  # most pressed first
+    explained = host.run("explain", "pressed")
+    assert explained.returncode == 0, explained.stderr
+    assert "last decision: no daemon running" in explained.stdout
+    assert "next decision (a cycle now): grow -> 2148 MiB [rule below-band]" in explained.stdout
+    assert "usable 100 MiB (4%)" in explained.stdout and "band 25-35%" in explained.stdout
+    proc = daemons(host, "--secs", "0.2", "--dry-run")
+    assert _wait_for(lambda: _state_files(host))
+    watched = host.run("status", "--watch", "--count", "2", "--refresh", "0.1")
+    assert watched.stdout.count(f"daemon pid {proc.pid}") == 2
+    explained = host.run("explain", "pressed")
+    assert f"last decision (" in explained.stdout and f"daemon pid {proc.pid}): grow -> 2148 MiB" in explained.stdout
+    assert host.run("explain", "nosuch").returncode == 1
+    assert _setmems(host) == []
+
+
+def test_ksm_one_line_per_state(tmp_path):
+    run = tmp_path / "run"
+    run.write_text("1\n")
+    said = ksm.check("warn", remote=False, path=str(run))
+    assert said.running and said.line.startswith("ksm: running: ")
+    try:
+        ksm.check("refuse", remote=False, path=str(run))
+        raise AssertionError("refuse must refuse")
+    except ksm.KsmRefused as exc:
+        assert "ksm: refuse" in str(exc)
+    assert ksm.check("ignore", remote=False, path=str(run)).line == ""
+    run.write_text("0\n")
+    assert not ksm.check("refuse", remote=False, path=str(run)).running
+    assert ksm.check("warn", remote=False, path=str(tmp_path / "none")).line.startswith("ksm: not available")
+    assert "another host" in ksm.check("warn", remote=True, path=str(run)).line
