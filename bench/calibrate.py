@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,9 +52,8 @@ from balloon2395.policy import POLICIES  # noqa: E402
 from balloon2395.sim.model import BALLOON_KIB_S, capacity_kib  # noqa: E402
 from balloon2395.sim.run import run_scenario  # noqa: E402
 from balloon2395.sim.scenario import Scenario, ScenarioError, load  # noqa: E402
-from e2e.harness import URI, Guest, GuestError, GuestFactory, HarnessError, check_prerequisites  # noqa: E402
+from e2e.harness import DAEMON, DaemonProcess, Guest, GuestError, GuestFactory, HarnessError, check_prerequisites  # noqa: E402
 
-EXECUTABLE = ROOT / "balloon-2395"
 MIB = 1024  # KiB
 SAMPLE_S = 0.5  # real dommemstat sampling period
 RAMP_STEP_S = 0.2  # the real hog grows every 200 ms: close to the model's linear rise
@@ -211,46 +209,6 @@ def simulate(scenario: Scenario, plan: Plan, policy: str, seed: int, config: Con
 
 
 # --------------------------------------------------------------------- the real guest
-class Daemon:
-    """The real balloon-2395 for one domain only: every other domain excluded, its own lock dir,
-    stdout and stderr to a log file. A context manager: stopped by its pid (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, workdir: Path, domain: str, policy: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / "daemon.log"
-        conf = workdir / "config.yaml"
-        # The exact name wins over the glob: this domain is managed, nothing else is.
-        conf.write_text(f"domains:\n  {json.dumps(domain)}: {{}}\n  '*': {{exclude: true}}\n")
-        self.argv = [str(EXECUTABLE), "--policy", policy, "--config", str(conf), "--connect", URI,
-                     "--lock-dir", str(workdir / "lock")]
-        self.proc: Optional[subprocess.Popen] = None
-        self._log = None
-
-    def __enter__(self) -> "Daemon":
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def stop(self) -> Optional[int]:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return None if self.proc is None else self.proc.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
 class Sampler:
     """In the background, every SAMPLE_S: the guest's dommemstat, and the daemon's new change lines
     (stamped when first seen, so to within a sampling period)."""
@@ -400,7 +358,8 @@ def replay(plan: Plan, policy: str, log_dir: Path, probing: bool = True) -> Run:
         notes["boot_meminfo_kib"] = {k: meminfo[k] for k in ("MemTotal", "MemFree", "MemAvailable", "Cached",
                                                               "AnonPages", "Shmem", "Slab") if k in meminfo}
         oom_before = g.oom_kills()
-        daemon = Daemon(Path(tempfile.mkdtemp(prefix="daemon-", dir=factory.workdir)), g.name, policy)
+        workdir = Path(tempfile.mkdtemp(prefix="daemon-", dir=factory.workdir))
+        daemon = DaemonProcess(workdir, g.name, "--policy", policy)
         t0 = time.monotonic()
         oom_at: List[float] = []
         work_full: Optional[float] = None
@@ -726,8 +685,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"(t={plan.free_at_s:g}s)", file=sys.stderr)
         return 2
     reason = check_prerequisites()
-    if reason is None and not os.access(EXECUTABLE, os.X_OK):
-        reason = f"{EXECUTABLE} is not executable"
+    if reason is None and not os.access(DAEMON, os.X_OK):
+        reason = f"{DAEMON} is not executable"
     if reason:
         print(f"{PROG_NAME}: cannot replay on a real guest: {reason}", file=sys.stderr)
         return 2

@@ -115,3 +115,21 @@ def fake_host(tmp_path):
     def make(*domains: dict) -> FakeHostDir:
         return FakeHostDir(tmp_path, list(domains))
     return make
+
+
+@pytest.fixture
+def daemons():
+    """Start balloon-2395 processes against a fake host; ends them by PID after the test."""
+    started = []
+
+    def start(host, *args):
+        proc = subprocess.Popen(host.daemon_argv(*args), env=host.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:  # only what this test started, by PID
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import Optional
-
 import pytest
 
 from balloon2395.fake_virsh import PROMPT, FakeHost

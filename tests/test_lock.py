@@ -22,23 +22,6 @@ def _wait_for(predicate, timeout=20.0):
     return False
 
 
-@pytest.fixture
-def daemons():
-    started = []
-
-    def start(host, *args):
-        proc = subprocess.Popen(host.daemon_argv(*args), env=host.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:  # only what this test started, by PID
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
-
-
 def _lock_files(host):
     return list(host.lock_dir.glob("*.pid")) if host.lock_dir.exists() else []
 

@@ -14,7 +14,7 @@ import pytest
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from conftest import MIB, StateVirsh, domain
-from test_lock import _wait_for, daemons  # noqa: F401 (a fixture)
+from test_lock import _wait_for
 
 prometheus_client = pytest.importorskip(
     "prometheus_client", reason="prometheus-client is optional: pip install -r requirements-metrics.txt")

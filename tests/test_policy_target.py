@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from balloon2395.config import DomainSettings
 from balloon2395.domain_xml import DomainFacts
-from balloon2395.policy import (GROW, HOLD, SHRINK, SKIP, WAIT, Decision, History, HostMemory, Limits, Observation,
+from balloon2395.policy import (GROW, HOLD, SHRINK, SKIP, WAIT, History, HostMemory, Limits, Observation,
                                 Signals, decide, decide_all, target, target_size_kib)
 from balloon2395.virsh_output import BalloonStats
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import domain
-from test_lock import _wait_for, daemons  # noqa: F401 (a fixture)
+from test_lock import _wait_for
 
 
 def _setmems(host):

@@ -11,7 +11,7 @@ import sys
 
 from balloon2395 import ksm
 from conftest import MIB, domain
-from test_lock import _lock_files, _wait_for, daemons  # noqa: F401 (a fixture)
+from test_lock import _lock_files, _wait_for
 
 
 def _commands(host):
@@ -161,7 +161,7 @@ def test_status_watch_and_explain_with_and_without_a_daemon(fake_host, daemons):
     watched = host.run("status", "--watch", "--count", "2", "--refresh", "0.1")
     assert watched.stdout.count(f"daemon pid {proc.pid}") == 2
     explained = host.run("explain", "pressed")
-    assert f"last decision (" in explained.stdout and f"daemon pid {proc.pid}): grow -> 2148 MiB" in explained.stdout
+    assert "last decision (" in explained.stdout and f"daemon pid {proc.pid}): grow -> 2148 MiB" in explained.stdout
     assert host.run("explain", "nosuch").returncode == 1
     assert _setmems(host) == []
 

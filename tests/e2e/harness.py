@@ -29,10 +29,12 @@ exists is never reused.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -50,6 +52,7 @@ CHANNEL = "org.balloon2395.ctl"
 DEFAULT_CACHE = "/var/cache/balloon-2395-e2e"
 STATE_DIR = "/run/balloon-2395-e2e"
 HERE = Path(__file__).resolve().parent
+DAEMON = HERE.parents[1] / "balloon-2395"
 PREPARE = HERE / "prepare.sh"
 LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
 
@@ -784,6 +787,55 @@ class GuestFactory:
         self.cleanup()
 
 
+class DaemonProcess:
+    """The real balloon-2395 managing only `managed` (a domain name or glob): every other
+    domain on the host is excluded by its config. Its own lock dir, stdout and stderr to a
+    log file, stopped by its pid (SIGTERM, then SIGKILL). A context manager."""
+
+    def __init__(self, workdir: Path, managed: str, *args: str, config: str = "", uri: str = URI) -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "daemon.log"
+        conf = self.dir / "config.yaml"
+        # The first matching glob wins (an exact name wins anyway): ours managed, the rest excluded.
+        conf.write_text(config + f"domains:\n  {json.dumps(managed)}: {{}}\n  '*': {{exclude: true}}\n")
+        self.argv = [str(DAEMON), "--config", str(conf), "--connect", uri, "--lock-dir", str(self.dir / "lock"),
+                     *args]
+        self.proc: Optional[subprocess.Popen] = None
+        self._log = None
+
+    def start(self) -> "DaemonProcess":
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        return self
+
+    def run_once(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv + list(args), capture_output=True, text=True, timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> Optional[int]:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return None if self.proc is None else self.proc.returncode
+
+    def __enter__(self) -> "DaemonProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def own_domains(uri: str = URI) -> List[str]:
     """Names of all defined domains containing the harness prefix (for
     diagnostics; the harness itself only removes what it created)."""
@@ -795,5 +847,5 @@ __all__ = [
     "URI", "PREFIX", "CHANNEL", "LIBOSINFO_NS", "HarnessError", "VirshError",
     "GuestError", "GuestTimeout", "VirshResult", "Reply", "virsh", "virsh_env",
     "parse_kv", "parse_domstats", "wait_for", "cache_dir", "assets",
-    "check_prerequisites", "Guest", "GuestFactory", "own_domains",
+    "check_prerequisites", "Guest", "GuestFactory", "DaemonProcess", "own_domains",
 ]

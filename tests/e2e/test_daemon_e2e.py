@@ -8,63 +8,28 @@ excluded), and ends it by PID.
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
 
-from .harness import URI, Guest, GuestFactory, wait_for
+from .harness import DaemonProcess, Guest, GuestFactory, wait_for
 from .libvirtd import restart_recorded_libvirtd
 
-ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024
 
 
-class Daemon:
-    """One balloon-2395 process for this run's guests, logging to a file."""
+class Daemon(DaemonProcess):
+    """balloon-2395 for this run's guests only."""
 
     def __init__(self, factory: GuestFactory, *args: str, config: str = "") -> None:
-        self.dir = factory.workdir / f"daemon-{time.monotonic_ns()}"
-        self.dir.mkdir()
-        self.log_path = self.dir / "daemon.log"
-        conf = self.dir / "config.yaml"
-        # This run's guests first (the first matching glob wins), everything else excluded.
-        conf.write_text(config + f"domains:\n  '{factory.name_for('*')}': {{}}\n  '*': {{exclude: true}}\n")
-        self.argv = [str(ROOT / "balloon-2395"), "--config", str(conf), "--connect", URI,
-                     "--lock-dir", str(self.dir / "lock"), *args]
-        self.proc: Optional[subprocess.Popen] = None
-
-    def start(self) -> "Daemon":
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
-        return self
-
-    def run_once(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv + list(args), capture_output=True, text=True, timeout=timeout)
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
+        super().__init__(factory.workdir / f"daemon-{time.monotonic_ns()}", factory.name_for("*"), *args,
+                         config=config)
 
     def changes(self, name: str) -> List[re.Match]:
         pattern = re.compile(rf"INFO (grow|shrink) {re.escape(name)} (\d+) -> (\d+) MiB: (.*)")
         return [m for m in map(pattern.search, self.log().splitlines()) if m]
-
-    def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-        return self.proc.returncode
 
 
 class Sampler:
