@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,12 @@ class FakeHost:
             {"name": f"guest-{i:03d}", "uuid": f"00000000-0000-4000-8000-{i:012d}", "id": i + 1,
              "actual_kib": 2048 * MIB, "maximum_kib": 4096 * MIB, "period": 1, "age": 0, "stats": stats}
             for i in range(n)]}))
+
+    def __enter__(self) -> "FakeHost":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     @property
     def env(self) -> Dict[str, str]:
@@ -142,9 +149,9 @@ def worker(mode: str, cycles: int, secs: float) -> Dict[str, object]:
 
 
 def measure(n: int, mode: str, cycles: int, secs: float) -> Dict[str, object]:
-    host = FakeHost(n)
-    result = subprocess.run([sys.executable, __file__, "--worker", mode, "--cycles", str(cycles), "--secs", str(secs)],
-                            env=host.env, capture_output=True, text=True, timeout=3600)
+    with FakeHost(n) as host:
+        result = subprocess.run([sys.executable, __file__, "--worker", mode, "--cycles", str(cycles),
+                                 "--secs", str(secs)], env=host.env, capture_output=True, text=True, timeout=3600)
     if result.returncode:
         raise RuntimeError(f"worker {mode} n={n} failed: {result.stderr[-2000:]}")
     row = json.loads(result.stdout)
@@ -155,21 +162,21 @@ def measure(n: int, mode: str, cycles: int, secs: float) -> Dict[str, object]:
 def measure_original(n: int) -> Dict[str, object]:
     """bench/original-pattern.sh one cycle at a time, each in a PID namespace of its own so that the
     last PID there counts every process it started."""
-    host = FakeHost(n)
     script = str(ROOT / "bench" / "original-pattern.sh")
     count = ['set -- 1; . "$0"; cat /proc/sys/kernel/ns_last_pid; grep ^VmHWM: /proc/$$/status']
     argv = ["unshare", "--pid", "--fork", "--mount-proc", "bash", "-c", *count, script]
     cycles, procs, rss, walls = 0, 0, 0.0, 0.0
-    before, children0 = host.marks(), _cpu_s(resource.RUSAGE_CHILDREN)
-    while cycles == 0 or walls < ORIGINAL_BUDGET_S:
-        started = time.perf_counter()
-        out = subprocess.run(argv, env=host.env, capture_output=True, text=True, timeout=3600, check=True).stdout
-        walls += time.perf_counter() - started
-        last_pid, hwm = out.split("\n")[-3:-1]
-        procs += int(last_pid) - 2  # not its bash (pid 1), not the cat that read the number
-        rss = max(rss, int(hwm.split()[1]) / 1024)
-        cycles += 1
-    after = host.marks()
+    with FakeHost(n) as host:
+        before, children0 = host.marks(), _cpu_s(resource.RUSAGE_CHILDREN)
+        while cycles == 0 or walls < ORIGINAL_BUDGET_S:
+            started = time.perf_counter()
+            out = subprocess.run(argv, env=host.env, capture_output=True, text=True, timeout=3600, check=True).stdout
+            walls += time.perf_counter() - started
+            last_pid, hwm = out.split("\n")[-3:-1]
+            procs += int(last_pid) - 2  # not its bash (pid 1), not the cat that read the number
+            rss = max(rss, int(hwm.split()[1]) / 1024)
+            cycles += 1
+        after = host.marks()
     cpu = _cpu_s(resource.RUSAGE_CHILDREN) - children0 - (after["fake_cpu"] - before["fake_cpu"])
     return {"n": n, "mode": "original", "virsh_per_cycle": (after["procs"] - before["procs"]) / cycles,
             "procs_per_cycle": procs / cycles, "cmds_per_cycle": (after["cmds"] - before["cmds"]) / cycles,

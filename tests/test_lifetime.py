@@ -8,7 +8,7 @@ import logging
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from balloon2395.lifetime import parse_running
-from conftest import FIXTURES, MIB, StateVirsh, domain
+from conftest import FIXTURES, StateVirsh, domain
 
 T0 = 1_800_000_000.0
 NO_ID = "error: command 'list' doesn't support option --id\n"

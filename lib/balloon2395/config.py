@@ -76,7 +76,7 @@ class Config:
     virsh: str = "virsh"
     timeout: float = 10.0
     # One long-lived virsh for all calls (virsh_session.py), not one process per call: bench/cost.py
-    # measures 2-4x less CPU and 3-30x less wall time per cycle (1 to 500 guests); it falls back by itself.
+    # measures 2-4x less CPU and 3-20x less wall time per cycle (1 to 500 guests); it falls back by itself.
     session: bool = True
     stats_period: int = 1
     stale_after: Optional[float] = None

@@ -216,7 +216,8 @@ class FakeHost:
             elif "all" not in opts:  # active: running or paused
                 doms = [d for d in doms if d.get("state", "running") != "shut off"]
             # active domains by id, then the others by name (domstats keeps no order of its own)
-            doms = sorted(doms, key=lambda d: (d.get("state", "running") == "shut off", int(d.get("id", 0)), d["name"]))
+            doms = sorted(doms, key=lambda d: (d.get("state", "running") == "shut off", int(d.get("id", 0)),
+                                               d["name"]))
             fields = [key for key in ("uuid", "id", "name") if key in opts]  # in virsh's order
             if not fields:
                 return render_list_table(doms), False
@@ -279,6 +280,8 @@ def _echo(args: List[str]) -> Tuple[str, str, int, bool]:
     if "--err" in args:
         return "\n", f"error: {text}\n", 0, False
     return text + "\n", "", 0, False
+
+
 _FLAGS = {"list-running", "state-running", "all", "name", "live", "config", "current", "balloon", "inactive",
           "uuid", "id", "err", "shell", "xml", "split"}
 
@@ -315,7 +318,7 @@ def split_commands(line: str) -> List[List[str]]:
     for ch in chars:
         if quote == "'" and ch != "'":
             word += ch
-        elif ch == "'" and quote != '"' or ch == '"':
+        elif (ch == "'" and quote != '"') or ch == '"':
             quote = "" if quote else ch
             word = word or ""
         elif ch == "\\":

@@ -268,7 +268,7 @@ def capture_session_and_restart(c: "Capturer", quote) -> None:
           f"'{QUOTE}' destroyed and started again: a new QEMU process, whose boot already took more CPU "
           "time than the old one had (cpu.time cannot tell a restart)")
     c.cap("list-uuid-id-name-state-running.after-restart", ids,
-          f"after the restart: same name and uuid, a new id")
+          "after the restart: same name and uuid, a new id")
 
 
 def domain_names() -> List[str]:
