@@ -65,6 +65,9 @@ class Daemon:
         self.journal = journal
         self.changed_at: Dict[str, float] = journal.load(clock(), config.stale_after_s) if journal else {}
         self.last: Optional[Cycle] = None  # the last pass that could read the domains
+        # (name, metadata) -> settings of the running domains: rules and metadata change per
+        # config or domain lifetime, not per cycle, and metadata is parsed as YAML
+        self._settings: Dict[Tuple[str, tuple], DomainSettings] = {}
 
     def _managed(self, name: str, facts: DomainFacts) -> bool:
         settings = self.config.for_domain(name)
@@ -86,8 +89,11 @@ class Daemon:
         limits = Limits(stale_after_s=self.config.stale_after_s)
         self.changed_at = {n: t for n, t in self.changed_at.items() if now - t <= limits.stale_after_s}
         states = {obs.name: self.states.get(obs.name) or _DomainState() for obs in observations}
-        settings = {obs.name: self.config.for_domain(obs.name, obs.facts.settings if obs.facts else ())
-                    for obs in observations}
+        known, self._settings = self._settings, {}
+        for obs in observations:
+            key = (obs.name, obs.facts.settings if obs.facts else ())
+            self._settings[key] = known.get(key) or self.config.for_domain(*key)
+        settings = {name: value for (name, _), value in self._settings.items()}
         host = self.host.read()
         decisions = decide_all(observations, settings, {n: s.history for n, s in states.items()},
                                host, now, limits, self.config.policy)
@@ -96,15 +102,14 @@ class Daemon:
             state.history = decision.history
             if self.config.debug:
                 log.debug("%s", debug_block(obs, settings[obs.name], decision, now))
-            if decision.changes and not self.config.dry_run and obs.stats.last_update <= self.changed_at.get(
-                    obs.name, -1.0):
+            if not decision.changes or self.config.dry_run:
+                self._note(decision, state)
+            elif obs.stats.last_update <= self.changed_at.get(obs.name, -1.0):
                 self._say(state, (WAIT, "fenced"), logging.INFO,
                           f"wait {obs.name}: changed before a restart or while missing from a read; "
                           "waiting for stats newer than that change")
-            elif decision.changes and not self.config.dry_run:
-                self._setmem(decision, state)
             else:
-                self._note(decision, state)
+                self._setmem(decision, state)
         self.states = states  # domains that left the running list are forgotten
         self.last = Cycle(now, observations, settings, decisions, host, time.monotonic() - started)
         return decisions
@@ -161,6 +166,7 @@ class Daemon:
     def reconfigure(self, config: Config) -> None:
         """A reloaded config (SIGHUP), between cycles; what is known of the domains stays."""
         self.config = config
+        self._settings = {}
         self.collector.stats_period_s = config.stats_period
         self.host = HostReader(config, self.virsh, config.connect or default_uri())
 
