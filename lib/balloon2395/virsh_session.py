@@ -1,7 +1,7 @@
 """One long-lived virsh process answering every call: no process spawned per steady cycle.
 
-virsh reads commands on its stdin (interactive mode on a pipe), fed through
-`sh`. Each command line is followed by the line `echo --err TOKEN ; echo TOKEN`,
+virsh, started by `sh`, reads commands on its stdin (interactive mode on a
+pipe). Each command line is followed by the line `echo --err TOKEN ; echo TOKEN`,
 a sentinel on both streams, so a command's answer is what came on each stream
 before its sentinel: errors are matched to their command although virsh does not
 keep stdout and stderr in step. Without -q the transcript of one command is
@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 import secrets
+import select
 import threading
 import time
-from queue import Queue
 from typing import Iterator, List, Optional, Tuple
 
 import sh
@@ -48,6 +49,7 @@ _BARE = re.compile(r"^[A-Za-z0-9_./:=@%+,-]+$")
 _CONNECTION_NOTE = re.compile(r"^error: (Disconnected from .* due to |Reconnected to the hypervisor)")
 _RETRY_S = (1.0, 60.0)  # pause before the next try after a session failed to start: first, longest
 _ALIVE_CHECK_S = 0.5  # how often a wait looks whether virsh is still there
+_CHUNK = 1 << 16  # a pipe's whole buffer in one read
 
 
 def quote(word: str) -> str:
@@ -56,63 +58,21 @@ def quote(word: str) -> str:
     return word if _BARE.match(word) else "'" + word.replace("'", "'\\''") + "'"
 
 
-def _fed(lines: Queue) -> Iterator[str]:
-    """What is put on the queue, until None, as sh's stdin for virsh. sh polls a Queue ten times a
-    second; a generator it just reads from, so an idle session costs nothing."""
-    while True:
-        line = lines.get()
-        if line is None:
-            return
-        yield line
-
-
 class SessionBroken(VirshError):
     """The session cannot go on (ended, out of step): the call fails, the next starts a new one."""
 
 
-class _Transcript:
-    """What one virsh process printed, line by line, until taken by the command it answers.
-    Its own object per process, so that the last words of a replaced one go nowhere."""
+def _line_end(data: bytearray, line: bytes) -> int:
+    """Where the first whole line `line` in `data` ends, -1 while it has not come."""
+    if data.startswith(line):
+        return len(line)
+    at = data.find(b"\n" + line)
+    return -1 if at < 0 else at + 1 + len(line)
 
-    def __init__(self) -> None:
-        self.lines: Tuple[List[str], List[str]] = ([], [])  # stdout, stderr
-        self.want = ("", "")  # the sentinel line awaited on each
-        self.seen = [False, False]
-        self.ended = False
-        self.cond = threading.Condition()
 
-    def expect(self, token: str) -> None:
-        with self.cond:
-            self.want, self.seen = (token + "\n", f"error: {token}\n"), [False, False]
-
-    def take(self) -> Tuple[List[str], List[str]]:
-        """The stdout lines up to the sentinel, the stderr lines before it."""
-        out = []
-        for stream, lines in enumerate(self.lines):
-            end = lines.index(self.want[stream]) + 1
-            out.append(lines[:end])
-            del lines[:end]
-        return out[0], out[1][:-1]
-
-    def on_out(self, line: str) -> None:  # once per line: 1500 times a cycle at 100 guests
-        self.lines[0].append(line)
-        if line == self.want[0]:
-            self._arrived(0)
-
-    def on_err(self, line: str) -> None:
-        self.lines[1].append(line)
-        if line == self.want[1]:
-            self._arrived(1)
-
-    def _arrived(self, stream: int) -> None:
-        with self.cond:
-            self.seen[stream] = True
-            self.cond.notify_all()
-
-    def on_done(self, _cmd, _success: bool, _exit_code: int) -> None:
-        with self.cond:
-            self.ended = True
-            self.cond.notify_all()
+def _lines(data: bytes) -> List[str]:
+    """Lines split at "\n" only, as virsh ends them (a readline echo may hold a "\r")."""
+    return [line + "\n" for line in data.decode("utf-8", "replace").split("\n")[:-1]]
 
 
 class VirshSession(Virsh):
@@ -123,8 +83,8 @@ class VirshSession(Virsh):
         self._env = dict(self._env, TERM="dumb", VIRSH_HISTSIZE="0")  # plain echo; keep no command history
         self.commands = 0  # commands answered inside a session
         self._proc = None
-        self._stdin: Queue = Queue()
-        self._said = _Transcript()
+        self._pipes: Optional[Tuple[int, int, int]] = None  # our ends of its stdin, stdout, stderr
+        self._unread = (bytearray(), bytearray())  # read from stdout, stderr; not yet an answer
         self._prompt = ""
         self._token = ""
         self._tag = secrets.token_hex(4)
@@ -166,14 +126,9 @@ class VirshSession(Virsh):
     def _start(self) -> bool:
         if self._unsupported or time.monotonic() < self._retry_at:
             return False
-        self._stdin, self._said = Queue(), _Transcript()
         self.calls += 1
         try:
-            self._proc = sh.Command(self.binary)(
-                *(["-c", self.uri] if self.uri else []), _bg=True, _bg_exc=False, _in=_fed(self._stdin),
-                _out=self._said.on_out, _err=self._said.on_err, _done=self._said.on_done, _env=self._env,
-                _tty_in=False, _tty_out=False, _encoding="utf-8", _decode_errors="replace", _new_session=True,
-                _ok_code=range(256))
+            self._spawn()
             lines, _ = self._exchange(None, [])
         except (sh.CommandNotFound, OSError, VirshError) as exc:
             self._stop(kill=True)
@@ -192,6 +147,29 @@ class VirshSession(Virsh):
         self._pause = _RETRY_S[0]
         return True
 
+    def _spawn(self) -> None:
+        """virsh started by sh on pipes of our own: read here in large chunks, when an answer is
+        awaited, rather than by sh's reader thread, which hands over one line at a time (1500 a
+        cycle at 100 guests) and polls ten times a second while the session is idle."""
+        ends: List[Tuple[int, int]] = []
+        try:
+            for _ in range(3):
+                ends.append(os.pipe())
+        except OSError:
+            for fd in itertools.chain.from_iterable(ends):
+                os.close(fd)
+            raise
+        self._pipes = (ends[0][1], ends[1][0], ends[2][0])
+        self._unread = (bytearray(), bytearray())
+        theirs = [ends[0][0], ends[1][1], ends[2][1]]
+        try:
+            self._proc = sh.Command(self.binary)(
+                *(["-c", self.uri] if self.uri else []), _bg=True, _bg_exc=False, _in=theirs[0], _out=theirs[1],
+                _err=theirs[2], _env=self._env, _new_session=True, _ok_code=range(256))
+        finally:
+            for fd in theirs:  # the child has its copies: an end of file now means virsh is gone
+                os.close(fd)
+
     def _start_failed(self, why: str) -> None:
         if self._pause == _RETRY_S[0]:
             log.warning("cannot start a virsh session (%s): one virsh process per call until it can", why)
@@ -200,19 +178,23 @@ class VirshSession(Virsh):
 
     def _stop(self, kill: bool) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        self._stdin.put(None)  # EOF; it also ends the thread that feeds virsh
-        if not kill:
+        pipes, self._pipes = self._pipes, None
+        if pipes is not None:
+            os.close(pipes[0])  # EOF, as at the end of a script
+        if proc is not None and not kill:
             try:
                 proc.wait(timeout=min(self.timeout, 2.0))
-                return
+                proc = None
             except (sh.TimeoutException, sh.ErrorReturnCode):
                 pass
-        try:
-            proc.kill_group()
-        except OSError:
-            pass  # already gone
+        if proc is not None:
+            try:
+                proc.kill_group()
+            except OSError:
+                pass  # already gone
+        if pipes is not None:
+            os.close(pipes[1])
+            os.close(pipes[2])
 
     # ------------------------------------------------------------ one command
 
@@ -235,21 +217,56 @@ class VirshSession(Virsh):
         return f"echo --err {self._token} ; echo {self._token}\n"
 
     def _exchange(self, line: Optional[str], argv: List[str]) -> Tuple[List[str], List[str]]:
-        """Send a command line (None: only the sentinel) and wait for both sentinels."""
-        said = self._said
+        """Send a command line (None: only the sentinel) and read until both sentinels came: the
+        stdout lines up to its sentinel, the stderr lines before it."""
+        assert self._pipes is not None
         self._token = f"b2395-{self._tag}-{next(self._serial)}"
-        said.expect(self._token)
-        self._stdin.put(("" if line is None else line + "\n") + self._marker_line())
+        wants = (f"{self._token}\n".encode(), f"error: {self._token}\n".encode())
+        try:
+            _write_all(self._pipes[0], (("" if line is None else line + "\n") + self._marker_line()).encode())
+        except BrokenPipeError:
+            raise SessionBroken(argv, None, "virsh ended") from None
+        ends = [_line_end(self._unread[0], wants[0]), _line_end(self._unread[1], wants[1])]
         deadline = time.monotonic() + self.timeout
-        with said.cond:
-            while not all(said.seen):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise VirshTimeout(argv, None, f"virsh {' '.join(argv[:2]) or 'session'} timed out after "
-                                                   f"{self.timeout:g}s: virsh killed")
-                if said.ended or not said.cond.wait(min(left, _ALIVE_CHECK_S)) and not self._proc.is_alive():
-                    raise SessionBroken(argv, None, _message("".join(said.lines[1]), None) + " (virsh ended)")
-        return said.take()
+        while -1 in ends:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise VirshTimeout(argv, None, f"virsh {' '.join(argv[:2]) or 'session'} timed out after "
+                                               f"{self.timeout:g}s: virsh killed")
+            waiting = [self._pipes[1 + i] for i in (0, 1) if ends[i] < 0]
+            ready, _, _ = select.select(waiting, [], [], min(left, _ALIVE_CHECK_S))
+            if not ready and not self._proc.is_alive():
+                raise self._ended(argv)
+            for fd in ready:
+                stream = self._pipes.index(fd) - 1
+                chunk = os.read(fd, _CHUNK)
+                if not chunk:
+                    raise self._ended(argv)
+                self._unread[stream].extend(chunk)
+                ends[stream] = _line_end(self._unread[stream], wants[stream])
+        taken = []
+        for stream, end in enumerate(ends):
+            taken.append(bytes(self._unread[stream][:end]))
+            del self._unread[stream][:end]
+        return _lines(taken[0]), _lines(taken[1])[:-1]
+
+    def _ended(self, argv: List[str]) -> SessionBroken:
+        """virsh went before answering; what it said on stderr last is the likely reason."""
+        try:
+            while select.select([self._pipes[2]], [], [], 0.1)[0]:
+                chunk = os.read(self._pipes[2], _CHUNK)
+                if not chunk:
+                    break
+                self._unread[1].extend(chunk)
+        except OSError:
+            pass
+        said = self._unread[1].decode("utf-8", "replace")
+        return SessionBroken(argv, None, _message(said, None) + " (virsh ended)")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def open_virsh(config: Config) -> Virsh:
