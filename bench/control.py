@@ -6,6 +6,8 @@
 
 Per (scenario, policy), summed over the scenario's guests:
   oom_kills          OOM kills in the guests
+  oom_beyond_max     of those, kills of a workload that wanted more than its domain's maximum memory
+                     plus swap: no balloon could have prevented them
   starved_s          guest-seconds with usable under 5% of actual, or swapping in
   swap_in_mib        MiB swapped in
   reclaimed_gib_avg  memory the balloons held for the host (maximum - actual), time average, GiB
@@ -37,9 +39,9 @@ from balloon2395.policy import POLICIES  # noqa: E402
 from balloon2395.sim.run import RunResult, run_scenario  # noqa: E402
 from balloon2395.sim.scenario import ScenarioError, load, names  # noqa: E402
 
-KEYS = ("scenario", "policy", "oom_kills", "starved_s", "swap_in_mib", "reclaimed_gib_avg", "setmem_calls",
+KEYS = ("scenario", "policy", "oom_kills", "oom_beyond_max", "starved_s", "swap_in_mib", "reclaimed_gib_avg", "setmem_calls",
         "relief_p50_s", "relief_p95_s")
-HEADINGS = ("SCENARIO", "POLICY", "OOM", "STARVED_S", "SWAP_IN_MiB", "RECLAIMED_GiB", "SETMEM", "RELIEF_P50_S",
+HEADINGS = ("SCENARIO", "POLICY", "OOM", "OOM_BEYOND_MAX", "STARVED_S", "SWAP_IN_MiB", "RECLAIMED_GiB", "SETMEM", "RELIEF_P50_S",
             "RELIEF_P95_S")
 KIB_PER_GIB = 1024 ** 2
 
@@ -58,6 +60,7 @@ def row(result: RunResult) -> Dict[str, object]:
     return {
         "scenario": result.scenario, "policy": result.policy,
         "oom_kills": sum(g.oom_kills for g in guests),
+        "oom_beyond_max": sum(g.oom_kills_beyond_max for g in guests),
         "starved_s": round(sum(g.starved_s for g in guests), 1),
         "swap_in_mib": sum(g.swap_in_kib for g in guests) // 1024,
         "reclaimed_gib_avg": round(sum(g.maximum_kib - g.avg_actual_kib for g in guests) / KIB_PER_GIB, 2),

@@ -63,6 +63,8 @@ def test_oom_kill_exactly_when_demand_exceeds_memory_plus_swap(spec, moves):
         before, state = state, advance(spec, state, dt, workload, cache, hot)
         killed = state.oom_kills - before.oom_kills
         assert killed == int(demand > capacity_kib(spec, state.actual_kib) and has_workload)
+        beyond = state.oom_kills_beyond_max - before.oom_kills_beyond_max
+        assert beyond == int(killed and demand > capacity_kib(spec, spec.maximum_kib))  # even at its maximum
         if killed:  # everything the workload held is freed
             assert state.anon_kib + state.swapped_kib <= spec.base_anon_kib
 
@@ -106,6 +108,16 @@ def test_inflation_drops_cache_first_and_never_takes_memory_in_use():
     assert state.actual_kib > state.target_kib  # it stopped where the guest had nothing left to give
     assert state.cache_kib == spec.cache_floor_kib and state.free_kib <= spec.min_free_kib
     assert state.anon_kib == spec.base_anon_kib + 1 * GIB and state.swapped_kib == 0 and state.oom_kills == 0
+
+
+def test_a_kill_is_beyond_the_maximum_only_when_not_even_the_whole_domain_would_hold_the_demand():
+    spec = GuestSpec("g", 1 * GIB, swap_kib=256 * MIB)
+    small = boot(spec, 512 * MIB)
+    fits_at_max = capacity_kib(spec, spec.maximum_kib) - spec.base_anon_kib
+    state = settle(spec, small, fits_at_max, seconds=1, hot=False)
+    assert (state.oom_kills, state.oom_kills_beyond_max) == (1, 0)  # a bigger balloon would have saved it
+    state = settle(spec, small, fits_at_max + MIB, seconds=1, hot=False)
+    assert (state.oom_kills, state.oom_kills_beyond_max) == (1, 1)
 
 
 def test_the_workload_restarts_from_nothing_after_an_oom_kill():

@@ -78,6 +78,9 @@ class GuestState:
     major_fault: int = 0
     minor_fault: int = 0
     oom_kills: int = 0
+    # of those, kills no balloon could have prevented: the demand was more than even the
+    # domain's maximum plus swap holds
+    oom_kills_beyond_max: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,8 @@ def advance(spec: GuestSpec, s: GuestState, dt: float, workload_kib: int, cache_
             and (s.cache_kib == cache_goal or (s.cache_kib < cache_goal and s.free_kib <= spec.high_wmark_kib))):
         return s  # nothing can move: most ticks of most guests
     actual, anon, swapped, cache, free = s.actual_kib, s.anon_kib, s.swapped_kib, s.cache_kib, s.free_kib
-    swap_in, swap_out, major, minor, kills = s.swap_in_kib, s.swap_out_kib, s.major_fault, s.minor_fault, s.oom_kills
+    swap_in, swap_out, major, minor = s.swap_in_kib, s.swap_out_kib, s.major_fault, s.minor_fault
+    kills, beyond = s.oom_kills, s.oom_kills_beyond_max
     io_kib = int(SWAP_KIB_S * dt)
 
     # The balloon: deflating hands the guest free pages; inflating takes free pages, then drops
@@ -177,6 +181,7 @@ def advance(spec: GuestSpec, s: GuestState, dt: float, workload_kib: int, cache_
         # The OOM killer takes the workload: all it held is freed.
         freed, anon, swapped = _release(anon, swapped, max(0, anon + swapped - spec.base_anon_kib))
         free += freed
+        beyond += demand > capacity_kib(spec, spec.maximum_kib)
         killed, demand, kills = workload_kib, spec.base_anon_kib, kills + 1
     held = anon + swapped
     if demand < held:
@@ -205,7 +210,7 @@ def advance(spec: GuestSpec, s: GuestState, dt: float, workload_kib: int, cache_
 
     touched = min(max(s.touched_kib, actual - free), actual)
     return GuestState(actual, s.target_kib, anon, swapped, cache, free, killed, touched,
-                      swap_in, swap_out, major, minor, kills)
+                      swap_in, swap_out, major, minor, kills, beyond)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ class GuestResult:
     maximum_kib: int
     band: Tuple[float, float]  # minimal, maximal usable %
     oom_kills: int
+    oom_kills_beyond_max: int  # of those, demand beyond the maximum plus swap: no daemon could help
     starved_s: float  # usable under STARVED_PCT % of actual, or swapping in
     swap_in_kib: int
     setmem_calls: int
@@ -149,7 +150,7 @@ class Simulation:
             settings = self.config.for_domain(g.name)
             guests.append(GuestResult(
                 name=g.name, maximum_kib=g.plan.spec.maximum_kib, band=(settings.minimal, settings.maximal),
-                oom_kills=g.state.oom_kills, starved_s=tracker.starved_ticks / TICKS_PER_S,
+                oom_kills=g.state.oom_kills, oom_kills_beyond_max=g.state.oom_kills_beyond_max, starved_s=tracker.starved_ticks / TICKS_PER_S,
                 swap_in_kib=g.state.swap_in_kib, setmem_calls=g.setmems, avg_actual_kib=tracker.actual_sum // ticks,
                 relief_s=tracker.relief_s(g.plan.trace.bursts(host.elapsed_s), host.tick),
                 series=tuple(tracker.series)))
