@@ -1,7 +1,7 @@
 """One long-lived virsh process answering every call: no process spawned per steady cycle.
 
-virsh, started by `sh`, reads commands on its stdin (interactive mode on a
-pipe). Each command line is followed by the line `echo --err TOKEN ; echo TOKEN`,
+virsh reads commands on its stdin (interactive mode on a pipe), fed through
+`sh`. Each command line is followed by the line `echo --err TOKEN ; echo TOKEN`,
 a sentinel on both streams, so a command's answer is what came on each stream
 before its sentinel: errors are matched to their command although virsh does not
 keep stdout and stderr in step. Without -q the transcript of one command is
@@ -33,6 +33,7 @@ import secrets
 import select
 import threading
 import time
+from queue import Queue
 from typing import Iterator, List, Optional, Tuple
 
 import sh
@@ -56,6 +57,16 @@ def quote(word: str) -> str:
     """A word as virsh's command parser reads it back: inside '...' nothing is special, and a
     quote itself is written '\\''."""
     return word if _BARE.match(word) else "'" + word.replace("'", "'\\''") + "'"
+
+
+def _fed(lines: Queue) -> Iterator[str]:
+    """What is put on the queue, until None, as sh's stdin for virsh. sh polls a Queue ten times a
+    second; a generator it just reads from, so an idle session costs nothing."""
+    while True:
+        line = lines.get()
+        if line is None:
+            return
+        yield line
 
 
 class SessionBroken(VirshError):
@@ -83,7 +94,8 @@ class VirshSession(Virsh):
         self._env = dict(self._env, TERM="dumb", VIRSH_HISTSIZE="0")  # plain echo; keep no command history
         self.commands = 0  # commands answered inside a session
         self._proc = None
-        self._pipes: Optional[Tuple[int, int, int]] = None  # our ends of its stdin, stdout, stderr
+        self._stdin: Queue = Queue()
+        self._pipes: Optional[Tuple[int, int]] = None  # our ends of its stdout and stderr
         self._unread = (bytearray(), bytearray())  # read from stdout, stderr; not yet an answer
         self._prompt = ""
         self._token = ""
@@ -148,27 +160,25 @@ class VirshSession(Virsh):
         return True
 
     def _spawn(self) -> None:
-        """virsh started by sh on pipes of our own: read here in large chunks, when an answer is
-        awaited, rather than by sh's reader thread, which hands over one line at a time (1500 a
-        cycle at 100 guests) and polls ten times a second while the session is idle."""
-        ends: List[Tuple[int, int]] = []
+        """virsh started by sh, its stdin fed by sh, its stdout and stderr on pipes of our own: read
+        here in large chunks when an answer is awaited, rather than by sh's reader thread, which
+        hands over one line at a time (1500 a cycle at 100 guests) and polls ten times a second
+        while the session is idle."""
+        out_r, out_w = os.pipe()
         try:
-            for _ in range(3):
-                ends.append(os.pipe())
+            err_r, err_w = os.pipe()
         except OSError:
-            for fd in itertools.chain.from_iterable(ends):
-                os.close(fd)
+            os.close(out_r)
+            os.close(out_w)
             raise
-        self._pipes = (ends[0][1], ends[1][0], ends[2][0])
-        self._unread = (bytearray(), bytearray())
-        theirs = [ends[0][0], ends[1][1], ends[2][1]]
+        self._stdin, self._pipes, self._unread = Queue(), (out_r, err_r), (bytearray(), bytearray())
         try:
             self._proc = sh.Command(self.binary)(
-                *(["-c", self.uri] if self.uri else []), _bg=True, _bg_exc=False, _in=theirs[0], _out=theirs[1],
-                _err=theirs[2], _env=self._env, _new_session=True, _ok_code=range(256))
-        finally:
-            for fd in theirs:  # the child has its copies: an end of file now means virsh is gone
-                os.close(fd)
+                *(["-c", self.uri] if self.uri else []), _bg=True, _bg_exc=False, _in=_fed(self._stdin),
+                _tty_in=False, _out=out_w, _err=err_w, _env=self._env, _new_session=True, _ok_code=range(256))
+        finally:  # the child has its copies: an end of file now means virsh is gone
+            os.close(out_w)
+            os.close(err_w)
 
     def _start_failed(self, why: str) -> None:
         if self._pause == _RETRY_S[0]:
@@ -179,8 +189,7 @@ class VirshSession(Virsh):
     def _stop(self, kill: bool) -> None:
         proc, self._proc = self._proc, None
         pipes, self._pipes = self._pipes, None
-        if pipes is not None:
-            os.close(pipes[0])  # EOF, as at the end of a script
+        self._stdin.put(None)  # EOF, as at the end of a script; it also ends the thread that feeds virsh
         if proc is not None and not kill:
             try:
                 proc.wait(timeout=min(self.timeout, 2.0))
@@ -192,9 +201,8 @@ class VirshSession(Virsh):
                 proc.kill_group()
             except OSError:
                 pass  # already gone
-        if pipes is not None:
-            os.close(pipes[1])
-            os.close(pipes[2])
+        for fd in pipes or ():
+            os.close(fd)
 
     # ------------------------------------------------------------ one command
 
@@ -219,13 +227,9 @@ class VirshSession(Virsh):
     def _exchange(self, line: Optional[str], argv: List[str]) -> Tuple[List[str], List[str]]:
         """Send a command line (None: only the sentinel) and read until both sentinels came: the
         stdout lines up to its sentinel, the stderr lines before it."""
-        assert self._pipes is not None
         self._token = f"b2395-{self._tag}-{next(self._serial)}"
         wants = (f"{self._token}\n".encode(), f"error: {self._token}\n".encode())
-        try:
-            _write_all(self._pipes[0], (("" if line is None else line + "\n") + self._marker_line()).encode())
-        except BrokenPipeError:
-            raise SessionBroken(argv, None, "virsh ended") from None
+        self._stdin.put(("" if line is None else line + "\n") + self._marker_line())
         ends = [_line_end(self._unread[0], wants[0]), _line_end(self._unread[1], wants[1])]
         deadline = time.monotonic() + self.timeout
         while -1 in ends:
@@ -233,12 +237,12 @@ class VirshSession(Virsh):
             if left <= 0:
                 raise VirshTimeout(argv, None, f"virsh {' '.join(argv[:2]) or 'session'} timed out after "
                                                f"{self.timeout:g}s: virsh killed")
-            waiting = [self._pipes[1 + i] for i in (0, 1) if ends[i] < 0]
-            ready, _, _ = select.select(waiting, [], [], min(left, _ALIVE_CHECK_S))
+            waiting = [self._pipes[i] for i in (0, 1) if ends[i] < 0]
+            ready = _readable(waiting, min(left, _ALIVE_CHECK_S))
             if not ready and not self._proc.is_alive():
                 raise self._ended(argv)
             for fd in ready:
-                stream = self._pipes.index(fd) - 1
+                stream = self._pipes.index(fd)
                 chunk = os.read(fd, _CHUNK)
                 if not chunk:
                     raise self._ended(argv)
@@ -253,8 +257,8 @@ class VirshSession(Virsh):
     def _ended(self, argv: List[str]) -> SessionBroken:
         """virsh went before answering; what it said on stderr last is the likely reason."""
         try:
-            while select.select([self._pipes[2]], [], [], 0.1)[0]:
-                chunk = os.read(self._pipes[2], _CHUNK)
+            while _readable([self._pipes[1]], 0.1):
+                chunk = os.read(self._pipes[1], _CHUNK)
                 if not chunk:
                     break
                 self._unread[1].extend(chunk)
@@ -264,9 +268,12 @@ class VirshSession(Virsh):
         return SessionBroken(argv, None, _message(said, None) + " (virsh ended)")
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]
+def _readable(fds: List[int], timeout_s: float) -> List[int]:
+    """The fds with data or at their end (poll: select cannot take an fd above 1023)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(timeout_s * 1000)]
 
 
 def open_virsh(config: Config) -> Virsh:
