@@ -39,10 +39,10 @@ from balloon2395.policy import POLICIES  # noqa: E402
 from balloon2395.sim.run import RunResult, run_scenario  # noqa: E402
 from balloon2395.sim.scenario import ScenarioError, load, names  # noqa: E402
 
-KEYS = ("scenario", "policy", "oom_kills", "oom_beyond_max", "starved_s", "swap_in_mib", "reclaimed_gib_avg", "setmem_calls",
-        "relief_p50_s", "relief_p95_s")
-HEADINGS = ("SCENARIO", "POLICY", "OOM", "OOM_BEYOND_MAX", "STARVED_S", "SWAP_IN_MiB", "RECLAIMED_GiB", "SETMEM", "RELIEF_P50_S",
-            "RELIEF_P95_S")
+KEYS = ("scenario", "policy", "oom_kills", "oom_beyond_max", "starved_s", "swap_in_mib", "reclaimed_gib_avg",
+        "setmem_calls", "relief_p50_s", "relief_p95_s")
+HEADINGS = ("SCENARIO", "POLICY", "OOM", "OOM_BEYOND_MAX", "STARVED_S", "SWAP_IN_MiB", "RECLAIMED_GiB", "SETMEM",
+            "RELIEF_P50_S", "RELIEF_P95_S")
 KIB_PER_GIB = 1024 ** 2
 
 

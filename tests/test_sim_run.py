@@ -29,8 +29,8 @@ guests:
     workload:
       - {at: 40, anon: +800MiB, over: 4s}
 """
-BENCH_KEYS = ["scenario", "policy", "oom_kills", "oom_beyond_max", "starved_s", "swap_in_mib", "reclaimed_gib_avg", "setmem_calls",
-              "relief_p50_s", "relief_p95_s"]
+BENCH_KEYS = ["scenario", "policy", "oom_kills", "oom_beyond_max", "starved_s", "swap_in_mib", "reclaimed_gib_avg",
+              "setmem_calls", "relief_p50_s", "relief_p95_s"]
 
 
 @pytest.fixture

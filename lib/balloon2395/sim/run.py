@@ -150,7 +150,8 @@ class Simulation:
             settings = self.config.for_domain(g.name)
             guests.append(GuestResult(
                 name=g.name, maximum_kib=g.plan.spec.maximum_kib, band=(settings.minimal, settings.maximal),
-                oom_kills=g.state.oom_kills, oom_kills_beyond_max=g.state.oom_kills_beyond_max, starved_s=tracker.starved_ticks / TICKS_PER_S,
+                oom_kills=g.state.oom_kills, oom_kills_beyond_max=g.state.oom_kills_beyond_max,
+                starved_s=tracker.starved_ticks / TICKS_PER_S,
                 swap_in_kib=g.state.swap_in_kib, setmem_calls=g.setmems, avg_actual_kib=tracker.actual_sum // ticks,
                 relief_s=tracker.relief_s(g.plan.trace.bursts(host.elapsed_s), host.tick),
                 series=tuple(tracker.series)))
