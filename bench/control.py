@@ -11,6 +11,9 @@ Per (scenario, policy), summed over the scenario's guests:
   starved_s          guest-seconds with usable under 5% of actual, or swapping in
   swap_in_mib        MiB swapped in
   reclaimed_gib_avg  memory the balloons held for the host (maximum - actual), time average, GiB
+  headroom_bound_gib the most a policy could have held back while leaving each guest its `headroom`
+                     usable (and its floor), given the memory the guest used in this run; a policy
+                     without a headroom (step) can go beyond it, by leaving guests less than that
   setmem_calls       setmem calls the daemon made
   relief_p50_s/p95_s after the end of each rise in a workload's demand, seconds until the guest's
                      usable is back at the band's minimum (0 when it never fell below)
@@ -40,8 +43,9 @@ from balloon2395.sim.run import RunResult, run_scenario  # noqa: E402
 from balloon2395.sim.scenario import ScenarioError, load, names  # noqa: E402
 
 KEYS = ("scenario", "policy", "oom_kills", "oom_beyond_max", "starved_s", "swap_in_mib", "reclaimed_gib_avg",
-        "setmem_calls", "relief_p50_s", "relief_p95_s")
-HEADINGS = ("SCENARIO", "POLICY", "OOM", "OOM_BEYOND_MAX", "STARVED_S", "SWAP_IN_MiB", "RECLAIMED_GiB", "SETMEM",
+        "headroom_bound_gib", "setmem_calls", "relief_p50_s", "relief_p95_s")
+HEADINGS = ("SCENARIO", "POLICY", "OOM", "OOM_BEYOND_MAX", "STARVED_S", "SWAP_IN_MiB", "RECLAIMED_GiB",
+            "HEADROOM_BOUND_GiB", "SETMEM",
             "RELIEF_P50_S", "RELIEF_P95_S")
 KIB_PER_GIB = 1024 ** 2
 
@@ -64,6 +68,7 @@ def row(result: RunResult) -> Dict[str, object]:
         "starved_s": round(sum(g.starved_s for g in guests), 1),
         "swap_in_mib": sum(g.swap_in_kib for g in guests) // 1024,
         "reclaimed_gib_avg": round(sum(g.maximum_kib - g.avg_actual_kib for g in guests) / KIB_PER_GIB, 2),
+        "headroom_bound_gib": round(sum(g.maximum_kib - g.avg_least_actual_kib for g in guests) / KIB_PER_GIB, 2),
         "setmem_calls": sum(g.setmem_calls for g in guests),
         "relief_p50_s": percentile(reliefs, 50), "relief_p95_s": percentile(reliefs, 95),
     }

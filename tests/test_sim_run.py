@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from balloon2395.config import Config, DomainSettings
 from balloon2395.policy import HOLD, POLICIES
 from balloon2395.sim.model import MIB
 from balloon2395.sim.run import run_scenario
@@ -30,7 +31,7 @@ guests:
       - {at: 40, anon: +800MiB, over: 4s}
 """
 BENCH_KEYS = ["scenario", "policy", "oom_kills", "oom_beyond_max", "starved_s", "swap_in_mib", "reclaimed_gib_avg",
-              "setmem_calls", "relief_p50_s", "relief_p95_s"]
+              "headroom_bound_gib", "setmem_calls", "relief_p50_s", "relief_p95_s"]
 
 
 @pytest.fixture
@@ -51,6 +52,16 @@ def test_the_daemon_shrinks_the_idle_guest_in_steps_and_grows_the_busy_one(tiny)
     assert peak > 800 * MIB and busy.setmem_calls > idle.setmem_calls
     assert len(busy.relief_s) == 1 and busy.relief_s[0] > 0  # the step policy lets the burst bite first
     assert result.duration_s == 120 and len(idle.series) == 120
+
+
+@pytest.mark.parametrize("headroom_mib, floor_mib", [(256, 300), (64, 900)])
+def test_the_headroom_bound_is_the_guests_own_use_plus_headroom_or_the_floor(tiny, headroom_mib, floor_mib):
+    config = Config(defaults=DomainSettings(headroom_kib=headroom_mib * MIB, critical_kib=floor_mib * MIB))
+    idle = run_scenario(load(str(tiny)), policy="target", config=config).guests[0]
+    used = {s.used_kib for s in idle.series}
+    assert len(used) == 1  # the idle guest's use never moves, so its bound is one figure
+    assert idle.avg_least_actual_kib == max(used.pop() + headroom_mib * MIB, floor_mib * MIB)
+    assert idle.avg_actual_kib >= idle.avg_least_actual_kib  # target keeps the headroom from the start
 
 
 def test_a_run_is_the_same_for_the_same_seed(tiny):

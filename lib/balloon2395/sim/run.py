@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
-from ..config import Config
+from ..config import Config, DomainSettings
 from ..daemon import Daemon
 from ..policy import Decision
 from .host import EPOCH, TICKS_PER_S, SimGuest, SimHost
@@ -54,6 +54,9 @@ class GuestResult:
     swap_in_kib: int
     setmem_calls: int
     avg_actual_kib: int
+    # time average of the smallest size that leaves `headroom` usable above what the guest
+    # used in this run (and respects the floor): no policy that keeps the headroom goes lower
+    avg_least_actual_kib: int
     relief_s: Tuple[float, ...]  # per burst: from its end until usable is back at the band's minimum
     series: Tuple[Sample, ...]
 
@@ -70,13 +73,15 @@ class RunResult:
 class _Tracker:
     """One guest's running measures, updated every tick."""
 
-    __slots__ = ("minimal", "state", "low", "starved_ticks", "actual_sum", "need_since", "need_spans", "series")
+    __slots__ = ("settings", "maximum_kib", "state", "low", "least_actual_kib", "starved_ticks", "actual_sum",
+                 "least_actual_sum", "need_since", "need_spans", "series")
 
-    def __init__(self, minimal: float) -> None:
-        self.minimal = minimal
+    def __init__(self, settings: DomainSettings, maximum_kib: int) -> None:
+        self.settings, self.maximum_kib = settings, maximum_kib
         self.state: Optional[GuestState] = None
         self.low = False
-        self.starved_ticks = self.actual_sum = 0
+        self.least_actual_kib = 0
+        self.starved_ticks = self.actual_sum = self.least_actual_sum = 0
         self.need_since: Optional[int] = None  # tick usable fell below the band's minimum
         self.need_spans: List[Tuple[int, int]] = []
         self.series: List[Sample] = []
@@ -88,7 +93,9 @@ class _Tracker:
             swapping_in = self.state is not None and s.swap_in_kib > self.state.swap_in_kib
             usable = usable_kib(g.plan.spec, s)
             self.low = usable * 100 < STARVED_PCT * s.actual_kib
-            need = usable * 100 // s.actual_kib < self.minimal
+            least = max(s.actual_kib - usable + self.settings.headroom_kib, self.settings.critical_kib)
+            self.least_actual_kib = min(least, self.maximum_kib)
+            need = usable * 100 // s.actual_kib < self.settings.minimal
             if need and self.need_since is None:
                 self.need_since = tick
             elif not need and self.need_since is not None:
@@ -97,6 +104,7 @@ class _Tracker:
             self.state = s
         self.starved_ticks += self.low or swapping_in
         self.actual_sum += s.actual_kib
+        self.least_actual_sum += self.least_actual_kib
 
     def relief_s(self, bursts: List[Tuple[float, float]], now_tick: int) -> Tuple[float, ...]:
         spans = self.need_spans + ([(self.need_since, now_tick)] if self.need_since is not None else [])
@@ -119,7 +127,7 @@ class Simulation:
         watched = config if config.host_memory == "off" else replace(config, host_memory="virsh")
         self.daemon = Daemon(watched, SimVirsh(self.host), clock=lambda: self.host.now)
         self.cycle_ticks = max(1, round(config.secs * TICKS_PER_S))
-        self.trackers = [_Tracker(config.for_domain(g.name).minimal) for g in self.host.guests]
+        self.trackers = [_Tracker(config.for_domain(g.name), g.plan.spec.maximum_kib) for g in self.host.guests]
         self.last_change: Dict[str, Tuple[float, Decision]] = {}  # guest -> (virtual s, the change)
 
     def step(self) -> None:
@@ -147,12 +155,13 @@ class Simulation:
         host, ticks = self.host, max(1, self.host.tick)
         guests = []
         for g, tracker in zip(host.guests, self.trackers):
-            settings = self.config.for_domain(g.name)
+            settings = tracker.settings
             guests.append(GuestResult(
                 name=g.name, maximum_kib=g.plan.spec.maximum_kib, band=(settings.minimal, settings.maximal),
                 oom_kills=g.state.oom_kills, oom_kills_beyond_max=g.state.oom_kills_beyond_max,
                 starved_s=tracker.starved_ticks / TICKS_PER_S,
                 swap_in_kib=g.state.swap_in_kib, setmem_calls=g.setmems, avg_actual_kib=tracker.actual_sum // ticks,
+                avg_least_actual_kib=tracker.least_actual_sum // ticks,
                 relief_s=tracker.relief_s(g.plan.trace.bursts(host.elapsed_s), host.tick),
                 series=tuple(tracker.series)))
         return RunResult(self.scenario.name, self.config.policy, self.seed, host.elapsed_s, tuple(guests))
