@@ -18,7 +18,8 @@ Keep every running QEMU/KVM guest's usable memory inside a band by ballooning it
 
 commands:
   run                 (default) every --secs, grow guests whose usable memory is below
-                      --minimal % of their size and shrink those above --maximal %
+                      --minimal % of their size (or, with --policy target, below
+                      --headroom) and shrink those above --maximal %
   status [--json] [--watch]
                       what every running domain looks like and what the next cycle would do;
                       --watch: a live table, most pressed domain first
@@ -36,8 +37,9 @@ def _add_knobs(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--minimal", type=float, default=S, metavar="PCT", help="grow below this usable %% (default 25)")
     g.add_argument("--maximal", type=float, default=S, metavar="PCT", help="shrink above this usable %% (default 35)")
     g.add_argument("--critical", default=S, metavar="SIZE", help="floor: never shrink below it (default 300MiB)")
-    g.add_argument("--addram", default=S, metavar="SIZE", help="grow step (default 100MiB)")
-    g.add_argument("--rmram", default=S, metavar="SIZE", help="shrink step (default 50MiB)")
+    g.add_argument("--addram", default=S, metavar="SIZE", help="step: grow step; target: the least a grow adds while "
+                                                                 "the guest is paging (default 100MiB)")
+    g.add_argument("--rmram", default=S, metavar="SIZE", help="step: shrink step (default 50MiB)")
     g.add_argument("--secs", type=float, default=S, metavar="S", help="seconds between cycles (default 0.5)")
     g.add_argument("--stats-period", type=int, default=S, metavar="S", dest="stats_period",
                    help="guest stats period set on domains that report no usable memory (default 1)")
