@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import List
 
 import pytest
 
+from balloon2395 import PROG
 from balloon2395.fake_virsh import FakeHost
 from balloon2395.inprocess import InProcessVirsh
 
@@ -23,13 +25,40 @@ GIB = 1024 * 1024
 MIB = 1024
 
 
+def uuid_of(name: str) -> str:
+    """The uuid domain() gives a name: what the daemon's calls after the read name it by."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
 def domain(name: str, actual_mib: int = 2048, usable_mib: int = 600, maximum_mib: int = 4096, **extra) -> dict:
     """A running domain for fake hosts; figures in MiB for readability, stored in KiB."""
-    dom = {"name": name, "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, name)), "id": zlib.crc32(name.encode()) % 1000 + 1,
+    dom = {"name": name, "uuid": uuid_of(name), "id": zlib.crc32(name.encode()) % 1000 + 1,
            "state": "running", "actual_kib": actual_mib * MIB, "maximum_kib": maximum_mib * MIB, "period": 1,
            "stats": {"usable": usable_mib * MIB, "available": actual_mib * MIB}, "age": 0}
     dom.update(extra)
     return dom
+
+
+T0 = 1_800_000_000.0  # the fixed "now" of in-process tests
+
+
+class Clock:
+    """A clock the test moves: `clock.now += 0.5` is half a second later for the daemon."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def still_host(*domains: dict) -> "StateVirsh":
+    """A fake host whose guests last reported at T0 (and report again only when a test says so)."""
+    state = {"domains": list(domains)}
+    for dom in state["domains"]:
+        dom.pop("age", None)
+        dom.setdefault("last_update", int(T0))
+    return StateVirsh(state)
 
 
 class StateVirsh(InProcessVirsh):
@@ -133,3 +162,18 @@ def daemons():
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def daemon_logger_restored():
+    """logs.setup() (the CLI, a reload) replaces the daemon logger's handlers, sets its level and
+    stops propagation: caplog, on the root logger, would see nothing in every test after it."""
+    logger = logging.getLogger(PROG)
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    for handler in logger.handlers:
+        if handler not in handlers:
+            handler.close()
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate

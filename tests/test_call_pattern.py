@@ -12,7 +12,7 @@ from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from balloon2395.lifetime import READ_LINE
 from balloon2395.virsh_session import open_virsh
-from conftest import domain
+from conftest import domain, uuid_of
 
 URI = "qemu:///system"
 
@@ -44,8 +44,9 @@ def test_one_virsh_process_per_steady_cycle_and_setup_once_per_lifetime(daemon_o
                              domain("short", usable_mib=300))
     procs, calls = cycle_calls(daemon, host)
     assert sorted(" ".join(c) for c in calls) == sorted(
-        [READ_LINE, "dommemstat --domain quiet --period 1 --live", f"setmem --domain short --size {2148 * 1024} --live"]
-        + [f"dumpxml --domain {n}" for n in ("in-band 1", "in-band 2", "quiet", "short")])
+        [READ_LINE, f"dommemstat --domain {uuid_of('quiet')} --period 1 --live",
+         f"setmem --domain {uuid_of('short')} --size {2148 * 1024} --live"]
+        + [f"dumpxml --domain {uuid_of(n)}" for n in ("in-band 1", "in-band 2", "quiet", "short")])
     assert len(procs) == (1 if session else len(calls))  # the session itself, or one per call
     for _ in range(4):  # steady: the read, nothing else (the setmem waits for stats newer than it)
         procs, calls = cycle_calls(daemon, host)
@@ -54,5 +55,5 @@ def test_one_virsh_process_per_steady_cycle_and_setup_once_per_lifetime(daemon_o
     state["domains"][0]["id"] += 100  # 'in-band 1' destroyed and started again between two cycles
     host.write(state)
     procs, calls = cycle_calls(daemon, host)
-    assert calls == [[READ_LINE], ["dumpxml", "--domain", "in-band 1"]] and len(procs) == (0 if session else 2)
+    assert calls == [[READ_LINE], ["dumpxml", "--domain", uuid_of("in-band 1")]] and len(procs) == (0 if session else 2)
     daemon.virsh.close()

@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+
+import pytest
 
 from balloon2395.lifetime import READ_LINE
-from conftest import MIB, ROOT, domain
+from balloon2395.service import EXIT_INTERRUPTED
+from conftest import MIB, ROOT, domain, uuid_of
+from test_lock import _wait_for
 
 
 def test_once_makes_exactly_the_expected_setmem_calls(fake_host):
@@ -25,8 +31,8 @@ def test_once_makes_exactly_the_expected_setmem_calls(fake_host):
     result = host.run("--once")
     assert result.returncode == 0, result.stderr
     assert host.setmems() == [
-        ["setmem", "--domain", "web 1", "--size", str(2148 * MIB), "--live"],
-        ["setmem", "--domain", "-idle", "--size", str(1998 * MIB), "--live"],
+        ["setmem", "--domain", uuid_of("web 1"), "--size", str(2148 * MIB), "--live"],
+        ["setmem", "--domain", uuid_of("-idle"), "--size", str(1998 * MIB), "--live"],
     ]
     log = result.stderr
     assert "INFO grow web 1 2048 -> 2148 MiB: usable 18% < 25%" in log
@@ -54,7 +60,7 @@ def test_flags_and_config_file_set_the_knobs(fake_host):
     host.config.write_text("policy: step\nminimal: 40\nmaximal: 60\naddram: 1GiB\ndomains:\n  'db-*': {exclude: true}\n")
     result = host.run("--once", "--addram", "256MiB")
     assert result.returncode == 0, result.stderr
-    assert host.setmems() == [["setmem", "--domain", "web1", "--size", str(2304 * MIB), "--live"]]
+    assert host.setmems() == [["setmem", "--domain", uuid_of("web1"), "--size", str(2304 * MIB), "--live"]]
 
 
 def test_connect_uri_reaches_every_virsh_call(fake_host):
@@ -149,6 +155,65 @@ def test_usage_errors_exit_2(fake_host):
     assert host.run("--bogus").returncode == 2
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (["status", "--watch", "--refresh", value], "--refresh") for value in ("-1", "nan", "inf", "0", "1e400", "x")
+] + [
+    (["status", "--watch", "--count", value], "--count") for value in ("0", "-3", "1.5", "nan")
+] + [
+    (["--simulate", "--duration", value], "--duration") for value in ("0", "-1", "nan", "inf")
+] + [
+    (["--simulate", "--speed", value], "--speed") for value in ("0", "-1", "nan", "inf")
+])
+def test_a_number_flag_out_of_range_is_a_usage_error(argv, flag):
+    result = subprocess.run([str(ROOT / "balloon-2395"), *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    usage, said = result.stderr.splitlines()[0], result.stderr.splitlines()[-1]
+    assert usage.startswith("usage: balloon-2395") and f": error: argument {flag}: " in said
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("config, argv, said", [
+    ("policy: step\n", ["--maximal", "10"], "balloon-2395: --maximal 10: must be above minimal (25, the default)\n"),
+    ("minimal: 30\n", ["--maximal", "28"], "balloon-2395: --maximal 28: must be above minimal (30, from {config})\n"),
+    ("maximal: 40\n", ["--minimal", "50"], "balloon-2395: --minimal 50: must be below maximal (40, from {config})\n"),
+])
+def test_a_band_flag_error_names_the_flag_and_where_the_other_value_came_from(fake_host, config, argv, said):
+    host = fake_host(domain("web1", usable_mib=370))
+    host.config.write_text(config)
+    result = host.run("--once", *argv)
+    assert result.returncode == 2 and result.stderr == said.format(config=host.config)
+    assert host.calls() == []
+
+
+@pytest.mark.parametrize("view", [("explain", "web1"), ("status",), ("status", "--json")])
+def test_ctrl_c_in_a_one_shot_view_ends_with_130_and_no_traceback(fake_host, daemons, view):
+    host = fake_host(domain("web1", usable_mib=370))
+    host.write({**host.read(), "faults": {"domstats": {"sleep": 30}}})  # the read hangs: Ctrl-C lands in it
+    proc = daemons(host, *view)
+    assert _wait_for(lambda: any("domstats" in str(c) for c in host.calls())), "no read started"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 130
+    assert proc.stderr.read() == "" and proc.stdout.read() == ""
+
+
+def test_ctrl_c_in_check_config_ends_with_130_and_no_traceback(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("policy: step\n")
+    script = f"""
+import os, signal, sys
+from balloon2395 import cli, config
+loaded = config.load
+def load(*args):  # Ctrl-C while the file is read
+    os.kill(os.getpid(), signal.SIGINT)
+    return loaded(*args)
+config.load = load
+sys.exit(cli.main(["check-config", {str(config)!r}]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=str(ROOT / "lib")),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == EXIT_INTERRUPTED and result.stderr == "" and result.stdout == ""
+
+
 def test_version():
     result = subprocess.run([str(ROOT / "balloon-2395"), "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("balloon-2395 ")
@@ -167,7 +232,7 @@ def test_target_policy_flags(fake_host):
     host = fake_host(domain("web1", actual_mib=2048, usable_mib=200))
     result = host.run("--once", "--policy", "target", "--host-memory", "off", "--headroom", "1GiB")
     assert result.returncode == 0, result.stderr
-    assert host.setmems() == [["setmem", "--domain", "web1", "--size", str(2936 * MIB), "--live"]]
+    assert host.setmems() == [["setmem", "--domain", uuid_of("web1"), "--size", str(2936 * MIB), "--live"]]
     assert "grow web1 2048 -> 2936 MiB: usable 9% < 25%" in result.stderr
     bad = host.run("--once", "--host-reserve", "95%")
     assert bad.returncode == 2 and "--host-reserve: must be between 0 and 90" in bad.stderr

@@ -106,7 +106,7 @@ def test_flags_override_the_file_and_are_named_as_flags(tmp_path):
     assert str(err.value).startswith("--stats-period:")
     with pytest.raises(cfg.ConfigError) as err:
         cfg.load(str(path), {"minimal": 40})
-    assert str(err.value).startswith("--minimal:")
+    assert str(err.value) == f"--minimal 40: must be below maximal (30, from {path})"
     bad = tmp_path / "bad.yaml"
     bad.write_text("minimal: 50\n")
     with pytest.raises(cfg.ConfigError) as err:
@@ -131,7 +131,7 @@ def test_any_value_is_a_config_or_a_config_error(values):
 
 
 @pytest.mark.parametrize("text,words", [
-    ("minimal: 50\n", "minimal: must be below maximal"),
+    ("minimal: 50\n", "minimal 50: must be below maximal (35, the default)"),
     ("critical: -300\n", "critical: must not be negative"),
     ("addram: lots\n", "addram: expected a size"),
     ("frobnicate: 1\n", "frobnicate: unknown key"),
@@ -148,6 +148,89 @@ def test_bad_config_exits_2_with_one_line_and_no_virsh_call(fake_host, text, wor
     check = subprocess.run([str(ROOT / "balloon-2395"), "check-config", str(host.config)],
                            env=host.env, capture_output=True, text=True)
     assert check.returncode == 2 and words in check.stderr
+
+
+@pytest.mark.parametrize("text, flags, message", [
+    (None, {"maximal": 10}, "--maximal 10: must be above minimal (25, the default)"),
+    ("minimal: 25\n", {"maximal": 10}, "--maximal 10: must be above minimal (25, from {path})"),
+    (None, {"minimal": 50}, "--minimal 50: must be below maximal (35, the default)"),
+    ("maximal: 40\n", {"minimal": 50}, "--minimal 50: must be below maximal (40, from {path})"),
+    ("minimal: 30\nmaximal: 40\n", {"minimal": 50}, "--minimal 50: must be below maximal (40, from {path})"),
+    (None, {"minimal": 50, "maximal": 40}, "--minimal: must be below maximal (50 >= 40)"),
+    ("maximal: 20\n", {}, "{path}: maximal 20: must be above minimal (25, the default)"),
+    ("minimal: 50\nmaximal: 40\n", {}, "{path}: minimal: must be below maximal (50 >= 40)"),
+])
+def test_a_band_error_blames_the_value_given_last_and_says_where_the_other_came_from(tmp_path, text, flags, message):
+    path = tmp_path / "config.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(str(path) if text is not None else None, flags)
+    assert str(err.value) == message.format(path=path)
+
+
+@pytest.mark.parametrize("text, flags, message", [
+    ("domains:\n  web: {minimal: 50}\n", {}, "domains.web.minimal 50: must be below maximal (35, the default)"),
+    ("maximal: 40\ndomains:\n  web: {minimal: 45}\n", {},
+     "domains.web.minimal 45: must be below maximal (40, from {path})"),
+    ("domains:\n  web: {minimal: 32}\n", {"maximal": 30},
+     "domains.web.minimal 32: must be below maximal (30, from --maximal)"),
+    ("domains:\n  web: {maximal: 20}\n", {}, "domains.web.maximal 20: must be above minimal (25, the default)"),
+    ("domains:\n  web: {minimal: 50, maximal: 40}\n", {}, "domains.web.minimal: must be below maximal (50 >= 40)"),
+])
+def test_a_rules_band_error_names_the_rule_and_where_the_rest_came_from(tmp_path, text, flags, message):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(str(path), flags)
+    assert str(err.value) == f"{path}: " + message.format(path=path)
+
+
+def test_a_metadata_band_error_says_where_the_rest_of_the_band_came_from(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("domains:\n  web: {maximal: 45}\n")
+    config = cfg.load(str(path), {"minimal": 30})
+    assert config.for_domain("web", (("minimal", "50"),)).invalid == \
+        "metadata minimal 50: must be below maximal (45, from domains.web)"
+    assert config.for_domain("db", (("maximal", "20"),)).invalid == \
+        "metadata maximal 20: must be above minimal (30, from --minimal)"
+    assert config.for_domain("db", (("minimal", "50"),)).invalid == \
+        "metadata minimal 50: must be below maximal (35, the default)"
+    assert config.for_domain("db", (("minimal", "50"), ("maximal", "40"))).invalid == \
+        "metadata minimal: must be below maximal (50 >= 40)"
+    assert config.for_domain("web", (("minimal", "40"),)).invalid is None
+
+
+@pytest.mark.parametrize("text, line, first, key", [
+    ("minimal: 20\nmaximal: 40\nminimal: 30\n", 3, 1, "minimal"),
+    ("domains:\n  web: {minimal: 20}\n  db: {}\n  web: {exclude: true}\n", 4, 2, "web"),
+    ("domains:\n  web:\n    minimal: 20\n    maximal: 40\n    minimal: 30\n", 5, 3, "minimal"),
+    ("metrics:\n  port: 9100\n  port: 9200\n", 3, 2, "port"),
+])
+def test_a_key_given_twice_in_one_mapping_is_an_error_naming_it(tmp_path, text, line, first, key):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(str(path), {})
+    assert str(err.value) == \
+        f"{path}: file: not valid YAML at line {line}: key '{key}' given twice (first at line {first})"
+
+
+def test_the_same_key_in_different_mappings_and_over_a_yaml_merge_is_fine(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("minimal: 20\nmaximal: 40\ndomains:\n  web: &common {minimal: 10, maximal: 30}\n"
+                    "  db:\n    <<: *common\n    minimal: 15\n")
+    config = cfg.load(str(path), {})
+    assert (config.for_domain("web").minimal, config.for_domain("db").minimal) == (10, 15)
+
+
+def test_check_config_refuses_a_key_given_twice_with_exit_2(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("policy: step\nminimal: 20\nminimal: 30\n")
+    check = subprocess.run([str(ROOT / "balloon-2395"), "check-config", str(path)], capture_output=True, text=True)
+    assert check.returncode == 2
+    assert check.stderr == f"balloon-2395: {path}: file: not valid YAML at line 3: key 'minimal' given twice " \
+                           "(first at line 2)\n"
 
 
 def test_check_config_accepts_the_example():

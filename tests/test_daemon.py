@@ -8,34 +8,19 @@ import pytest
 
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
-from conftest import MIB, StateVirsh, domain
-
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, now=T0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
+from conftest import MIB, T0, Clock, domain, still_host, uuid_of
 
 def make(*domains, **config):
-    state = {"domains": list(domains)}
-    for dom in state["domains"]:
-        dom.pop("age", None)
-        dom.setdefault("last_update", int(T0))
-    virsh, clock = StateVirsh(state), Clock()
+    virsh, clock = still_host(*domains), Clock()
     config.setdefault("policy", "step")  # these tests check the original's arithmetic
     config.setdefault("host_memory", "off")
-    return Daemon(cfg.build(config), virsh, clock), virsh, clock, state
+    return Daemon(cfg.build(config), virsh, clock), virsh, clock, virsh.state
 
 
 def test_one_setmem_then_none_until_stats_newer_than_the_change():
     daemon, virsh, clock, state = make(domain("web1", usable_mib=300))
     daemon.cycle()
-    assert virsh.setmems() == [["setmem", "--domain", "web1", "--size", str(2148 * MIB), "--live"]]
+    assert virsh.setmems() == [["setmem", "--domain", uuid_of("web1"), "--size", str(2148 * MIB), "--live"]]
     for _ in range(4):  # same stats, half a second apart: nothing
         clock.now += 0.5
         daemon.cycle()
@@ -94,7 +79,7 @@ def test_facts_read_once_per_domain_lifetime_and_stats_period_set_once():
     assert commands.count("domstats") == 6
     assert commands.count("dumpxml") == 2
     period_calls = [a for a in virsh.argv_log if "--period" in a]
-    assert period_calls == [["dommemstat", "--domain", "quiet", "--period", "1", "--live"]]
+    assert period_calls == [["dommemstat", "--domain", uuid_of("quiet"), "--period", "1", "--live"]]
     assert virsh.setmems() == []
     # the domain leaves and comes back (a restart): it is seen anew
     quiet = state["domains"].pop(0)
@@ -112,7 +97,7 @@ def test_frozen_stats_of_a_guest_without_period_are_never_acted_on():
     daemon, virsh, clock, state = make(frozen)
     daemon.cycle()
     assert [a for a in virsh.argv_log if "--period" in a] == [
-        ["dommemstat", "--domain", "frozen", "--period", "1", "--live"]]
+        ["dommemstat", "--domain", uuid_of("frozen"), "--period", "1", "--live"]]
     clock.now += 0.5
     daemon.cycle()
     assert virsh.setmems() == []  # period on now, but the report is still the one from boot
@@ -149,7 +134,7 @@ def test_domain_vanishing_before_setmem_costs_nothing_else(caplog):
     original = virsh.run
 
     def vanish(*args):
-        if args[0] == "setmem" and "gone" in args:
+        if args[0] == "setmem" and uuid_of("gone") in args:
             state["domains"] = [d for d in state["domains"] if d["name"] != "gone"]
         return original(*args)
 
@@ -157,7 +142,7 @@ def test_domain_vanishing_before_setmem_costs_nothing_else(caplog):
     with caplog.at_level(logging.INFO, logger="balloon-2395"):
         decisions = daemon.cycle()
     assert len(decisions) == 2
-    assert [a[2] for a in virsh.setmems()] == ["gone", "web1"]
+    assert [a[2] for a in virsh.setmems()] == [uuid_of("gone"), uuid_of("web1")]
     assert any("gone before setmem" in r.message for r in caplog.records)
 
 
@@ -184,7 +169,7 @@ def test_setmem_error_is_logged_once_not_every_cycle(caplog):
 def test_awkward_names_are_data(name):
     daemon, virsh, _, _ = make(domain(name, usable_mib=100))
     daemon.cycle()
-    assert virsh.setmems() == [["setmem", "--domain", name, "--size", str(2148 * MIB), "--live"]]
+    assert virsh.setmems() == [["setmem", "--domain", uuid_of(name), "--size", str(2148 * MIB), "--live"]]
 
 
 def test_fallback_to_dommemstat_when_domstats_is_missing():
@@ -195,7 +180,7 @@ def test_fallback_to_dommemstat_when_domstats_is_missing():
     commands = [a[0] for a in virsh.argv_log]
     assert commands.count("domstats") == 1  # tried once, then never again
     assert commands.count("dominfo") == 2  # the maximum, once per domain
-    assert [a[2] for a in virsh.setmems()] == ["web1", "web2"]
+    assert [a[2] for a in virsh.setmems()] == [uuid_of("web1"), uuid_of("web2")]
 
 
 def test_per_domain_settings_from_the_domains_own_metadata(caplog):
@@ -207,7 +192,7 @@ def test_per_domain_settings_from_the_domains_own_metadata(caplog):
         clock.now += 0.5
         daemon.cycle()
     # own: 24% is below its own band of 30-40% (the config's 25% would hold)
-    assert [a[2] for a in virsh.setmems()] == ["own"]
+    assert [a[2] for a in virsh.setmems()] == [uuid_of("own")]
     skips = sorted(r.message for r in caplog.records if r.message.startswith("skip "))
     assert skips == ["skip bad: its settings metadata is not usable: metadata minimal: must be below maximal (50 >= 40)",
                      "skip typo: its settings metadata is not usable: metadata minimall: unknown key (did you mean 'minimal'?)"]

@@ -143,8 +143,8 @@ def transcript(capture: str) -> dict:
 
 
 def test_a_cycles_read_as_real_virsh(tmp_path):
-    stats, lifetimes = parse_running(fixture("domstats-balloon-list-running-and-ids"))
-    domains = [dom_of(s, s.maximum_kib, uuid=lifetimes[s.name][0], id=lifetimes[s.name][1]) for s in stats]
+    read = parse_running(fixture("domstats-balloon-list-running-and-ids"))
+    domains = [dom_of(s, s.maximum_kib, uuid=read.lifetimes[s.name][0], id=read.lifetimes[s.name][1]) for s in read.stats]
     assert run_fake(tmp_path, domains, ["-c", "qemu:///system", READ_LINE]) == \
         expect("domstats-balloon-list-running-and-ids")
 
@@ -166,7 +166,8 @@ def test_interactive_sessions_as_real_virsh(tmp_path, capture, quiet, doms):
 def test_the_daemons_session_as_real_virsh(tmp_path, capture):
     domains = []
     if capture == "interactive.session":
-        stats, lifetimes = parse_running(fixture("domstats-balloon-list-running-and-ids"))
-        domains = [dom_of(s, s.maximum_kib, uuid=lifetimes[s.name][0], id=lifetimes[s.name][1]) for s in stats]
+        read = parse_running(fixture("domstats-balloon-list-running-and-ids"))
+        domains = [dom_of(s, s.maximum_kib, uuid=read.lifetimes[s.name][0], id=read.lifetimes[s.name][1])
+                   for s in read.stats]
     stdin = (VIRSH / f"{capture}.stdin").read_bytes()
     assert run_fake(tmp_path, domains, ["-c", "qemu:///system"], stdin, TERM="dumb") == expect(capture)

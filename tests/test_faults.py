@@ -14,18 +14,14 @@ from balloon2395.daemon import RETRY_MAX_S, Daemon
 from balloon2395.lifetime import READ_LINE
 from balloon2395.sim.faults import DAEMON_DOWN, CheckedVirsh, FaultyVirsh
 from balloon2395.virsh import VirshError, VirshTimeout
-from conftest import MIB, StateVirsh, domain
-from test_daemon import T0, Clock
+from conftest import MIB, T0, Clock, StateVirsh, domain, still_host, uuid_of
 
 class Host:
     """The real Daemon over a fake host, every setmem checked; `hang` makes commands time out."""
 
     def __init__(self, *domains, **config):
-        self.state = {"domains": list(domains)}
-        for dom in self.state["domains"]:
-            dom.pop("age", None)
-            dom.setdefault("last_update", int(T0))
-        self.fake = StateVirsh(self.state)
+        self.fake = still_host(*domains)
+        self.state = self.fake.state
         self.hang = set()
         answer = self.fake.answer
 
@@ -57,7 +53,7 @@ class Host:
         return out
 
     def setmems(self, name=None):
-        return [a for a in self.fake.setmems() if name is None or a[2] == name]
+        return [a for a in self.fake.setmems() if name is None or a[2] == uuid_of(name)]
 
     def assert_safe(self):
         assert self.checked.violations == []
@@ -85,9 +81,9 @@ def test_dumpxml_hangs_for_one_domain_others_go_on(logged):
     host = Host(domain("slow", usable_mib=300), domain("web1", usable_mib=300))
     answer = host.fake.answer
     host.fake.answer = lambda c, a: (_ for _ in ()).throw(VirshTimeout([c], None, "virsh dumpxml timed out")) \
-        if c == "dumpxml" and "slow" in a else answer(c, a)
+        if c == "dumpxml" and uuid_of("slow") in a else answer(c, a)
     host.cycles(2)
-    assert [a[2] for a in host.setmems()] == ["web1"]
+    assert [a[2] for a in host.setmems()] == [uuid_of("web1")]
     host.assert_safe()
     assert any("slow: cannot read domain XML" in m for m in logged())
 
@@ -112,7 +108,7 @@ def test_setmem_hangs_then_waits_for_fresher_stats(logged):
 def test_libvirt_errors_cost_that_domain_at_most_a_cycle(logged, command, stderr, words):
     host = Host(domain("web1", usable_mib=300, period=0, boot_update=int(T0)), domain("ok", usable_mib=300))
     answer = host.fake.answer
-    host.fake.answer = lambda c, a: ("\n", stderr, 1) if c == command and "web1" in a else answer(c, a)
+    host.fake.answer = lambda c, a: ("\n", stderr, 1) if c == command and uuid_of("web1") in a else answer(c, a)
     host.cycles(3, report=True)
     assert host.setmems("ok")  # the other domain is not held up
     host.assert_safe()
@@ -196,13 +192,13 @@ def test_domain_leaves_between_read_and_setmem(logged, change, words):
     run = host.fake.run
 
     def racing(*args):
-        if args[0] == "setmem" and args[2] == "gone":
+        if args[0] == "setmem" and args[2] == uuid_of("gone"):
             change(host)
         return run(*args)
 
     host.fake.run = racing
     assert len(host.cycles()) == 2
-    assert [a[2] for a in host.setmems()] == ["gone", "web1"]
+    assert [a[2] for a in host.setmems()] == [uuid_of("gone"), uuid_of("web1")]
     host.cycles(2)
     host.assert_safe()
     assert any(words in m for m in logged())
@@ -227,9 +223,11 @@ def test_renamed_domain_is_a_new_domain():
     host.cycles()
     dom = host.dom("old")
     dom.update(name="new", id=dom["id"] + 1)  # virsh domrename needs it shut off: a new run
+    host.clock.now += 1  # which reports after its boot, later than the change
     host.cycles(report=True)
-    assert [a[2] for a in host.setmems()] == ["old", "new"]
-    assert [a[2] for a in host.fake.argv_log if a[0] == "dumpxml"] == ["old", "new"]
+    # the same domain (renaming keeps the uuid), seen anew under its new name
+    assert [a[2] for a in host.setmems()] == [uuid_of("old")] * 2
+    assert [a[2] for a in host.fake.argv_log if a[0] == "dumpxml"] == [uuid_of("old")] * 2
     host.assert_safe()
 
 
@@ -288,16 +286,46 @@ def test_random_faults_never_break_an_invariant():
 
 def test_the_checker_sees_unsafe_setmems():
     host = Host(domain("web1", usable_mib=300), domain("win", usable_mib=300), domains={"win": {"exclude": True}})
-    checked = host.checked
-    checked.setmem("web1", 2148 * MIB)  # before any read
+    checked, web1 = host.checked, uuid_of("web1")
+    checked.setmem(web1, 2148 * MIB)  # before any read
     checked.run_line(READ_LINE)
-    checked.setmem("web1", 100 * MIB)  # below the floor
+    checked.setmem("web1", 2148 * MIB)  # by name: virsh may take it for another domain's id
+    checked.setmem(web1, 100 * MIB)  # below the floor
     with pytest.raises(VirshError):  # virsh refuses it too
-        checked.setmem("web1", 8192 * MIB)  # above the maximum, and a second one this cycle
-    checked.setmem("win", 2148 * MIB)  # excluded
+        checked.setmem(web1, 8192 * MIB)  # above the maximum, and a second one this cycle
+    checked.setmem(uuid_of("win"), 2148 * MIB)  # excluded
     checked.run_line(READ_LINE)
-    checked.setmem("web1", 2148 * MIB)  # figures not newer than the last change
+    checked.setmem(web1, 2148 * MIB)  # figures not newer than the last change
     problems = "\n".join(checked.violations)
-    for words in ("not in the last good read", "below the floor", "above the maximum", "second setmem",
-                  "excluded domain", "not newer than the last change"):
+    for words in ("not addressed by a uuid of the last good read", "below the floor", "above the maximum",
+                  "second setmem", "excluded domain", "not newer than the last change"):
         assert words in problems
+    assert sum("not addressed by a uuid" in v for v in checked.violations) == 2
+
+
+@pytest.mark.parametrize("doctor,words", [
+    (lambda dom: dom.update(actual_kib=5120 * MIB), "inconsistent figures"),  # above its maximum of 4096
+    (lambda dom: dom.update(maximum_kib=0), "inconsistent figures"),
+])
+def test_the_checker_sees_setmems_on_impossible_sizes(doctor, words):
+    host = Host(domain("web1", usable_mib=300))
+    doctor(host.dom("web1"))
+    host.checked.run_line(READ_LINE)
+    host.checked.inner = StateVirsh({"domains": []})  # whatever virsh would say to it
+    with pytest.raises(VirshError):
+        host.checked.setmem(uuid_of("web1"), 4864 * MIB)
+    assert any(words in v for v in host.checked.violations)
+    assert any("above the maximum" in v for v in host.checked.violations)
+
+
+@pytest.mark.parametrize("kind", ["block-twice", "uuid-twice"])
+def test_the_checker_sees_setmems_on_a_domain_the_read_gave_twice(kind):
+    host = Host(domain("web1", usable_mib=300), domain("db", usable_mib=300))
+    faulty = FaultyVirsh(host.fake, random.Random(1), rate=1.0)
+    faulty.FAULTS = (kind,)
+    host.checked = CheckedVirsh(faulty, host.config, host.clock)
+    host.checked.run_line(READ_LINE)
+    faulty.rate = 0.0
+    for name in ("web1", "db"):
+        host.checked.setmem(uuid_of(name), 2148 * MIB)
+    assert any("twice" in v or "not addressed by a uuid" in v for v in host.checked.violations)

@@ -8,29 +8,26 @@ import logging
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from balloon2395.lifetime import parse_running
-from conftest import FIXTURES, StateVirsh, domain
+from conftest import FIXTURES, T0, domain, still_host, uuid_of
 
-T0 = 1_800_000_000.0
 NO_ID = "error: command 'list' doesn't support option --id\n"
 
 
 def test_the_read_of_a_cycle_gives_figures_and_lifetimes():
-    stats, lifetimes = parse_running((FIXTURES / "virsh" / "domstats-balloon-list-running-and-ids.stdout").read_text())
-    assert [s.name for s in stats] == ["b2395e2e o'brien", "b2395e2e web é1"]
-    assert lifetimes == {"b2395e2e web é1": ("311a3ff7-dbe9-41de-aa13-e0758dcf498b", 37),
+    read = parse_running((FIXTURES / "virsh" / "domstats-balloon-list-running-and-ids.stdout").read_text())
+    assert [s.name for s in read.stats] == ["b2395e2e o'brien", "b2395e2e web é1"]
+    assert read.conflicts == {}
+    assert read.lifetimes == {"b2395e2e web é1": ("311a3ff7-dbe9-41de-aa13-e0758dcf498b", 37),
                          "b2395e2e o'brien": ("df44e3f0-808f-40fb-9ad3-fc905322d160", 38)}
     # the list part of the read, after an empty domstats ("\n"), around a restart
     before, after = ("\n" + (FIXTURES / "virsh" / f"list-uuid-id-name-state-running.{when}-restart.stdout").read_text()
                      for when in ("before", "after"))
-    assert parse_running(before)[1]["b2395e2e o'brien"] != parse_running(after)[1]["b2395e2e o'brien"]
+    assert parse_running(before).lifetimes["b2395e2e o'brien"] != parse_running(after).lifetimes["b2395e2e o'brien"]
 
 
 def make(*domains):
-    state = {"domains": [dict(d, last_update=int(T0)) for d in domains]}
-    for dom in state["domains"]:
-        dom.pop("age")
-    virsh = StateVirsh(state)
-    return Daemon(cfg.build({"policy": "step"}), virsh, lambda: T0), virsh, state
+    virsh = still_host(*domains)
+    return Daemon(cfg.build({"policy": "step"}), virsh, lambda: T0), virsh, virsh.state
 
 
 def commands(virsh):
@@ -61,12 +58,21 @@ def test_a_cycle_without_ids_keeps_what_is_known():
     assert commands(virsh).count("dumpxml") == 1 and daemon.collector.restarted == set()
 
 
-def test_a_virsh_whose_list_has_no_ids_still_reads_the_figures_once_a_cycle(caplog):
+def test_a_virsh_whose_list_has_no_ids_still_reads_the_figures_and_uuids_once_a_cycle(caplog):
     daemon, virsh, state = make(domain("web1", usable_mib=300))
-    state["faults"] = {"list": {"exit": 1, "stderr": NO_ID}}
+    answer = virsh.answer
+
+    def without_ids(command, args):
+        if "--id" in command:
+            return "", NO_ID, 1
+        return answer(command, args)
+
+    virsh.answer = without_ids
     with caplog.at_level(logging.WARNING, logger="balloon-2395"):
         for _ in range(3):
             assert daemon.cycle() is not None
     assert sum("cannot list domain ids" in r.message for r in caplog.records) == 1
-    assert len(virsh.setmems()) == 1 and virsh.calls == 2 + 1 + 1 + 1 + 1  # tried with ids once
-    assert commands(virsh)[-1] == "domstats"
+    assert virsh.setmems() == [["setmem", "--domain", uuid_of("web1"), "--size", str(2148 * 1024), "--live"]]
+    assert virsh.calls == 2 + 1 + 1 + 1 + 1  # tried with ids once
+    assert virsh.argv_log[-2:] == [["domstats", "--balloon", "--list-running"],
+                                   ["list", "--uuid", "--name", "--state-running"]]

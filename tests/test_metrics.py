@@ -4,7 +4,9 @@ back with prometheus-client's own parser; the textfile is never seen half-writte
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 import subprocess
 import threading
 import urllib.request
@@ -88,8 +90,17 @@ def test_textfile_once(fake_host, tmp_path):
     result = host.run("--once", "--metrics-textfile", str(prom))
     assert result.returncode == 0, result.stderr
     s = _samples(prom.read_text())
-    assert s[("balloon2395_domain_target_bytes", frozenset({"host": HOST, "domain": "web1"}.items()))] == \
-        2148 * MIB * 1024
+    # web1's grow was decided but its setmem failed: no target, a failure counted
+    assert ("balloon2395_domain_target_bytes", frozenset({"host": HOST, "domain": "web1"}.items())) not in s
+    assert s[("balloon2395_changes_total", frozenset({"host": HOST, "direction": "grow", "outcome": "failed"}.items()))] == 1
+    state = host.read()
+    state.pop("faults", None)
+    host.write(state)
+    for journal in host.lock_dir.glob("*.changes.json"):  # else the next run waits for newer figures
+        journal.unlink()
+    assert host.run("--once", "--metrics-textfile", str(prom)).returncode == 0
+    assert _samples(prom.read_text())[("balloon2395_domain_target_bytes",
+                                       frozenset({"host": HOST, "domain": "web1"}.items()))] == 2148 * MIB * 1024
     assert [p.name for p in prom.parent.iterdir()] == ["balloon2395.prom"]  # no temp file left behind
 
 
@@ -113,7 +124,7 @@ def test_textfile_is_never_seen_half_written(tmp_path):
     daemon = Daemon(config, StateVirsh(state), clock=lambda: 1_800_000_000.0)
     daemon.cycle()
     m = metrics.Metrics(config)
-    m.add_host("h", dry_run=False)
+    m.add_host("h")
     done = threading.Event()
 
     def write():
@@ -161,3 +172,21 @@ def test_an_unwritable_textfile_is_said_once_and_costs_no_cycle(fake_host, daemo
     assert proc.wait(timeout=20) == 0
     err = proc.stderr.read()
     assert err.count(f"cannot write {prom}") == 1 and "cycle failed" not in err
+
+
+def test_textfile_symlinks_planted_at_the_target_and_the_old_temp_name_are_never_followed(tmp_path):
+    # issue 13, point 5: prometheus-client's write_to_textfile wrote through PATH.<pid>.<thread id>
+    prom = tmp_path / "b.prom"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    old_temp = f"{prom}.{os.getpid()}.{threading.current_thread().ident}"
+    for name in (prom, old_temp):
+        os.symlink(victim, name)
+    m = metrics.Metrics(cfg.build({"metrics_textfile": str(prom)}))
+    m.add_host("h")
+    m.cycle_done("h", None)
+    assert victim.read_text() == "precious\n" and os.readlink(old_temp) == str(victim)
+    info = os.lstat(prom)  # the link at the target itself was replaced, not written through
+    assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o644
+    assert _samples(prom.read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["b.prom", "victim", os.path.basename(old_temp)])

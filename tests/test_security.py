@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import socket
 import stat
 import subprocess
 
@@ -52,7 +53,7 @@ class _Stop(Exception):
 
 
 NAMED = [name for name, fn in inspect.getmembers(Virsh, inspect.isfunction)
-         if "name" in inspect.signature(fn).parameters]
+         if "domain" in inspect.signature(fn).parameters]
 
 
 def test_every_method_taking_a_domain_is_covered():
@@ -64,7 +65,7 @@ def test_every_method_taking_a_domain_is_covered():
 def test_domain_names_go_after_domain_as_data(method, name):
     def argv_for(domain_name):
         virsh = _Recorder()
-        params = [p for p in inspect.signature(getattr(Virsh, method)).parameters if p not in ("self", "name")]
+        params = [p for p in inspect.signature(getattr(Virsh, method)).parameters if p not in ("self", "domain")]
         with pytest.raises(_Stop):
             getattr(virsh, method)(domain_name, *[1] * len(params))
         (argv,) = virsh.argv
@@ -171,7 +172,7 @@ def test_a_symlink_planted_as_the_lock_or_pid_file_is_never_followed(tmp_path):
     victim.write_text("precious\n")
     lock = InstanceLock("qemu:///system", str(locks))
     os.symlink(victim, lock.path)
-    with pytest.raises(LockError, match="symbolic links"):
+    with pytest.raises(LockError, match="refusing lock file .*: it is a symlink"):
         lock.acquire()
     os.unlink(lock.path)
     os.symlink(victim, lock.pid_path)
@@ -181,3 +182,163 @@ def test_a_symlink_planted_as_the_lock_or_pid_file_is_never_followed(tmp_path):
         assert stat.S_IMODE(os.stat(lock.path).st_mode) == 0o600
     finally:
         lock.release()
+
+
+# ---------------------------------------------------------------- issue 13, point 5: written files
+
+def _planted_writer(tmp_path, kind):
+    """(target, write, the temp names the old code used) of one of the daemon's own files."""
+    from balloon2395 import journal, statefile
+    from balloon2395.daemon import Cycle
+    from balloon2395.lock import InstanceLock
+    pid = os.getpid()
+    lock = InstanceLock("qemu:///system", str(tmp_path / "locks"))
+    if kind == "state":
+        path = statefile.path_for(lock)
+        return path, lambda: statefile.write(path, "qemu:///system", Cycle(1.0, [], {}, [], None, 0.0)), \
+            [f"{path}.{pid}.tmp"]
+    if kind == "journal":
+        path = journal.path_for(lock.path)
+        return path, lambda: journal.ChangeJournal(path).save({"web1": 1.0}), [f"{path}.{pid}.tmp"]
+    return lock.pid_path, lock.acquire, [f"{lock.pid_path}.{pid}"]
+
+
+@pytest.mark.parametrize("kind", ["state", "journal", "pid"])
+def test_symlinks_planted_at_every_name_a_written_file_passes_through_are_never_followed(tmp_path, kind):
+    (tmp_path / "locks").mkdir(mode=0o755)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    target, write, old_temp_names = _planted_writer(tmp_path, kind)
+    for name in [target, *old_temp_names]:
+        os.symlink(victim, name)
+    write()
+    assert victim.read_text() == "precious\n"
+    assert stat.S_ISREG(os.lstat(target).st_mode)  # the link at the target was replaced, not written through
+    assert all(os.readlink(name) == str(victim) for name in old_temp_names)
+    left = {p.name for p in (tmp_path / "locks").iterdir()} - {os.path.basename(n) for n in old_temp_names}
+    assert not [name for name in left if name.endswith(".tmp")]  # no temp file left behind
+
+
+def test_write_atomic_names_the_target_and_sets_the_mode_whatever_the_umask(tmp_path):
+    from balloon2395.safefiles import write_atomic
+    old = os.umask(0o077)
+    try:
+        write_atomic(str(tmp_path / "f"), b"x\n", 0o644)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "f").st_mode) == 0o644 and (tmp_path / "f").read_bytes() == b"x\n"
+    with pytest.raises(OSError) as err:
+        write_atomic(str(tmp_path / "missing" / "f"), b"x\n", 0o644)
+    assert err.value.filename == str(tmp_path / "missing" / "f")  # said once, not once per random temp name
+
+
+def test_write_atomic_leaves_nothing_behind_when_the_rename_fails(tmp_path):
+    from balloon2395.safefiles import write_atomic
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(IsADirectoryError):
+        write_atomic(str(tmp_path / "dir"), b"x\n", 0o644)
+    assert [p.name for p in tmp_path.iterdir()] == ["dir"]
+
+
+# ---------------------------------------------------------------- issue 13, point 5: the config's real path
+
+def _linked_config(tmp_path, layout):
+    """etc/config.yaml, a symlink to real/.../config.yaml; `layout`: (dir, mode, uid) of each directory
+    between tmp_path and the real file, outermost first."""
+    directory = tmp_path
+    for name, _, _ in layout:
+        directory = directory / name
+        directory.mkdir()
+    real = directory / "config.yaml"
+    real.write_text("minimal: 20\n")
+    real.chmod(0o644)
+    for name, mode, uid in reversed(layout):
+        os.chown(directory, uid, -1)
+        directory.chmod(mode)
+        directory = directory.parent
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "config.yaml").symlink_to(real)
+    return tmp_path / "etc" / "config.yaml"
+
+
+@AS_ROOT
+@pytest.mark.parametrize("layout,words", [
+    ([("evil", 0o777, 0), ("dir", 0o777, 0)], "evil/dir is writable by group or others (mode 777"),
+    ([("evil", 0o777, 0), ("dir", 0o755, 0)], "evil is writable by group or others (mode 777"),
+    ([("evil", 0o755, 65534), ("dir", 0o755, 0)], "evil belongs to uid 65534, not root"),
+    ([("sticky", 0o1777, 0), ("dir", 0o755, 65534)], "sticky/dir belongs to uid 65534, not root"),
+])
+def test_as_root_a_config_reached_through_a_symlink_is_checked_at_its_real_path(tmp_path, layout, words):
+    path = _linked_config(tmp_path, layout)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(str(path), {})
+    assert str(err.value).startswith(f"{path}: file: refused as root: directory ") and words in str(err.value)
+
+
+@AS_ROOT
+def test_as_root_a_symlink_to_a_file_others_could_rewrite_names_the_real_file(tmp_path):
+    path = _linked_config(tmp_path, [("real", 0o755, 0)])
+    os.chown(os.path.realpath(path), 65534, -1)
+    with pytest.raises(cfg.ConfigError, match=f"refused as root: the file {tmp_path}/real/config.yaml belongs to"):
+        cfg.load(str(path), {})
+
+
+@AS_ROOT
+def test_as_root_a_symlink_to_a_safe_file_is_fine(tmp_path):
+    path = _linked_config(tmp_path, [("sticky", 0o1777, 0), ("dir", 0o755, 0)])
+    assert cfg.load(str(path), {}).defaults.minimal == 20
+
+
+def test_the_config_is_opened_at_its_real_path_never_through_a_symlink(tmp_path, monkeypatch):
+    from balloon2395 import safefiles
+    path = _linked_config(tmp_path, [("real", 0o755, 0)])
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(safefiles.os, "open", lambda p, flags, *a: opened.append((p, flags)) or real_open(p, flags, *a))
+    assert safefiles.read_config(str(path)) == b"minimal: 20\n"
+    (where, flags), = opened
+    assert where == os.path.realpath(path) and flags & os.O_NOFOLLOW and flags & os.O_NONBLOCK
+
+
+# ---------------------------------------------------------------- issue 13, point 5: not a regular file
+
+def _special(tmp_path, kind):
+    path = tmp_path / kind
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+    else:
+        return "/dev/zero"  # read whole, it would never end
+    return str(path)
+
+
+@pytest.mark.parametrize("kind,words", [("fifo", "is a FIFO"), ("directory", "is a directory"),
+                                        ("socket", "is a socket"), ("device", "is a character device")])
+def test_a_config_that_is_not_a_regular_file_is_one_error_naming_it(tmp_path, kind, words):
+    path = _special(tmp_path, kind)
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(path, {})
+    assert str(err.value) == f"{path}: file: {words}, not a regular file"
+
+
+def test_dev_null_still_means_no_settings():
+    assert cfg.load("/dev/null", {}) == cfg.build({})
+
+
+@pytest.mark.parametrize("command", [["check-config", "{}"], ["--once", "--config", "{}"],
+                                     ["status", "--config", "{}"]])
+def test_cli_on_a_fifo_config_exits_2_at_once(fake_host, tmp_path, command):
+    host = fake_host(domain("web1"))
+    fifo = _special(tmp_path, "fifo")
+    argv = [str(ROOT / "balloon-2395"), *[arg.format(fifo) for arg in command]]
+    if command[0] != "check-config":
+        argv += ["--lock-dir", str(host.lock_dir)]
+    result = subprocess.run(argv, env=host.env, capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"balloon-2395: {fifo}: file: is a FIFO, not a regular file"]
+    assert host.calls() == []

@@ -3,11 +3,15 @@ several connections from one process, the state file behind `status --watch` and
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from balloon2395 import ksm
 from conftest import MIB, domain
@@ -58,6 +62,69 @@ def test_sigint_stops_with_exit_0(fake_host, daemons):
     assert _lock_files(host) == []
 
 
+def _children(pid):
+    """The processes whose parent is `pid`."""
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = Path(stat).read_text()
+        except OSError:
+            continue  # ended meanwhile
+        if int(text[text.rindex(")") + 2:].split()[1]) == pid:
+            found.append(int(stat.split("/")[2]))
+    return found
+
+
+def _alive(pid):
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_once_finishes_the_setmem_then_cleans_up(fake_host, daemons, signum):
+    host = fake_host(domain("web1", usable_mib=370))
+    host.write({**host.read(), "faults": {"setmem": {"sleep": 1.5}}})  # a slow setmem: the signal lands inside it
+    proc = daemons(host, "--once")
+    assert _wait_for(lambda: _setmems(host)), "no setmem started"
+    session = _children(proc.pid)  # the session virsh answering that setmem
+    assert session
+    proc.send_signal(signum)
+    assert proc.wait(timeout=20) == 0
+    err = proc.stderr.read()
+    assert "INFO grow web1 2048 -> 2148 MiB" in err and "Traceback" not in err
+    assert len(_setmems(host)) == 1
+    assert _lock_files(host) == [] and _state_files(host) == []
+    assert not any(_alive(pid) for pid in session)
+
+
+def _signalled_while_starting(host, signum, *args):
+    """balloon-2395 with `args`, the signal sent to itself from inside the start (the lock taken, the KSM check)."""
+    script = f"""
+import os, sys
+from balloon2395 import cli, ksm
+checked = ksm.check
+def check(*args, **kwargs):
+    os.kill(os.getpid(), {int(signum)})
+    return checked(*args, **kwargs)
+ksm.check = check
+sys.exit(cli.main({host.daemon_argv(*args)[1:]!r}))
+"""
+    return subprocess.run([sys.executable, "-c", script], env=host.env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("mode", [["--once"], ["--secs", "0.2"]])
+def test_a_signal_while_starting_ends_cleanly_before_any_cycle(fake_host, signum, mode):
+    host = fake_host(domain("web1", usable_mib=370))
+    result = _signalled_while_starting(host, signum, *mode)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "INFO stopped before the first cycle" in result.stderr
+    assert host.calls() == [] and _lock_files(host) == []
+
+
 def test_sighup_reloads_a_good_file_and_keeps_the_old_config_on_a_bad_one(fake_host, daemons, tmp_path):
     host = fake_host(domain("web1", usable_mib=600))
     log_file = tmp_path / "logs" / "balloon-2395.log"
@@ -84,7 +151,8 @@ def test_sighup_reloads_a_good_file_and_keeps_the_old_config_on_a_bad_one(fake_h
     assert proc.wait(timeout=20) == 0
     errors = [line for line in log_file.read_text().splitlines() if " ERROR " in line]
     assert len(errors) == 1
-    assert "reload failed, keeping the running config" in errors[0] and "minimal: must be below maximal" in errors[0]
+    assert "reload failed, keeping the running config" in errors[0]
+    assert "minimal 95: must be below maximal (35, the default)" in errors[0]
     assert all("qemu+ssh://elsewhere" not in str(c) for c in host.calls())  # the connection never moved
     assert _setmems(host) == []  # --dry-run, a flag, survived every reload
 

@@ -105,8 +105,7 @@ def test_simulate_stops_on_sigterm_and_still_prints_the_summary(tiny):
 
 @pytest.mark.parametrize("args, message", [
     (["--simulate", "nosuch"], "balloon-2395: nosuch: no such scenario (known: "),
-    (["--simulate", "--speed", "0"], "balloon-2395: --speed must be more than 0"),
-    (["--simulate", "--duration", "-1"], "balloon-2395: --duration must be more than 0"),
+    # --speed and --duration out of range: argparse's usage errors (test_cli)
 ])
 def test_simulate_usage_errors_exit_2_with_one_line(args, message):
     result = subprocess.run([str(ROOT / "balloon-2395"), *args], capture_output=True, text=True, timeout=60)

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from balloon2395.domain_xml import parse_domain_xml
+from balloon2395.lifetime import parse_running
 from balloon2395.sim.host import TICKS_PER_S, SimHost
 from balloon2395.sim.model import BALLOON_KIB_S, MIB, usable_kib
 from balloon2395.sim.scenario import load
@@ -51,7 +52,8 @@ def test_domstats_and_dommemstat_parse_to_the_models_figures(host):
     assert web.swap_in_kib == 0 and web.last_update == int(host.now) and web.rss_kib == 1024 * MIB
     assert quiet.usable_kib is not None and quiet.last_update == host.now - 600  # no period: its report from boot
     assert virsh.dommemstat("web 1") == web.__class__(**{**web.__dict__, "maximum_kib": None})
-    assert virsh.running_names() == ["web 1", "quiet"]
+    listed = parse_running("\n" + virsh.run("list", "--uuid", "--name", "--state-running"), with_ids=False)
+    assert list(listed.lifetimes) == ["web 1", "quiet"]
     assert virsh.max_memory_kib("quiet") == 2048 * MIB
 
 

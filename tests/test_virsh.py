@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+import sh
 
 from balloon2395.virsh import Virsh, VirshError, VirshTimeout, default_uri
 
@@ -50,7 +51,7 @@ def test_timeout_kills_the_call(script):
 
 def test_calls_are_counted(script):
     virsh = Virsh(script("printf 'web1\\n\\n'\n"))
-    assert virsh.running_names() == ["web1"]
+    assert virsh.run("list", "--name") == "web1\n\n"
     assert virsh.calls == 1
 
 
@@ -58,3 +59,13 @@ def test_default_uri_follows_libvirt():
     assert default_uri({}, euid=0) == "qemu:///system"
     assert default_uri({}, euid=1000) == "qemu:///session"
     assert default_uri({"LIBVIRT_DEFAULT_URI": "qemu+ssh://h/system"}, euid=0) == "qemu+ssh://h/system"
+
+
+def test_a_virsh_killed_while_starting_is_a_virsh_error_not_a_crash(monkeypatch):
+    # sh unpacks the child's exec report; a child killed while starting leaves it cut short
+    def cut_short(*args, **kwargs):
+        raise ValueError("not enough values to unpack (expected 2, got 1)")
+
+    monkeypatch.setattr(sh.Command, "__call__", cut_short)
+    with pytest.raises(VirshError, match="ended while starting"):
+        Virsh("virsh").run("version")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from balloon2395.domain_xml import parse_domain_xml
+from balloon2395.lifetime import parse_running
 from balloon2395.virsh import _message
 from balloon2395.virsh_output import (BalloonStats, VirshOutputError, parse_dominfo_max_kib, parse_dommemstat,
-                                      parse_domstats, parse_names)
+                                      parse_domstats)
 from conftest import FIXTURES
 
 VIRSH = FIXTURES / "virsh"
@@ -50,7 +51,7 @@ def test_domstats_name_with_a_quote():
     names = [s.name for s in parse_domstats(out("domstats-balloon-list-running.many-guests"))]
     quoted = [n for n in names if "'" in n]
     assert quoted == ["b2395e2e o'brien"]  # the raw name, up to the line's last quote
-    assert "b2395e2e o'brien" in parse_names(out("list-name-state-running.many-guests"))
+    assert "b2395e2e o'brien" in parse_running("\n" + out("list-uuid-name.many-guests"), with_ids=False).lifetimes
 
 
 def test_test_driver_domstats_has_no_balloon_fields():
@@ -75,9 +76,10 @@ def test_dommemstat_after_setmem_in_mb_shows_the_originals_unit_defect():
     assert stats.actual_kib == 488284  # 500 * 10^6 bytes, not 500 MiB
 
 
-def test_names_list_and_dominfo():
-    assert parse_names(out("list-name-state-running.two-guests")) == ["b2395e2e web é1", "b2395e2e-nostats"]
-    assert parse_names(out("list-name-state-running.zero-running")) == []
+def test_uuid_name_list_and_dominfo():
+    listed = parse_running("\n" + out("list-uuid-name.many-guests"), with_ids=False)
+    assert listed.lifetimes["b2395e2e web é1"] == ("c3690175-ed70-453e-bd82-ef511336c438", None)
+    assert listed.stats == [] and listed.conflicts == {}
     assert parse_dominfo_max_kib(out("dominfo")) == 1048576
     with pytest.raises(VirshOutputError):
         parse_dominfo_max_kib(out("nodememstats"))
@@ -118,8 +120,23 @@ def test_domain_xml_facts():
 
 @pytest.mark.parametrize("garbage", [
     "garbage\n", "Domain: 'a'\nbalu", "  balloon.current=1\n", "Domain: 'a'\n  balloon.current=12x\n",
-    "Domain: 'a'\n  balloon.current=1\n  balloon.current=2\n",
 ])
 def test_garbage_is_rejected_not_guessed(garbage):
     with pytest.raises(VirshOutputError):
         parse_domstats(garbage)
+
+
+@pytest.mark.parametrize("twice", [
+    "  balloon.current=1\n  balloon.current=2\n",  # one key twice
+    "  balloon.current=1\n  balloon.actual=2\n",  # domstats' and dommemstat's names of one figure
+    "  balloon.last-update=5\n  balloon.last_update=6\n",
+])
+def test_a_figure_given_twice_is_a_problem_of_that_domain_not_a_last_wins(twice):
+    a, b = parse_domstats(f"Domain: 'a'\n{twice}\nDomain: 'b'\n  balloon.current=3\n\n")
+    assert a.problem and "both given" in a.problem
+    assert b == BalloonStats(name="b", actual_kib=3)  # the other domain keeps its figures
+
+
+def test_dommemstat_giving_a_figure_twice_is_a_problem():
+    assert parse_dommemstat("a", "actual 1\nactual 2\n").problem
+    assert parse_dommemstat("a", "actual 1\nusable 2\n").problem is None

@@ -14,10 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from balloon2395 import config as cfg
+from balloon2395.daemon import Daemon
 from balloon2395.fake_virsh import split_commands
 from balloon2395.lifetime import READ_LINE
 from balloon2395.virsh import Virsh, VirshError, VirshTimeout
-from balloon2395.virsh_session import SessionBroken, VirshSession, quote
+from balloon2395.virsh_session import SessionBroken, SessionEnded, VirshSession, quote
 from conftest import FIXTURES, MIB, domain
 
 URI = "qemu:///system"
@@ -110,6 +112,51 @@ def test_a_virsh_that_dies_is_replaced(host):
     time.sleep(0.2)
     assert session.dommemstat("web1").actual_kib == 2048 * MIB
     assert len(fake.processes()) == 3
+
+
+def test_a_virsh_killed_while_idle_costs_no_call_and_runs_nothing_twice(host):
+    fake = host(domain("web1"))
+    session = VirshSession(fake.virsh, URI)
+    session.run("version")
+    sizes = [(1000 + n) * MIB for n in range(20)]
+    for size in sizes:
+        os.kill(session._proc.pid, signal.SIGKILL)  # between two calls, as soon as it can: sh has not seen it yet
+        session.setmem("web1", size)
+    assert [int(c[c.index("--size") + 1]) for c in fake.setmems()] == sizes
+    assert fake.read()["domains"][0]["actual_kib"] == sizes[-1]
+    assert len(fake.processes()) == 1 + len(sizes)  # a new session each time, never a process per call
+
+
+def test_a_virsh_that_dies_inside_an_answer_fails_that_call_without_a_retry(host):
+    fake = host(domain("web1"), faults={"setmem": {"die": True, "times": 1}})
+    session = VirshSession(fake.virsh, URI)
+    with pytest.raises(SessionBroken) as broken:
+        session.setmem("web1", 1024 * MIB)
+    assert not isinstance(broken.value, SessionEnded)
+    assert len(fake.setmems()) == 1
+    session.setmem("web1", 1024 * MIB)  # the next call: a new session
+    assert fake.read()["domains"][0]["actual_kib"] == 1024 * MIB and len(fake.processes()) == 2
+
+
+def test_a_virsh_killed_between_cycles_costs_no_cycle_and_logs_no_error(host, caplog, monkeypatch):
+    fake = host(domain("web1", usable_mib=370))  # 18%: a grow of 100 MiB every cycle
+    monkeypatch.setattr(logging.getLogger("balloon-2395"), "propagate", True)  # caplog sees it whatever ran before
+    now = [float(T0)]
+    daemon = Daemon(cfg.build({"policy": "step", "host_memory": "off", "secs": 0.05}), VirshSession(fake.virsh, URI),
+                    clock=lambda: now[0])
+    cycles = []
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        for tick in range(15):
+            if tick and daemon.virsh._proc is not None:  # (None: the last cycle lost its session)
+                os.kill(daemon.virsh._proc.pid, signal.SIGKILL)  # idle between two cycles
+                state = fake.read()
+                state["domains"][0]["last_update"] = T0 + tick  # the guest reported since the last change
+                fake.write(state)
+                now[0] = T0 + tick + 0.5
+            cycles.append(daemon.cycle())
+    assert None not in cycles
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [int(c[c.index("--size") + 1]) for c in fake.setmems()] == [(2048 + 100 * n) * MIB for n in range(1, 16)]
 
 
 def test_without_libvirtd_calls_run_one_process_each_until_a_session_starts_again(host, caplog):

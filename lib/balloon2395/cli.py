@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import PROG, __version__
 from . import config as cfg
 from . import logs, watch
-from .service import EXIT_OK, EXIT_USAGE, serve
+from .service import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, serve
 
 COMMANDS = ("run", "status", "explain", "check-config")
 
@@ -27,7 +27,23 @@ commands:
   check-config [FILE] validate a config file (default {cfg.DEFAULT_CONFIG_PATH}) and exit
 
 Sizes take units (512MiB, 2GiB); a bare number is MiB, as in the original.
-exit status: 0 ok, 1 failure, 2 bad config or usage, 3 another instance holds the lock."""
+exit status: 0 ok (the daemon also when SIGTERM or SIGINT stopped it), 1 failure, 2 bad config or usage,
+3 another instance holds the lock, 130 interrupted by Ctrl-C (explain, check-config, or the daemon
+before it started)."""
+
+
+def _bounded(lo: float, hi: float, integer: bool = False) -> Callable[[str], float]:
+    """An argparse type for a flag no config key checks: a finite number from lo to hi, else a usage error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            return cfg._number(value, lo, hi, integer)  # the config keys' own check
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def _add_knobs(parser: argparse.ArgumentParser) -> None:
@@ -103,8 +119,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
         sim.add_argument("--simulate", nargs="?", const="", metavar="SCENARIO",
                          help="run against a simulated host: a scenario from examples/scenarios/ or a YAML file "
                               "(default demo)")
-        sim.add_argument("--duration", type=float, metavar="S", help="stop after S simulated seconds (default: Ctrl-C)")
-        sim.add_argument("--speed", type=float, default=10.0, metavar="N",
+        sim.add_argument("--duration", type=_bounded(0.1, 864000), metavar="S",
+                         help="stop after S simulated seconds (default: Ctrl-C)")
+        sim.add_argument("--speed", type=_bounded(0.01, 100000), default=10.0, metavar="N",
                          help="simulated seconds per real second (default 10)")
         sim.add_argument("--seed", type=int, default=0, help="seed of the simulated workloads (default 0)")
     elif command == "explain":
@@ -112,8 +129,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
     else:
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         parser.add_argument("--watch", action="store_true", help="redraw every --refresh seconds until Ctrl-C")
-        parser.add_argument("--refresh", type=float, default=2.0, metavar="S", help="--watch: seconds between redraws")
-        parser.add_argument("--count", type=int, metavar="N", help="--watch: stop after N redraws")
+        parser.add_argument("--refresh", type=_bounded(0.05, 86400), default=2.0, metavar="S",
+                            help="--watch: seconds between redraws")
+        parser.add_argument("--count", type=_bounded(1, 100000, integer=True), metavar="N",
+                            help="--watch: stop after N redraws")
     _add_knobs(parser)
     return parser
 
@@ -128,6 +147,13 @@ def _fail(message: str, code: int) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C in a view or check, or before the daemon's own handlers: no traceback
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Optional[List[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     args = _parser(command).parse_args(argv)

@@ -12,11 +12,12 @@ import fnmatch
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, Mapping, Optional, Tuple
 
 import yaml
 
-from .safefiles import unsafe_config
+from .lock import canonical_uri
+from .safefiles import Refused, read_config
 from .units import KIB_PER_MIB, parse_size_kib
 
 DEFAULT_CONFIG_PATH = "/etc/balloon-2395/config.yaml"
@@ -30,12 +31,17 @@ _MAX_SIZE_KIB = 1024 ** 4  # 1 PiB: anything larger is a typo, not a guest
 class ConfigError(Exception):
     """One line an operator can act on: where, which key, what is wrong."""
 
-    def __init__(self, key: str, problem: str, source: str = "") -> None:
-        self.key, self.problem, self.source = key, problem, source
-        super().__init__(f"{source + ': ' if source else ''}{key}: {problem}")
+    def __init__(self, key: str, problem: str, source: str = "", value: str = "") -> None:
+        self.key, self.problem, self.source, self.value = key, problem, source, value
+        named = f"{key} {value}" if value else key
+        super().__init__(f"{source + ': ' if source else ''}{named}: {problem}")
 
     def at(self, source: str) -> "ConfigError":
-        return ConfigError(self.key, self.problem, source)
+        return ConfigError(self.key, self.problem, source, self.value)
+
+    def as_flag(self) -> "ConfigError":
+        """The same error, about the flag that set the key."""
+        return ConfigError(_flag(self.key), self.problem, value=self.value)
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,8 @@ class Config:
     metrics_textfile: Optional[str] = None  # node_exporter textfile collector file
     metrics_port: Optional[int] = None
     metrics_address: str = "127.0.0.1"
+    # where the top-level minimal and maximal came from, as a band error says it ("the default", "from --maximal")
+    band_from: Tuple[str, str] = field(default=("the default", "the default"), compare=False)
 
     @property
     def connect(self) -> Optional[str]:
@@ -106,11 +114,18 @@ class Config:
         if not metadata:
             return settings
         try:
-            merged = replace(settings, **dict(_metadata_overrides(metadata)))
-            _check_band("metadata ", merged)
+            overrides = dict(_metadata_overrides(metadata))
+            merged = replace(settings, **overrides)
+            _check_band("metadata ", merged, overrides, self._band_origins(chosen))
             return merged
         except ConfigError as exc:
             return replace(settings, invalid=str(exc))
+
+    def _band_origins(self, rule: Optional[DomainRule]) -> Dict[str, str]:
+        """Where the band a domain's metadata is checked against came from: its rule, else the top level."""
+        ruled = dict(rule.overrides) if rule else {}
+        return {key: f"from domains.{_shown(rule.pattern)}" if key in ruled else said
+                for key, said in zip(_BAND, self.band_from)}
 
     def host_reserve_kib(self, host_total_kib: int) -> int:
         """What the host keeps for itself: growth never takes it below this."""
@@ -182,8 +197,10 @@ def _uris(value: Any) -> Tuple[str, ...]:
     if not uris:
         raise ValueError("expected a URI or a list of URIs, got an empty list")
     checked = tuple(_text(uri) for uri in uris)
-    if len(set(checked)) != len(checked):
-        raise ValueError("a URI is listed twice")
+    for at, uri in enumerate(checked):  # two spellings of one hypervisor: both would shrink its guests
+        twin = next((seen for seen in checked[:at] if canonical_uri(seen) == canonical_uri(uri)), None)
+        if twin is not None:
+            raise ValueError("a URI is listed twice" + ("" if twin == uri else f" ({twin} and {uri}: one hypervisor)"))
     return checked
 
 
@@ -257,6 +274,7 @@ _GLOBAL_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "metrics_port": ("metrics_port", lambda v: None if v is None else _number(v, 1, 65535, integer=True)),
     "metrics_address": ("metrics_address", _text),
 }
+_BAND = ("minimal", "maximal")
 _TOP_LEVEL = {k: v for k, v in {**_DOMAIN_KEYS, **_GLOBAL_KEYS}.items() if k != "maximum"}
 KEYS = tuple(_TOP_LEVEL) + ("domains", "metrics")
 
@@ -274,9 +292,18 @@ def _validate(key: str, table, value: Any) -> Tuple[str, Any]:
         raise ConfigError(key, str(exc)) from None
 
 
-def _check_band(where: str, settings: DomainSettings) -> None:
-    if settings.minimal >= settings.maximal:
-        raise ConfigError(where + "minimal", f"must be below maximal ({settings.minimal:g} >= {settings.maximal:g})")
+def _check_band(where: str, settings: DomainSettings, set_here: Collection[str], said: Mapping[str, str]) -> None:
+    """minimal below maximal. Of the two, the one this layer (`where`: the file's top level, the flags, a
+    rule, metadata) set is blamed, with the other's value and where it came from (`said`); both set here,
+    both are named."""
+    low, high = settings.minimal, settings.maximal
+    if low < high:
+        return
+    if "maximal" in set_here and "minimal" not in set_here:
+        raise ConfigError(where + "maximal", f"must be above minimal ({low:g}, {said['minimal']})", value=f"{high:g}")
+    if "maximal" in set_here:
+        raise ConfigError(where + "minimal", f"must be below maximal ({low:g} >= {high:g})")
+    raise ConfigError(where + "minimal", f"must be below maximal ({high:g}, {said['maximal']})", value=f"{low:g}")
 
 
 def _metadata_overrides(attrs: Tuple[Tuple[str, str], ...]) -> Tuple[Tuple[str, Any], ...]:
@@ -297,7 +324,7 @@ def _metadata_overrides(attrs: Tuple[Tuple[str, str], ...]) -> Tuple[Tuple[str, 
     return tuple(out)
 
 
-def _rules(raw: Any, defaults: DomainSettings) -> Tuple[DomainRule, ...]:
+def _rules(raw: Any, defaults: DomainSettings, said: Mapping[str, str]) -> Tuple[DomainRule, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, Mapping):
@@ -318,13 +345,21 @@ def _rules(raw: Any, defaults: DomainSettings) -> Tuple[DomainRule, ...]:
             except ConfigError as exc:
                 raise ConfigError(f"{where}.{exc.key}", exc.problem) from None
         rule = DomainRule(pattern, tuple(overrides))
-        _check_band(where + ".", replace(defaults, **dict(rule.overrides)))
+        _check_band(where + ".", replace(defaults, **dict(overrides)), dict(overrides), said)
         rules.append(rule)
     return tuple(rules)
 
 
-def build(values: Mapping[str, Any]) -> Config:
-    """A Config from already-loaded values (file, then flags over it)."""
+def build(values: Mapping[str, Any], flags: Collection[str] = (), path: str = "") -> Config:
+    """A Config from already-loaded values: a file's (read from `path`), the keys in `flags` given as
+    flags over it. An error names the flag, or the file and the key."""
+    try:
+        return _build(values, flags, path)
+    except ConfigError as exc:
+        raise (exc.as_flag() if exc.key in flags else exc.at(path)) from None
+
+
+def _build(values: Mapping[str, Any], flags: Collection[str], path: str) -> Config:
     domain_values, global_values = {}, {}
     for key, value in {**_metrics_keys(values.get("metrics")), **values}.items():
         if key in ("domains", "metrics"):
@@ -339,8 +374,23 @@ def build(values: Mapping[str, Any]) -> Config:
             raise
         (domain_values if key in _DOMAIN_KEYS else global_values)[name] = checked
     defaults = DomainSettings(**domain_values)
-    _check_band("", defaults)
-    return Config(defaults=defaults, rules=_rules(values.get("domains"), defaults), **global_values)
+    said = {key: _origin(key, values, flags, path) for key in _BAND}
+    # a flag is the layer above the file: a band it breaks is its fault
+    set_here = [key for key in _BAND if key in flags] or [key for key in _BAND if key in values]
+    _check_band("", defaults, set_here, said)
+    return Config(defaults=defaults, rules=_rules(values.get("domains"), defaults, said),
+                  band_from=(said["minimal"], said["maximal"]), **global_values)
+
+
+def _origin(key: str, values: Mapping[str, Any], flags: Collection[str], path: str) -> str:
+    """Where a top-level value came from, as a band error says it."""
+    if key in flags:
+        return "from " + _flag(key)
+    return f"from {path or 'the config'}" if key in values else "the default"
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def _metrics_keys(raw: Any) -> Dict[str, Any]:
@@ -356,22 +406,41 @@ def _metrics_keys(raw: Any) -> Dict[str, Any]:
     return {f"metrics_{key}": value for key, value in raw.items()}
 
 
+class _OnceLoader(yaml.SafeLoader):
+    """Safe YAML in which a key given twice in one mapping is an error: PyYAML would keep the last
+    silently, so a rule or a knob written twice would quietly lose one of its values."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        first: Dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: explicit keys may override it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if seen is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first at line {seen.start_mark.line + 1})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def read_file(path: str) -> Dict[str, Any]:
     """The mapping a YAML config file holds; an empty file is an empty mapping."""
     try:
-        with open(path, "rb") as handle:
-            unsafe = unsafe_config(path, os.fstat(handle.fileno()))
-            raw = handle.read()
+        raw = read_config(path)
     except OSError as exc:
         raise ConfigError("file", f"cannot read: {exc.strerror}", path) from None
-    if unsafe:
-        raise ConfigError("file", unsafe, path)
+    except Refused as exc:
+        raise ConfigError("file", str(exc), path) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError("file", f"not UTF-8 text (byte {exc.start})", path) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_OnceLoader)  # a SafeLoader: no object of any other kind is built
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -393,14 +462,6 @@ def default_path() -> Optional[str]:
 def load(path: Optional[str], flags: Mapping[str, Any]) -> Config:
     """File values (if any) overlaid by flags; errors name the file or the flag."""
     file_values = read_file(path) if path else {}
-    try:
-        build(file_values)
-    except ConfigError as exc:
-        raise exc.at(path or "") from None
-    try:
-        return build({**file_values, **flags})
-    except ConfigError as exc:
-        if exc.key in flags:
-            raise ConfigError("--" + exc.key.replace("_", "-"), exc.problem) from None
-        raise exc.at(path or "") from None
+    build(file_values, path=path or "")  # the file alone must be right, even where a flag would override it
+    return build({**file_values, **flags}, tuple(flags), path or "")
 

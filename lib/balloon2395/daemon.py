@@ -24,6 +24,9 @@ from .virsh import Virsh, VirshError, VirshTimeout, default_uri
 
 log = logging.getLogger(PROG)
 
+# What became of a changing decision: only APPLIED changed the guest for sure; TIMED_OUT may have.
+APPLIED, FAILED, TIMED_OUT, GONE, FENCED, DRY_RUN = "applied", "failed", "timed-out", "gone", "fenced", "dry-run"
+OUTCOMES = (APPLIED, FAILED, TIMED_OUT, GONE, FENCED, DRY_RUN)
 # Holds worth telling an operator about once; the rest are routine.
 _NOTABLE_HOLDS = ("at-maximum", "at-floor", "refused", "host-reserve")
 # While the running domains cannot be read (libvirtd restarting), the wait between tries doubles up
@@ -41,6 +44,7 @@ class Cycle:
     decisions: List[Decision]
     host: Optional[HostMemory]
     duration_s: float
+    outcomes: Dict[str, str] = field(default_factory=dict)  # name -> OUTCOMES, for changing decisions
 
 
 @dataclass
@@ -53,12 +57,13 @@ class Daemon:
     def __init__(self, config: Config, virsh: Virsh, clock: Callable[[], float] = time.time,
                  journal: Optional[ChangeJournal] = None) -> None:
         self.config, self.virsh, self.clock = config, virsh, clock
-        self.collector = Collector(virsh, config.stats_period, wants_stats=self._managed, clock=clock)
+        self.collector = Collector(virsh, config.stats_period, wants_stats=self._managed, setup=not config.dry_run,
+                                   clock=clock)
         self.host = HostReader(config, virsh, config.connect or default_uri())
         self.states: Dict[str, _DomainState] = {}
         self.outage_since: Optional[float] = None
         self.retry_s = 0.0  # wait before the next try during an outage; 0 when virsh answers
-        # name -> when we last changed it. Unlike a state it outlives a domain missing from one read
+        # uuid -> when we last changed it. Unlike a state it outlives a domain missing from one read
         # (a cut output, a short pause), whose history is forgotten: without it the domain would be
         # changed again on the figures the first change was made on. Kept for stale_after_s, after
         # which such figures are stale anyway. The journal keeps it across a restart.
@@ -70,17 +75,21 @@ class Daemon:
         self._settings: Dict[Tuple[str, tuple], DomainSettings] = {}
 
     def _managed(self, name: str, facts: DomainFacts) -> bool:
-        settings = self.config.for_domain(name)
-        return not settings.exclude and (not facts.windows or settings.manage_windows)
+        """Whether the daemon may change this domain at all: what its decision would skip for
+        (exclusion by config or by its own metadata, Windows) never gets a stats period either."""
+        settings = self.config.for_domain(name, facts.settings)
+        return not settings.exclude and not settings.invalid and (not facts.windows or settings.manage_windows)
 
     def cycle(self) -> Optional[List[Decision]]:
         """One pass; None when the running domains could not be read."""
-        now, started = self.clock(), time.monotonic()
+        started = time.monotonic()
         try:
             observations = self.collector.collect()
         except VirshError as exc:
-            self._outage(exc, now)
+            self._outage(exc, self.clock())
             return None
+        # Figures are judged against the end of the read: a slow read must not make them look future-dated.
+        now = self.collector.read_at
         if self.outage_since is not None:
             log.info("virsh answers again after %.0fs", now - self.outage_since)
             self.outage_since, self.retry_s = None, 0.0
@@ -89,61 +98,71 @@ class Daemon:
         limits = Limits(stale_after_s=self.config.stale_after_s)
         self.changed_at = {n: t for n, t in self.changed_at.items() if now - t <= limits.stale_after_s}
         states = {obs.name: self.states.get(obs.name) or _DomainState() for obs in observations}
-        known, self._settings = self._settings, {}
-        for obs in observations:
-            key = (obs.name, obs.facts.settings if obs.facts else ())
-            self._settings[key] = known.get(key) or self.config.for_domain(*key)
-        settings = {name: value for (name, _), value in self._settings.items()}
+        settings = self._settings_of(observations)
         host = self.host.read()
         decisions = decide_all(observations, settings, {n: s.history for n, s in states.items()},
                                host, now, limits, self.config.policy)
+        outcomes = {}
         for obs, decision in zip(observations, decisions):
             state = states[obs.name]
             state.history = decision.history
             if self.config.debug:
                 log.debug("%s", debug_block(obs, settings[obs.name], decision, now))
-            if not decision.changes or self.config.dry_run:
-                self._note(decision, state)
-            elif obs.stats.last_update <= self.changed_at.get(obs.name, -1.0):
-                self._say(state, (WAIT, "fenced"), logging.INFO,
-                          f"wait {obs.name}: changed before a restart or while missing from a read; "
-                          "waiting for stats newer than that change")
+            if decision.changes:
+                outcomes[obs.name] = self._act(obs, decision, state)
             else:
-                self._setmem(decision, state)
+                self._note(decision, state)
         self.states = states  # domains that left the running list are forgotten
-        self.last = Cycle(now, observations, settings, decisions, host, time.monotonic() - started)
+        self.last = Cycle(now, observations, settings, decisions, host, time.monotonic() - started, outcomes)
         return decisions
 
-    def _setmem(self, decision: Decision, state: _DomainState) -> None:
+    def _settings_of(self, observations: List[Observation]) -> Dict[str, DomainSettings]:
+        known, self._settings = self._settings, {}
+        for obs in observations:
+            key = (obs.name, obs.facts.settings if obs.facts else ())
+            self._settings[key] = known.get(key) or self.config.for_domain(*key)
+        return {name: value for (name, _), value in self._settings.items()}
+
+    def _act(self, obs: Observation, decision: Decision, state: _DomainState) -> str:
+        if self.config.dry_run:
+            self._say(state, (decision.action, decision.code), logging.INFO, "dry-run: " + change_line(decision))
+            return DRY_RUN
+        if obs.stats.last_update <= self.changed_at.get(obs.uuid, -1.0):
+            self._say(state, (WAIT, "fenced"), logging.INFO,
+                      f"wait {obs.name}: changed before a restart or while missing from a read; "
+                      "waiting for stats newer than that change")
+            return FENCED
+        return self._setmem(obs, decision, state)
+
+    def _setmem(self, obs: Observation, decision: Decision, state: _DomainState) -> str:
         # Written before the change: killed right after it, the next instance still waits for fresh figures.
-        self.changed_at[decision.name] = self.clock()
+        self.changed_at[obs.uuid] = self.clock()
         if self.journal is not None:
             self.journal.save(self.changed_at)
         try:
-            self.virsh.setmem(decision.name, decision.target_kib)
+            self.virsh.setmem(obs.uuid, decision.target_kib)
         except VirshTimeout as exc:
             # It may still land: wait for fresh stats as if it had.
             self._changed(decision, state)
             log.warning("%s (%s)", change_line(decision), exc.message)
-            return
+            return TIMED_OUT
         except VirshError as exc:
             if exc.domain_gone:
                 log.info("%s: gone before setmem (%s)", decision.name, exc.message)
-            else:
-                self._say(state, ("error", "setmem"), logging.ERROR,
-                          f"{change_line(decision)}: setmem failed: {exc.message}")
-            return
+                return GONE
+            self._say(state, ("error", "setmem"), logging.ERROR,
+                      f"{change_line(decision)}: setmem failed: {exc.message}")
+            return FAILED
         self._changed(decision, state)
         state.noted = None
         log.info("%s", change_line(decision))
+        return APPLIED
 
     def _changed(self, decision: Decision, state: _DomainState) -> None:
         state.history = state.history.after_change(self.clock(), decision.actual_kib, decision.target_kib)
 
     def _note(self, decision: Decision, state: _DomainState) -> None:
-        if decision.changes:  # dry run
-            self._say(state, (decision.action, decision.code), logging.INFO, "dry-run: " + change_line(decision))
-        elif decision.action == SKIP:
+        if decision.action == SKIP:
             self._say(state, (SKIP, decision.code), logging.INFO, f"skip {decision.name}: {decision.reason}")
         elif decision.action == HOLD and decision.code in _NOTABLE_HOLDS:
             self._say(state, (HOLD, decision.code), logging.INFO, f"hold {decision.name}: {decision.reason}")
@@ -168,6 +187,7 @@ class Daemon:
         self.config = config
         self._settings = {}
         self.collector.stats_period_s = config.stats_period
+        self.collector.setup = not config.dry_run
         self.host = HostReader(config, self.virsh, config.connect or default_uri())
 
     def run(self, stop: threading.Event, before: Callable[[], None] = lambda: None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -142,6 +143,9 @@ def render_dominfo(dom: dict) -> str:
     return "".join(f"{(key + ':').ljust(16)}{value}\n" for key, value in rows) + "\n"
 
 
+_AS_ID = re.compile(r"^[ \t\n\v\f\r]*[+-]?[0-9]+\Z")
+
+
 class FakeHost:
     def __init__(self, state: dict) -> None:
         self.state = state
@@ -151,9 +155,18 @@ class FakeHost:
         return [d for d in self.state.get("domains", []) if d.get("state", "running") == "running"]
 
     def domain(self, name: str) -> dict:
-        for dom in self.state.get("domains", []):
-            if name in (dom["name"], dom.get("uuid"), str(dom.get("id"))):
-                return dom
+        """virsh's lookup (virshLookupDomainInternal): a number is tried as a running domain's id,
+        then a 36-character string as a uuid, then it is a name. So `--domain 1` is the domain
+        with id 1 while there is one, whatever domain is named "1"."""
+        domains = self.state.get("domains", [])
+        if _AS_ID.match(name) and int(name) >= 0:  # strtol's reading: leading blanks and a sign
+            for dom in self.running():
+                if int(dom.get("id", -1)) == int(name):
+                    return dom
+        for key in ("uuid",) * (len(name) == 36) + ("name",):
+            for dom in domains:
+                if dom.get(key) == name:
+                    return dom
         raise Fail(f"error: failed to get domain '{name}'\n")
 
     def active(self, name: str) -> dict:

@@ -3,7 +3,7 @@
 A daemon killed in the middle of a cycle (SIGKILL, OOM killer, a crash) and
 started again knows nothing of the changes it made; the guests' figures can
 still be those its predecessor acted on, and it would act on them again. The
-new instance reads this file and waits, like its predecessor would have, for
+new instance reads this file (domains by uuid) and waits, like its predecessor would have, for
 figures newer than each change. Entries older than the staleness limit are
 dropped: figures that old are not acted on anyway.
 """
@@ -16,6 +16,7 @@ import os
 from typing import Dict, Optional
 
 from . import PROG
+from .safefiles import write_atomic
 
 log = logging.getLogger(PROG)
 
@@ -31,7 +32,7 @@ class ChangeJournal:
 
     def load(self, now: float, keep_s: float) -> Dict[str, float]:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             with os.fdopen(fd, encoding="utf-8") as handle:
                 data = json.load(handle)
         except FileNotFoundError:
@@ -46,16 +47,8 @@ class ChangeJournal:
 
     def save(self, changed_at: Dict[str, float]) -> None:
         """Atomically (a temp file renamed over it), never through a symlink."""
-        tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
-            try:
-                os.unlink(tmp)  # left by an instance killed while writing, with our pid
-            except FileNotFoundError:
-                pass
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(changed_at, handle)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(changed_at).encode("utf-8"), 0o600)
             self._failed = None
         except OSError as exc:
             if self._failed != exc.strerror:  # a restart could then repeat a change: say so, once

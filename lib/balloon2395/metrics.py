@@ -17,12 +17,14 @@ from typing import Dict, Iterator, Optional
 from urllib.parse import urlsplit
 
 from .config import Config
-from .daemon import Cycle
+from .daemon import APPLIED, OUTCOMES, Cycle
 from .policy import CHANGES, SKIP, cap_kib
+from .safefiles import write_atomic
 from .virsh import VirshError
 
 try:
-    from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+    # not write_to_textfile: its temp file has a predictable name, a place to plant a symlink
+    from prometheus_client import CollectorRegistry, generate_latest, start_http_server
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     AVAILABLE = True
 except ImportError:  # the daemon runs without it; asking for metrics then is a config error
@@ -43,8 +45,7 @@ class _Host:
 
     def __init__(self) -> None:
         self.cycle: Optional[Cycle] = None
-        self.dry_run = False
-        self.adjustments: Counter = Counter()  # direction -> setmem calls made
+        self.changes: Counter = Counter()  # (direction, outcome) -> changing decisions
         self.virsh_errors: Counter = Counter()  # command -> failed calls
 
 
@@ -62,20 +63,19 @@ class Metrics:
         if config.metrics_port is not None:
             self._server, _ = start_http_server(config.metrics_port, config.metrics_address, self.registry)
 
-    def add_host(self, label: str, dry_run: bool) -> None:
+    def add_host(self, label: str) -> None:
         with self._lock:
-            self._hosts.setdefault(label, _Host()).dry_run = dry_run
+            self._hosts.setdefault(label, _Host())
 
     def cycle_done(self, label: str, cycle: Optional[Cycle]) -> None:
-        """After each cycle: count what it changed, keep its figures, write the textfile."""
+        """After each cycle: count what became of its changes, keep its figures, write the textfile."""
         with self._lock:
             host = self._hosts[label]
             if cycle is not None and cycle is not host.cycle:
                 host.cycle = cycle
-                if not host.dry_run:
-                    host.adjustments.update(d.action for d in cycle.decisions if d.action in CHANGES)
+                host.changes.update((d.action, cycle.outcomes[d.name]) for d in cycle.decisions if d.changes)
         if self.textfile:
-            write_to_textfile(self.textfile, self.registry)
+            write_atomic(self.textfile, generate_latest(self.registry), 0o644)
 
     def virsh_error(self, label: str, command: str) -> None:
         with self._lock:
@@ -88,15 +88,18 @@ class Metrics:
 
     def collect(self) -> Iterator:
         with self._lock:
-            hosts = {label: (h.cycle, dict(h.adjustments), dict(h.virsh_errors)) for label, h in self._hosts.items()}
+            hosts = {label: (h.cycle, dict(h.changes), dict(h.virsh_errors)) for label, h in self._hosts.items()}
         per_domain = {field: GaugeMetricFamily(f"{NS}_domain_{field}_bytes", help_text, labels=["host", "domain"])
                       for field, help_text in (
                           ("actual", "the guest's current size (balloon.current)"),
                           ("usable", "memory the guest can use without swapping (MemAvailable)"),
-                          ("target", "the size the last decision moved the guest to (only when it changed it)"),
+                          ("target", "the size the last cycle's setmem moved the guest to (only when one succeeded)"),
                           ("maximum", "the most the guest may grow to (its maximum, or a configured cap)"))}
-        adjustments = CounterMetricFamily(f"{NS}_adjustments", "setmem calls made, by direction",
+        adjustments = CounterMetricFamily(f"{NS}_adjustments", "setmem calls that succeeded, by direction",
                                           labels=["host", "direction"])
+        outcomes = CounterMetricFamily(f"{NS}_changes", "changing decisions by what became of them: applied, "
+                                       "failed, timed-out (may have landed), gone, fenced, dry-run",
+                                       labels=["host", "direction", "outcome"])
         skipped = GaugeMetricFamily(f"{NS}_domains_skipped", "domains left alone in the last cycle, by reason",
                                     labels=["host", "reason"])
         errors = CounterMetricFamily(f"{NS}_virsh_errors", "virsh calls that failed or timed out, by command",
@@ -105,9 +108,11 @@ class Metrics:
         last = GaugeMetricFamily(f"{NS}_last_cycle_timestamp_seconds", "when the last cycle that could read "
                                  "the domains ran (alert when it falls behind)", labels=["host"])
         available = GaugeMetricFamily(f"{NS}_host_available_bytes", "the host's available memory", labels=["host"])
-        for label, (cycle, adjusted, failed) in sorted(hosts.items()):
+        for label, (cycle, changes, failed) in sorted(hosts.items()):
             for direction in CHANGES:
-                adjustments.add_metric([label, direction], adjusted.get(direction, 0))
+                adjustments.add_metric([label, direction], changes.get((direction, APPLIED), 0))
+                for outcome in OUTCOMES:
+                    outcomes.add_metric([label, direction, outcome], changes.get((direction, outcome), 0))
             for command, count in sorted(failed.items()):
                 errors.add_metric([label, command], count)
             if cycle is None:
@@ -120,13 +125,14 @@ class Metrics:
                 skipped.add_metric([label, reason], count)
             for obs, decision in zip(cycle.observations, cycle.decisions):
                 s = obs.stats
+                applied = cycle.outcomes.get(obs.name) == APPLIED
                 for field, kib in (("actual", s.actual_kib), ("usable", s.usable_kib),
-                                   ("target", decision.target_kib),
+                                   ("target", decision.target_kib if applied else None),
                                    ("maximum", cap_kib(s, cycle.settings[obs.name]))):
                     if kib is not None:
                         per_domain[field].add_metric([label, obs.name], kib * 1024)
         yield from per_domain.values()
-        yield from (adjustments, skipped, errors, duration, last, available)
+        yield from (adjustments, outcomes, skipped, errors, duration, last, available)
 
 
 class CountingVirsh:

@@ -1,11 +1,13 @@
 """Observing: one virsh read of every running domain per cycle, plus facts read once per domain.
 
 `domstats --balloon --list-running` gives all domains in one process (with
-their ids: lifetime.py). Only when that command is missing (old libvirt) does
-it fall back to `list` + `dommemstat` per domain. Per-domain set-up (dumpxml,
-switching the stats period on, the maximum in fallback mode) happens once per
-domain lifetime, which ends when the domain leaves the running list or is
-listed under a new (uuid, id): started again.
+their uuids and ids: lifetime.py). Only when that command is missing (old
+libvirt) does it fall back to `list` + `dommemstat` per domain. Per-domain
+set-up (dumpxml, switching the stats period on, the maximum in fallback mode)
+happens once per domain lifetime, which ends when the domain leaves the running
+list or is listed under a new (uuid, id): started again. Every call after the
+read names the domain by its uuid (lifetime.py says why); a domain the read
+gives no single uuid for is observed, never called.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set
 
 from .domain_xml import DomainFacts, parse_domain_xml
-from .lifetime import Lifetime, RunningReader
+from .lifetime import Lifetime, RunningRead, RunningReader, parse_running
 from .policy import Observation
 from .virsh import Virsh, VirshError
 from .virsh_output import BalloonStats, VirshOutputError
@@ -32,29 +34,31 @@ class _Known:
     maximum_kib: Optional[int] = None
     stats_requested_at: Optional[float] = None  # when we switched the stats period on
     stats_seen: bool = False  # usable reported since we last switched it on
-    lifetime: Optional[Lifetime] = None  # (uuid, id) of this run, when virsh lists ids
+    lifetime: Optional[Lifetime] = None  # (uuid, id) of this run
 
 
 class Collector:
     def __init__(self, virsh: Virsh, stats_period_s: int,
                  wants_stats: Callable[[str, DomainFacts], bool] = lambda name, facts: True,
                  setup: bool = True, clock: Callable[[], float] = time.time) -> None:
-        """`wants_stats` says whether a domain is managed at all (excluded and Windows
-        domains get no stats period); `setup=False` never changes a domain (status view)."""
+        """`wants_stats` says whether a domain may be changed at all (excluded and Windows
+        domains get no stats period); `setup=False` never changes a domain (status view, dry run)."""
         self.virsh, self.stats_period_s = virsh, stats_period_s
         self.wants_stats, self.setup, self.clock = wants_stats, setup, clock
         self.fallback = False
         self._known: Dict[str, _Known] = {}
         self._running = RunningReader(virsh)
         self.restarted: Set[str] = set()  # names started again since the last cycle
+        self.read_at = 0.0  # when the last read completed: its figures are not newer than this
 
     def collect(self) -> List[Observation]:
         """Raises VirshError when the running domains cannot be read at all."""
-        all_stats, lifetimes = self._read_all()
-        known = {s.name: self._carried(s.name, lifetimes.get(s.name)) for s in all_stats}
+        read = self._read_all()
+        self.read_at = self.clock()
+        known = {s.name: self._carried(s.name, read.lifetimes.get(s.name)) for s in read.stats}
         self.restarted = {name for name, k in known.items() if self._known.get(name) not in (None, k)}
         self._known = known
-        return [self._observe(stats, self._known[stats.name]) for stats in all_stats]
+        return [self._observe(stats, self._known[stats.name], read) for stats in read.stats]
 
     def _carried(self, name: str, lifetime: Optional[Lifetime]) -> _Known:
         """The cache of a domain's current run: kept while its (uuid, id) stays or is not listed."""
@@ -64,7 +68,7 @@ class Collector:
         known.lifetime = lifetime or known.lifetime
         return known
 
-    def _read_all(self) -> Tuple[List[BalloonStats], Dict[str, Lifetime]]:
+    def _read_all(self) -> RunningRead:
         if not self.fallback:
             try:
                 return self._parsed(self._running.read)
@@ -73,15 +77,16 @@ class Collector:
                     raise
                 log.warning("virsh domstats unavailable (%s): reading each domain with dommemstat", exc.message)
                 self.fallback = True
-        names = self.virsh.running_names()
+        listed = self._parsed(lambda: parse_running(
+            "\n" + self.virsh.run("list", "--uuid", "--name", "--state-running"), with_ids=False))
         out = []
-        for name in names:
+        for name, (uuid, _) in listed.lifetimes.items():
             try:
-                out.append(self._parsed(lambda: self.virsh.dommemstat(name)))
+                out.append(replace(self._parsed(lambda: self.virsh.dommemstat(uuid)), name=name))
             except VirshError as exc:
                 if not exc.domain_gone:
                     log.warning("%s: dommemstat failed: %s", name, exc.message)
-        return out, {}
+        return RunningRead(out, listed.lifetimes, listed.conflicts)
 
     @staticmethod
     def _parsed(read):
@@ -90,18 +95,22 @@ class Collector:
         except VirshOutputError as exc:
             raise VirshError([], 0, f"unparseable virsh output: {exc}") from None
 
-    def _observe(self, stats: BalloonStats, known: _Known) -> Observation:
+    def _observe(self, stats: BalloonStats, known: _Known, read: RunningRead) -> Observation:
         name = stats.name
+        problem = read.conflicts.get(name) or stats.problem
+        uuid = None if problem or name not in read.lifetimes else read.lifetimes[name][0]
+        if uuid is None:  # nothing to call it by this cycle
+            return Observation(stats, known.facts, known.stats_requested_at, None, problem)
         if known.facts is None:
             try:
-                known.facts = parse_domain_xml(self.virsh.dumpxml(name))
+                known.facts = parse_domain_xml(self.virsh.dumpxml(uuid))
             except (VirshError, ValueError) as exc:
                 log.warning("%s: cannot read domain XML: %s", name, exc)
-                return Observation(stats, None)
+                return Observation(stats, None, None, uuid)
         if stats.maximum_kib is None and self.fallback:
             if known.maximum_kib is None:
                 try:
-                    known.maximum_kib = self.virsh.max_memory_kib(name)
+                    known.maximum_kib = self.virsh.max_memory_kib(uuid)
                 except (VirshError, VirshOutputError) as exc:
                     log.warning("%s: cannot read maximum memory: %s", name, exc)
             stats = replace(stats, maximum_kib=known.maximum_kib)
@@ -114,9 +123,9 @@ class Collector:
                 known.stats_requested_at is None or known.stats_seen):
             known.stats_requested_at, known.stats_seen = self.clock(), False
             try:
-                self.virsh.enable_stats(name, self.stats_period_s)
+                self.virsh.enable_stats(uuid, self.stats_period_s)
                 known.facts = replace(known.facts, stats_period_s=self.stats_period_s)
                 log.info("%s: no fresh usable figure: stats period set to %ds", name, self.stats_period_s)
             except VirshError as exc:
                 log.warning("%s: cannot set the stats period: %s", name, exc.message)
-        return Observation(stats, known.facts, known.stats_requested_at)
+        return Observation(stats, known.facts, known.stats_requested_at, uuid)

@@ -36,6 +36,8 @@ class Observation:
     stats: BalloonStats
     facts: Optional[DomainFacts] = None  # None: dumpxml could not be read yet
     stats_since: Optional[float] = None  # when the daemon switched the stats period on
+    uuid: Optional[str] = None  # what every call names it by; None: the read gave it no single uuid
+    problem: Optional[str] = None  # why the read cannot be trusted for it (given twice, ...)
 
     @property
     def name(self) -> str:
@@ -218,6 +220,10 @@ def _eligibility(obs: Observation, settings: DomainSettings, history: History, n
         return SKIP, "excluded", "excluded by config"
     if settings.invalid:
         return SKIP, "bad-metadata", f"its settings metadata is not usable: {settings.invalid}"
+    if obs.problem:
+        return SKIP, "inconsistent-read", f"inconsistent read: {obs.problem}"
+    if obs.uuid is None:
+        return WAIT, "no-uuid", "not in the read's list of running domains (started during the read?)"
     if facts is None:
         return WAIT, "no-xml", "domain XML not read yet"
     if facts.windows and not settings.manage_windows:
@@ -228,12 +234,20 @@ def _eligibility(obs: Observation, settings: DomainSettings, history: History, n
         return SKIP, "no-balloon", f"no virtio balloon device (model {facts.balloon_model or 'absent'})"
     if not stats.actual_kib:
         return SKIP, "no-size", "no balloon size reported"
-    if cap_kib(stats, settings) is None:
-        return SKIP, "no-maximum", "domain maximum unknown"
+    if not stats.maximum_kib:
+        return SKIP, "no-maximum", f"domain maximum {'0' if stats.maximum_kib == 0 else 'unknown'}"
+    if stats.actual_kib > stats.maximum_kib:
+        return SKIP, "inconsistent", (f"inconsistent stats: actual {mib(stats.actual_kib)} MiB > "
+                                      f"maximum {mib(stats.maximum_kib)} MiB")
+    if settings.maximum_kib is not None and stats.actual_kib > settings.maximum_kib:
+        return SKIP, "above-cap", (f"actual {mib(stats.actual_kib)} MiB is above the configured maximum "
+                                   f"{mib(settings.maximum_kib)} MiB: left to the operator")
     if stats.usable_kib is None or stats.last_update is None:
-        return SKIP, "no-usable", "guest reports no usable memory (stats period off, or no balloon driver)"
+        return SKIP, "no-usable", ("guest reports no usable memory (stats period off, or no balloon driver); "
+                                   "the daemon sets a stats period, a dry run or a view never does")
     if facts.stats_period_s is None:
-        return SKIP, "no-period", "no stats period: the figures are frozen at boot"
+        return SKIP, "no-period", ("no stats period: the figures are frozen at boot; "
+                                   "the daemon sets one, a dry run or a view never does")
     if obs.stats_since is not None and stats.last_update <= obs.stats_since:
         return WAIT, "stats-starting", "waiting for the first report since the stats period was set"
     if stats.last_update > now + FUTURE_TOLERANCE_S:
@@ -276,14 +290,23 @@ def decide(obs: Observation, settings: DomainSettings, history: History, now: fl
     if blocked is not None:
         action, code, reason = blocked
         return Decision(obs.name, action, code, reason, stats.actual_kib, None, history)
-    cap = cap_kib(stats, settings)
-    action, target, code, reason = POLICIES[policy](stats, settings, cap, signals)
-    # Defence in depth: whatever a policy proposes, these bounds hold.
-    if action == GROW and not stats.actual_kib < target <= cap:
-        action, target, code, reason = HOLD, None, "refused", f"refused grow to {target} KiB: outside ({stats.actual_kib}, {cap}]"
-    if action == SHRINK and not settings.critical_kib <= target < stats.actual_kib:
-        action, target, code, reason = HOLD, None, "refused", f"refused shrink to {target} KiB: below floor or not a shrink"
-    return Decision(obs.name, action, code, reason, stats.actual_kib, target, history)
+    action, target, code, reason = POLICIES[policy](stats, settings, cap_kib(stats, settings), signals)
+    return bounded(Decision(obs.name, action, code, reason, stats.actual_kib, target, history), stats, settings)
+
+
+def bounded(decision: Decision, stats: BalloonStats, settings: DomainSettings) -> Decision:
+    """Defence in depth, after every policy and the host fit: a grow ends above the current size
+    and at most at the cap; a shrink ends below it and at least at the floor; neither above the cap.
+    Anything else is refused, whatever the figures or the policy said."""
+    if not decision.changes:
+        return decision
+    actual, target, cap = stats.actual_kib, decision.target_kib, cap_kib(stats, settings)
+    if (isinstance(actual, int) and isinstance(target, int) and isinstance(cap, int) and actual > 0 and target <= cap
+            and (actual < target if decision.action == GROW else settings.critical_kib <= target < actual)):
+        return decision
+    return replace(decision, action=HOLD, target_kib=None, code="refused",
+                   reason=f"refused {decision.action} to {target} KiB: outside the bounds (size {actual} KiB, "
+                          f"floor {settings.critical_kib} KiB, cap {cap} KiB)")
 
 
 def decide_all(observations: Sequence[Observation], settings: Mapping[str, DomainSettings],
@@ -294,7 +317,8 @@ def decide_all(observations: Sequence[Observation], settings: Mapping[str, Domai
                  for obs in observations]
     if host is None or policy == "step":  # the original's rule knows nothing of the host
         return decisions
-    return fit_host(decisions, {o.name: o for o in observations}, settings, host)
+    fitted = fit_host(decisions, {o.name: o for o in observations}, settings, host)
+    return [bounded(d, obs.stats, settings[obs.name]) for d, obs in zip(fitted, observations)]
 
 
 def fit_host(decisions: List[Decision], observations: Mapping[str, Observation],

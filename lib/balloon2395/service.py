@@ -3,7 +3,8 @@
 One process serves every URI of `connect:`, each through its own Daemon, lock,
 virsh and thread, so a slow remote host never delays the others' cycles.
 Signal handlers only set flags (no locks in a handler); the main thread acts on
-them: SIGTERM/SIGINT let every daemon finish its current cycle and stop,
+them: SIGTERM/SIGINT let every daemon finish its current cycle and stop (with
+--once too; while starting, before any cycle, they stop it before the first),
 SIGHUP reloads the config (same file, same flags) and hands each daemon the new
 one to take before its next cycle. A bad new file is one ERROR line and the
 old config stays.
@@ -31,6 +32,7 @@ from .virsh_session import open_virsh
 log = logging.getLogger(PROG)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_RUNNING = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C in a one-shot view or check: the shell's 128 + SIGINT
 # Taken once at start: a reload cannot move a lock, a connection or a listening socket.
 RESTART_ONLY = ("uris", "virsh", "timeout", "session", "lock_dir", "metrics_textfile", "metrics_port",
                 "metrics_address")
@@ -108,7 +110,7 @@ class Service:
         virsh = open_virsh(config)
         counted = virsh
         if self.metrics is not None:
-            self.metrics.add_host(label, config.dry_run)
+            self.metrics.add_host(label)
             counted = CountingVirsh(virsh, lambda command: self.metrics.virsh_error(label, command))
         daemon = Daemon(config, counted, journal=ChangeJournal(journal_path(lock.path)))
         return Connection(uri, label, virsh, daemon, statefile.path_for(lock))
@@ -130,21 +132,8 @@ class Service:
 
     # ------------------------------------------------------------ the loop
 
-    def once(self) -> int:
-        failed = []
-
-        def cycle(conn: Connection) -> None:
-            if conn.daemon.cycle() is None:
-                failed.append(conn.uri)
-            self._after(conn)
-
-        for conn in self.connections:  # one after the other, each in a thread named for its URI (logs)
-            thread = threading.Thread(target=cycle, args=(conn,), name=conn.uri)
-            thread.start()
-            thread.join()
-        return EXIT_FAIL if failed else EXIT_OK
-
-    def run(self) -> int:
+    def catch_signals(self) -> None:
+        """From here on a signal only sets a flag: no KeyboardInterrupt can cut a cycle, a start or a close."""
         def on_stop(*_):
             self.signals.stop = True
 
@@ -154,6 +143,25 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
+
+    def once(self) -> int:
+        failed = []
+
+        def cycle(conn: Connection) -> None:
+            if conn.daemon.cycle() is None:
+                failed.append(conn.uri)
+            self._after(conn)
+
+        for at, conn in enumerate(self.connections):  # one after the other, each in a thread named for its URI
+            if self.signals.stop:  # as the loop: the cycle under way was finished, no other starts
+                log.info("stopped before the cycle of %s", ", ".join(c.uri for c in self.connections[at:]))
+                break
+            thread = threading.Thread(target=cycle, args=(conn,), name=conn.uri)
+            thread.start()
+            thread.join()
+        return EXIT_FAIL if failed else EXIT_OK
+
+    def run(self) -> int:
         c = self.config
         log.info("started for %s: band %g-%g%%, every %gs%s", ", ".join(self.uris), c.defaults.minimal,
                  c.defaults.maximal, c.secs, " (dry run)" if c.dry_run else "")
@@ -243,8 +251,12 @@ def _open_metrics(config: cfg.Config):
 
 def serve(config: cfg.Config, path: Optional[str], flags: Dict[str, Any], once: bool) -> int:
     service = Service(config, path, flags)
+    service.catch_signals()  # before the lock and virsh: a signal while starting also ends cleanly
     try:
         service.start()
+        if service.signals.stop:
+            log.info("stopped before the first cycle")
+            return EXIT_OK
         return service.once() if once else service.run()
     except Failed as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

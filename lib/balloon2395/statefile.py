@@ -13,7 +13,8 @@ import os
 from typing import Any, Dict, Optional
 
 from .daemon import Cycle
-from .lock import InstanceLock
+from .lock import InstanceLock, alive
+from .safefiles import write_atomic
 from .status import row_dict
 
 
@@ -26,6 +27,7 @@ def snapshot(uri: str, cycle: Cycle) -> Dict[str, Any]:
     for obs, decision in zip(cycle.observations, cycle.decisions):
         settings = cycle.settings[obs.name]
         row = row_dict(obs, settings, decision)
+        row["outcome"] = cycle.outcomes.get(obs.name)  # what became of a change; None when none was decided
         # explain's inputs: every figure the rule read, and what the daemon remembers
         row["explain"] = {"stats": dataclasses.asdict(obs.stats), "settings": dataclasses.asdict(settings),
                           "history": dataclasses.asdict(decision.history),
@@ -37,11 +39,7 @@ def snapshot(uri: str, cycle: Cycle) -> Dict[str, Any]:
 
 
 def write(path: str, uri: str, cycle: Cycle) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(snapshot(uri, cycle), handle, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(snapshot(uri, cycle), ensure_ascii=False).encode("utf-8"), 0o644)
 
 
 def remove(path: str) -> None:
@@ -54,16 +52,12 @@ def remove(path: str) -> None:
 def read(path: str) -> Optional[Dict[str, Any]]:
     """The last cycle of a daemon that still runs, else None."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        # nothing but the file the daemon wrote: no symlink followed, no FIFO waited on
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, encoding="utf-8") as handle:
             state = json.load(handle)
-        _alive(int(state["pid"]))
+        pid = int(state["pid"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # no file (a torn one cannot exist: rename), or its writer is gone
-    return state
+        return None  # no file (a torn one cannot exist: rename)
+    return state if alive(pid) else None  # else its writer is gone
 
-
-def _alive(pid: int) -> None:
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        pass  # alive, and someone else's (root's daemon, read by a user)

@@ -36,23 +36,27 @@ def row_dict(obs: Observation, settings: DomainSettings, decision: Decision) -> 
 
 
 def render_json(rows: Sequence[Dict[str, Any]]) -> str:
-    """`rows`: row_dict()s (explain's inputs, when present, are left to `explain`)."""
+    """`rows`: row_dict()s (explain's inputs, when present, are left to `explain`); with a daemon
+    running, "last" is its last decision and what became of it (applied, failed, ...)."""
     return json.dumps([{k: v for k, v in d.items() if k != "explain"} for d in rows], indent=2, ensure_ascii=False)
 
 
 def render_table(rows: Sequence[Dict[str, Any]]) -> str:
     if not rows:
         return "no running domains"
-    lines: List[Tuple[str, ...]] = [COLUMNS]
+    with_last = any("last" in d for d in rows)  # a daemon runs: its last decision and its outcome
+    columns = COLUMNS[:-2] + ("LAST",) * with_last + COLUMNS[-2:]
+    lines: List[Tuple[str, ...]] = [columns]
     for d in rows:
         next_action = d["next"] + (f" -> {d['target_mib']}" if d["target_mib"] is not None else "")
         low, high = d["band_pct"]
         lines.append((
             d["domain"], _mib_text(d["actual_mib"]), _mib_text(d["usable_mib"]),
             "-" if d["usable_pct"] is None else f"{d['usable_pct']}%",
-            f"{low:g}-{high:g}%", str(d["floor_mib"]), _mib_text(d["maximum_mib"]), next_action, d["why"],
+            f"{low:g}-{high:g}%", str(d["floor_mib"]), _mib_text(d["maximum_mib"]),
+            *((d.get("last", "-"),) if with_last else ()), next_action, d["why"],
         ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS) - 1)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1]
         for line in lines

@@ -1,7 +1,7 @@
 """The only place that runs virsh: argv lists through `sh`, LC_ALL=C, a timeout on every call.
 
-Domain names always follow `--domain`, so a name starting with '-' is data,
-never an option.
+A domain always follows `--domain`, so one starting with '-' is data, never an
+option. The daemon passes uuids there (lifetime.py says why), names only in tests.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 
 import sh
 
-from .virsh_output import BalloonStats, parse_dominfo_max_kib, parse_domstats, parse_dommemstat, parse_names
+from .virsh_output import BalloonStats, parse_dominfo_max_kib, parse_domstats, parse_dommemstat
 
 
 class VirshError(Exception):
@@ -100,6 +100,9 @@ class Virsh:
             raise VirshError(argv, None, f"virsh not found: {self.binary!r} (install libvirt-clients or set --virsh)") from None
         except OSError as exc:
             raise VirshError(argv, None, f"cannot run {self.binary!r}: {exc.strerror}") from None
+        except ValueError:
+            # sh reads the child's exec report from a pipe; a virsh killed while starting leaves it cut short
+            raise VirshError(argv, None, f"{self.binary!r} ended while starting") from None
         if _waited(result, self.timeout):
             raise VirshTimeout(argv, None, f"virsh {' '.join(args[:2])} timed out after {self.timeout:g}s")
         stdout = result.stdout.decode("utf-8", "replace")
@@ -112,24 +115,21 @@ class Virsh:
     def domstats_balloon(self) -> List[BalloonStats]:
         return parse_domstats(self.run("domstats", "--balloon", "--list-running"))
 
-    def running_names(self) -> List[str]:
-        return parse_names(self.run("list", "--name", "--state-running"))
+    def dommemstat(self, domain: str) -> BalloonStats:
+        return parse_dommemstat(domain, self.run("dommemstat", "--domain", domain))
 
-    def dommemstat(self, name: str) -> BalloonStats:
-        return parse_dommemstat(name, self.run("dommemstat", "--domain", name))
+    def max_memory_kib(self, domain: str) -> int:
+        return parse_dominfo_max_kib(self.run("dominfo", "--domain", domain))
 
-    def max_memory_kib(self, name: str) -> int:
-        return parse_dominfo_max_kib(self.run("dominfo", "--domain", name))
-
-    def enable_stats(self, name: str, period_s: int) -> None:
-        self.run("dommemstat", "--domain", name, "--period", str(period_s), "--live")
+    def enable_stats(self, domain: str, period_s: int) -> None:
+        self.run("dommemstat", "--domain", domain, "--period", str(period_s), "--live")
 
     def nodememstats(self) -> str:
         return self.run("nodememstats")
 
-    def dumpxml(self, name: str) -> str:
-        return self.run("dumpxml", "--domain", name)
+    def dumpxml(self, domain: str) -> str:
+        return self.run("dumpxml", "--domain", domain)
 
-    def setmem(self, name: str, kib: int) -> None:
+    def setmem(self, domain: str, kib: int) -> None:
         # Plain KiB: virsh reads 'mb' as 10^6 bytes, the original's unit defect.
-        self.run("setmem", "--domain", name, "--size", str(int(kib)), "--live")
+        self.run("setmem", "--domain", domain, "--size", str(int(kib)), "--live")

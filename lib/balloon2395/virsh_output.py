@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 class VirshOutputError(ValueError):
@@ -20,7 +20,8 @@ class VirshOutputError(ValueError):
 class BalloonStats:
     """One domain's balloon figures; sizes in KiB, last_update in epoch seconds.
 
-    Fields the guest does not report are None (virsh omits them).
+    Fields the guest does not report are None (virsh omits them). `problem` says why
+    the block cannot be trusted although it parsed (one figure given twice).
     """
 
     name: str
@@ -36,6 +37,7 @@ class BalloonStats:
     minor_fault: Optional[int] = None
     rss_kib: Optional[int] = None
     last_update: Optional[int] = None
+    problem: Optional[str] = None
 
 
 # virsh key (dommemstat spelling; domstats uses '-' in last-update and
@@ -68,30 +70,37 @@ def _whole(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _stats(name: str, pairs: Dict[str, str]) -> BalloonStats:
-    values = {}
-    for key, raw in pairs.items():
+def _stats(name: str, pairs: List[Tuple[str, str]]) -> BalloonStats:
+    values: Dict[str, int] = {}
+    given: Dict[str, str] = {}  # field -> the key that gave it
+    problem = None
+    for key, raw in pairs:
         field_name = _BY_KEY.get(key)
         if field_name is None:
             continue  # hugetlb_* and fields newer libvirt may add
         if not _whole(raw):
             raise VirshOutputError(f"{name}: {key} is not a whole number: {raw!r}")
+        if field_name in given:
+            # 'current' and 'actual', or one key twice: which one virsh meant is unknowable,
+            # and the last one winning would make a guess look like a figure.
+            problem = problem or f"{given[field_name]} and {key} both given in one report"
+        given[field_name] = key
         values[field_name] = int(raw)
-    return BalloonStats(name=name, **values)
+    return BalloonStats(name=name, problem=problem, **values)
 
 
 def parse_domstats(text: str) -> List[BalloonStats]:
     """`virsh domstats --balloon [--list-running]`: a block per domain."""
     domains: List[BalloonStats] = []
     name: Optional[str] = None
-    pairs: Dict[str, str] = {}
+    pairs: List[Tuple[str, str]] = []
     for number, line in enumerate(text.split("\n"), 1):
         # Nine lines in ten, so checked first and cheaply: a per-cycle cost with 100 guests.
         if line.startswith(_BALLOON):
             key, sep, value = line[len(_BALLOON):].partition("=")
-            if name is None or not sep or key in pairs or key not in _KNOWN_KEYS and not _KEY.match(key):
+            if name is None or not sep or key not in _KNOWN_KEYS and not _KEY.match(key):
                 raise VirshOutputError(f"line {number}: unexpected key {key!r}")
-            pairs[key] = value
+            pairs.append((key, value))
             continue
         if not line.strip():
             continue
@@ -99,7 +108,7 @@ def parse_domstats(text: str) -> List[BalloonStats]:
         if header:
             if name is not None:
                 domains.append(_stats(name, pairs))
-            name, pairs = header.group(1), {}
+            name, pairs = header.group(1), []
             continue
         key, sep, value = line.strip().partition("=")
         if name is None or not line.startswith("  ") or not sep:
@@ -111,20 +120,15 @@ def parse_domstats(text: str) -> List[BalloonStats]:
 
 def parse_dommemstat(name: str, text: str) -> BalloonStats:
     """`virsh dommemstat DOM`: `key value` lines, fields present only if reported."""
-    pairs: Dict[str, str] = {}
+    pairs: List[Tuple[str, str]] = []
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2 or not _KEY.match(parts[0]) or parts[0] in pairs:
+        if len(parts) != 2 or not _KEY.match(parts[0]):
             raise VirshOutputError(f"line {number} is not 'key value': {line[:80]!r}")
-        pairs[parts[0]] = parts[1]
+        pairs.append((parts[0], parts[1]))
     return _stats(name, pairs)  # without a balloon device only 'rss' is there
-
-
-def parse_names(text: str) -> List[str]:
-    """`virsh list --name`: one name per line, a blank line at the end."""
-    return [line for line in text.split("\n") if line]
 
 
 def parse_dominfo_max_kib(text: str) -> int:

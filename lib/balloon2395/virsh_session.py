@@ -19,8 +19,10 @@ session its exit status is not available. virsh's own notes about the connection
 
 A session is replaced when its process ends, a command outlasts the timeout
 (the process is killed), the connection dropped, or the transcript is not the
-one expected. While no session can start, each call runs as its own process
-(Virsh.run) and a new session is tried after a growing pause.
+one expected. A call that finds virsh gone before any byte of its answer came
+(it ended while idle) is sent again to a new session, so it costs no cycle; one
+that ends inside an answer fails. While no session can start, each call runs as
+its own process (Virsh.run) and a new session is tried after a growing pause.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ class SessionBroken(VirshError):
     """The session cannot go on (ended, out of step): the call fails, the next starts a new one."""
 
 
+class SessionEnded(SessionBroken):
+    """virsh was gone before any byte of the answer came: it ended while idle, most likely before it
+    read the command."""
+
+
 def _line_end(data: bytearray, line: bytes) -> int:
     """Where the first whole line `line` in `data` ends, -1 while it has not come."""
     if data.startswith(line):
@@ -123,15 +130,26 @@ class VirshSession(Virsh):
         if _CONTROL.search(line):
             return Virsh.run(self, *argv)
         with self._lock:
-            if self._proc is not None and not self._proc.is_alive():
-                self._stop(kill=True)  # ended while idle (killed, crashed): nothing was lost, start anew
-            if self._proc is None and not self._start():
-                return Virsh.run(self, *argv)
             try:
-                return self._command(line, argv)
-            except (SessionBroken, VirshTimeout):
-                self._stop(kill=True)
-                raise
+                return self._in_session(line, argv)
+            except SessionEnded:
+                # Sent once more, to a new virsh: every command the daemon sends is idempotent (the reads,
+                # `dommemstat --period`, setmem to an absolute size), so even one the dead virsh did run
+                # comes out the same. A session that ended inside an answer is not retried (SessionBroken).
+                return self._in_session(line, argv)
+
+    def _in_session(self, line: str, argv: List[str]) -> str:
+        # sh's view of the process comes from a thread that may not have seen it end yet; a pipe
+        # whose writer is gone says so at once.
+        if self._proc is not None and _hung_up(self._pipes[0]):
+            self._stop(kill=True)  # ended while idle (killed, crashed): nothing was lost, start anew
+        if self._proc is None and not self._start():
+            return Virsh.run(self, *argv)
+        try:
+            return self._command(line, argv)
+        except (SessionBroken, VirshTimeout):
+            self._stop(kill=True)
+            raise
 
     # ------------------------------------------------------------ session
 
@@ -265,7 +283,9 @@ class VirshSession(Virsh):
         except OSError:
             pass
         said = self._unread[1].decode("utf-8", "replace")
-        return SessionBroken(argv, None, _message(said, None) + " (virsh ended)")
+        # Before the command's echo, stdout holds at most the prompt that followed the last answer.
+        answered = self._unread[1] or not self._prompt.encode().startswith(bytes(self._unread[0]))
+        return (SessionBroken if answered else SessionEnded)(argv, None, _message(said, None) + " (virsh ended)")
 
 
 def _readable(fds: List[int], timeout_s: float) -> List[int]:
@@ -274,6 +294,13 @@ def _readable(fds: List[int], timeout_s: float) -> List[int]:
     for fd in fds:
         poller.register(fd, select.POLLIN)
     return [fd for fd, _ in poller.poll(timeout_s * 1000)]
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether every writer of the pipe is gone, whatever is still unread in it."""
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLHUP is reported whatever the mask asks for
+    return any(event & select.POLLHUP for _, event in poller.poll(0))
 
 
 def open_virsh(config: Config) -> Virsh:

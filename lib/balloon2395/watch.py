@@ -21,7 +21,7 @@ from .host import HostReader
 from .lock import InstanceLock, LockError, default_dir
 from .observe import Collector
 from .policy import History, Limits, decide_all
-from .service import one_uri
+from .service import EXIT_INTERRUPTED, one_uri
 from .status import render_json, render_table
 from .units import mib
 from .virsh import VirshError, default_uri
@@ -56,8 +56,10 @@ def read_now(config: cfg.Config, uri: str, histories: Dict[str, History]) -> Cyc
     config = one_uri(config, uri)
     virsh = open_virsh(config)
     try:
-        started, now = time.monotonic(), time.time()
-        observations = Collector(virsh, config.stats_period, setup=False).collect()
+        started = time.monotonic()
+        collector = Collector(virsh, config.stats_period, setup=False)
+        observations = collector.collect()
+        now = collector.read_at
         settings = {obs.name: config.for_domain(obs.name, obs.facts.settings if obs.facts else ())
                     for obs in observations}
         host = HostReader(config, virsh, uri).read()
@@ -76,7 +78,21 @@ def view(config: cfg.Config, uri: str) -> View:
             row["domain"]: History(**row["explain"]["history"]) for row in state["domains"]}
     except (KeyError, TypeError):  # written by another version of the daemon
         state, histories = None, {}
-    return View(uri, state, statefile.snapshot(uri, read_now(config, uri, histories)))
+    now = statefile.snapshot(uri, read_now(config, uri, histories))
+    if state is not None:
+        last = {d["domain"]: d for d in state["domains"]}
+        for row in now["domains"]:
+            row["last"] = last_decision(last.get(row["domain"]))
+    return View(uri, state, now)
+
+
+def last_decision(row: Optional[Dict[str, Any]]) -> str:
+    """The daemon's last decision for a domain and, for a change, what became of it."""
+    if row is None:
+        return "-"
+    target = f" -> {row['target_mib']}" if row["target_mib"] is not None else ""
+    outcome = row.get("outcome")
+    return f"{row['next']}{target}" + (f" {outcome}" if outcome else "")
 
 
 def pressure_order(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -111,8 +127,8 @@ def status(config: cfg.Config, as_json: bool, watch: bool, refresh_s: float, cou
             time.sleep(refresh_s)
             if not sys.stdout.isatty():
                 print()
-    except KeyboardInterrupt:
-        return 0
+    except KeyboardInterrupt:  # the way to leave --watch; a one-shot view was cut short
+        return 0 if watch else EXIT_INTERRUPTED
 
 
 def explain(config: cfg.Config, name: str) -> int:
@@ -163,7 +179,9 @@ def render_explain(config: cfg.Config, v: View, now: Dict[str, Any], last: Optio
         lines.append("last decision: " + (NO_DAEMON if v.daemon is None else "none yet (new to the daemon)"))
     else:
         at = time.strftime("%H:%M:%S", time.localtime(v.daemon["at"]))
-        lines.append(f"last decision ({at}, daemon pid {v.daemon['pid']}): {_decision(last)}")
+        outcome = last.get("outcome")
+        lines.append(f"last decision ({at}, daemon pid {v.daemon['pid']}): {_decision(last)}"
+                     + (f"; outcome: {outcome}" if outcome else ""))
     lines.append(f"next decision (a cycle now): {_decision(now)}")
     return "\n".join(lines)
 

@@ -28,13 +28,14 @@ WORDS = ["o'brien", 'say "hi"', "semi;colon x", "#hash", "back\\slash", "café �
 def test_a_session_against_real_virsh(guest_factory, e2e_report):
     quote = guest_factory.create("o'brien é", current_mib=256, max_mib=512)
     session = VirshSession("virsh", URI, timeout=30)
-    stats, lifetimes = parse_running(session.run_line(READ_LINE))
-    assert quote.name in {s.name for s in stats} and lifetimes[quote.name][0] == quote.uuid
+    read = parse_running(session.run_line(READ_LINE))
+    assert quote.name in {s.name for s in read.stats} and read.lifetimes[quote.name][0] == quote.uuid
+    assert read.conflicts == {}
     assert session.dumpxml(quote.name) == Virsh("virsh", URI).dumpxml(quote.name)
     with pytest.raises(VirshError) as gone:  # an error in the middle: the session goes on
         session.dommemstat(quote.name + " not")
     assert gone.value.domain_gone and gone.value.message == f"error: failed to get domain '{quote.name} not'"
-    session.setmem(quote.name, 240 * MIB)
+    session.setmem(quote.uuid, 240 * MIB)
     quote.wait_actual(240 * MIB)
     for word in WORDS:  # virsh's echo says back what its parser made of our quoting
         assert session.run("echo", word) == word + "\n"

@@ -28,7 +28,11 @@ from ..virsh_output import BalloonStats, VirshOutputError
 # What libvirt says when libvirtd is not there (virsh 9.0, captured).
 DAEMON_DOWN = ("error: failed to connect to the hypervisor\n"
                "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': Connection refused\n")
-_FIGURE = re.compile(r"^(  balloon\.(current|usable|last-update)=)(\d+)$", re.M)
+_FIGURE = re.compile(r"^(  balloon\.(current|maximum|usable|last-update)=)(\d+)$", re.M)
+_BLOCK = re.compile(r"^Domain: '[^\n]*'\n(?:  [^\n]*\n)*", re.M)
+_LISTED = re.compile(r"^([0-9a-f-]{36}) ", re.M)
+_LIST_LINE = re.compile(r"^([0-9a-f-]{36}) [0-9]+ ([^\n]+)$", re.M)
+_HEADER = re.compile(r"^Domain: '([^\n]*)'$", re.M)
 
 
 class _Wrapped(Virsh):
@@ -53,7 +57,7 @@ class FaultyVirsh(_Wrapped):
     for some calls. `tried` counts the faults by kind."""
 
     FAULTS = ("hang", "error", "garbage", "truncated", "future", "backwards", "usable>actual", "actual=0",
-              "vanished", "no-effect")
+              "actual>maximum", "maximum=0", "block-twice", "figure-twice", "uuid-twice", "vanished", "no-effect")
 
     def __init__(self, inner: Virsh, rng: random.Random, rate: float = 0.0) -> None:
         super().__init__(inner)
@@ -97,33 +101,78 @@ class FaultyVirsh(_Wrapped):
         return self._doctored(kind, out)
 
     def _doctored(self, kind: str, out: str) -> str:
-        """One domain's figure made wrong in a way a parser cannot see, only the safety rules."""
+        """One domain's figures made wrong in a way a parser cannot see, only the safety rules."""
+        if kind in ("block-twice", "figure-twice", "uuid-twice"):
+            return self._repeated(kind, out)
+        if kind == "actual>maximum":
+            return self._oversized(out)
         figures = list(_FIGURE.finditer(out))
         wanted = {"future": "last-update", "backwards": "last-update", "usable>actual": "usable",
-                  "actual=0": "current"}.get(kind)
+                  "actual=0": "current", "maximum=0": "maximum"}.get(kind)
         figures = [m for m in figures if m.group(2) == wanted]
         if not figures:
             return out
         m = self.rng.choice(figures)
         value = int(m.group(3))
         new = {"future": value + 3600, "backwards": max(0, value - 3600), "usable>actual": value * 50,
-               "actual=0": 0}[kind]
+               "actual=0": 0, "maximum=0": 0}[kind]
         return out[:m.start(3)] + str(new) + out[m.end(3):]
+
+    def _oversized(self, out: str) -> str:
+        """A guest reported larger than its maximum, its usable share kept: a policy that believed
+        it would shrink it toward a size still above the maximum."""
+        blocks = [m for m in _BLOCK.finditer(out) if "balloon.usable=" in m.group(0)]
+        if not blocks:
+            return out
+        m = self.rng.choice(blocks)
+        figures = dict(re.findall(r"balloon\.(current|maximum|usable)=(\d+)", m.group(0)))
+        current, maximum = int(figures["current"]), int(figures["maximum"])
+        bigger = max(current, maximum) + maximum // 4 + 1
+        block = re.sub(r"balloon\.current=\d+", f"balloon.current={bigger}", m.group(0))
+        block = re.sub(r"balloon\.usable=\d+", f"balloon.usable={int(figures['usable']) * bigger // max(current, 1)}",
+                       block)
+        return out[:m.start()] + block + out[m.end():]
+
+    def _repeated(self, kind: str, out: str) -> str:
+        """A read that gives one domain twice: its block again with other figures, a figure again
+        under its other key, or its uuid again on another domain's list line."""
+        if kind == "uuid-twice":
+            listed = list(_LISTED.finditer(out))
+            if len(listed) < 2:
+                return out
+            a, b = self.rng.sample(listed, 2)
+            return out[:b.start(1)] + a.group(1) + out[b.end(1):]
+        blocks = list(_BLOCK.finditer(out))
+        if not blocks:
+            return out
+        m = self.rng.choice(blocks)
+        block = m.group(0)
+        if kind == "block-twice":
+            copy = re.sub(r"(balloon\.current=)(\d+)", lambda c: c.group(1) + str(int(c.group(2)) // 2), block)
+            return out[:m.end()] + "\n" + copy + out[m.end():]
+        extra = re.sub(r"^  balloon\.current=(\d+)$", lambda c: f"  balloon.actual={int(c.group(1)) * 2}",
+                       block, flags=re.M)
+        lines = [line for line in extra.splitlines(True) if line.startswith("  balloon.actual=")]
+        return out[:m.end()] + "".join(lines) + out[m.end():] if lines else out
 
 
 class CheckedVirsh(_Wrapped):
     """Records what the daemon read and checks each setmem against it (see the module doc).
 
-    A setmem is unsafe when: the domain was not in the last good read (the read
-    failed, or printed garbage), its figures were missing, stale, future-dated or
-    inconsistent (usable > actual, actual 0), it shrinks below the floor or grows
-    above the maximum, it is the domain's second in one cycle, or the figures are
-    not newer than the domain's last change."""
+    A setmem is unsafe when: it names the domain other than by the uuid the last good
+    read listed for it (a name can be another domain's id), the domain was not in that
+    read (the read failed, or printed garbage) or the read gave it twice, its figures
+    were missing, stale, future-dated or inconsistent (usable > actual, actual 0 or
+    above the maximum, maximum 0, a figure given twice), it shrinks below the floor,
+    its size is above the maximum (or configured cap) whichever way it moves, it is
+    the domain's second in one cycle, or the figures are not newer than the domain's
+    last change."""
 
     def __init__(self, inner: Virsh, config: Config, clock: Callable[[], float]) -> None:
         super().__init__(inner)
         self.config, self.clock = config, clock
-        self.seen: Dict[str, BalloonStats] = {}
+        self.seen: Dict[str, BalloonStats] = {}  # uuid -> the figures of the domain listed under it
+        self.conflicts: Set[str] = set()  # uuids the last read gave twice or to two names
         self.changed_at: Dict[str, float] = {}
         self.this_cycle: Set[str] = set()
         self.reads = self.setmems = 0
@@ -135,10 +184,17 @@ class CheckedVirsh(_Wrapped):
         self._read_starts()
         out = self.inner.run_line(line)
         try:
-            stats, _ = parse_running(out)
+            read = parse_running(out)
         except VirshOutputError:
             return out
-        self.seen = {s.name: s for s in stats}
+        # Its own reading of the list and the block headers, not the daemon's: a domain given
+        # twice must be seen here even if the daemon's parser let it through.
+        by_name = {s.name: s for s in read.stats}
+        listed = _LIST_LINE.findall(out)
+        blocks = Counter(_HEADER.findall(out))
+        uuids, names = Counter(u for u, _ in listed), Counter(n for _, n in listed)
+        self.seen = {uuid: by_name[name] for uuid, name in listed if name in by_name}
+        self.conflicts = {uuid for uuid, name in listed if uuids[uuid] > 1 or names[name] > 1 or blocks[name] > 1}
         return out
 
     def run(self, *args: str) -> str:
@@ -148,34 +204,38 @@ class CheckedVirsh(_Wrapped):
 
     def _read_starts(self) -> None:
         self.reads += 1
-        self.seen, self.this_cycle = {}, set()
+        self.seen, self.conflicts, self.this_cycle = {}, set(), set()
 
-    def _setmem(self, name: str, kib: int, args) -> str:
+    def _setmem(self, domain: str, kib: int, args) -> str:
         now = self.clock()
         self.setmems += 1
-        for problem in self._problems(name, kib, now):
-            self.violations.append(f"setmem {name} {kib} KiB at {now:.1f}: {problem}")
-        self.this_cycle.add(name)
+        for problem in self._problems(domain, kib, now):
+            self.violations.append(f"setmem {domain} {kib} KiB at {now:.1f}: {problem}")
+        self.this_cycle.add(domain)
         try:
             out = self.inner.run(*args)
         except VirshTimeout:
-            self.changed_at[name] = now  # it may have landed
+            self.changed_at[domain] = now  # it may have landed
             raise
-        self.changed_at[name] = now
+        self.changed_at[domain] = now
         return out
 
-    def _problems(self, name: str, kib: int, now: float) -> List[str]:
-        s = self.seen.get(name)
+    def _problems(self, domain: str, kib: int, now: float) -> List[str]:
+        s = self.seen.get(domain)
         if s is None:
-            return ["not in the last good read"]
+            return ["not addressed by a uuid of the last good read"]
+        if domain in self.conflicts:
+            return ["the last read gave this domain twice"]
         if s.actual_kib is None or s.usable_kib is None or s.last_update is None or s.maximum_kib is None:
             return [f"figures missing: {s}"]
         problems = []
-        settings = self.config.for_domain(name)
+        settings = self.config.for_domain(s.name)
         if settings.exclude:
             problems.append("excluded domain")
-        if s.actual_kib <= 0 or s.usable_kib > s.actual_kib:
-            problems.append(f"inconsistent figures: actual {s.actual_kib}, usable {s.usable_kib}")
+        if s.actual_kib <= 0 or s.usable_kib > s.actual_kib or s.maximum_kib <= 0 or s.actual_kib > s.maximum_kib \
+                or s.problem:
+            problems.append(f"inconsistent figures: actual {s.actual_kib}, usable {s.usable_kib}, "
+                            f"maximum {s.maximum_kib}, {s.problem or 'each figure once'}")
         if now - s.last_update > self.config.stale_after_s:
             problems.append(f"stale figures ({now - s.last_update:.0f}s old)")
         if s.last_update > now + FUTURE_TOLERANCE_S:
@@ -183,11 +243,11 @@ class CheckedVirsh(_Wrapped):
         if kib < s.actual_kib and kib < settings.critical_kib:
             problems.append(f"shrink below the floor {settings.critical_kib}")
         cap = min(s.maximum_kib, settings.maximum_kib or s.maximum_kib)
-        if kib > s.actual_kib and kib > cap:
-            problems.append(f"grow above the maximum {cap}")
-        if name in self.this_cycle:
+        if kib > cap:
+            problems.append(f"size above the maximum {cap}")
+        if domain in self.this_cycle:
             problems.append("second setmem in one cycle")
-        last: Optional[float] = self.changed_at.get(name)
+        last: Optional[float] = self.changed_at.get(domain)
         if last is not None and s.last_update <= last:
             problems.append(f"figures (stamped {s.last_update}) not newer than the last change at {last:.1f}")
         return problems
