@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up balloon-2395 where this script lives: a .venv with its dependencies.
 #   ./install.sh         runtime dependencies (sh, filelock, PyYAML)
-#   ./install.sh --dev   also the test dependencies (pytest, hypothesis)
+#   ./install.sh --dev   also the test dependencies (pytest, hypothesis, mypy, ruff)
 #   ./install.sh --bench also the benchmark's plotting (matplotlib); options may be combined
 #   ./install.sh --metrics also prometheus-client, for the daemon's metrics
 #   ./install.sh --systemd also a systemd unit running this checkout (enabled, started) and

@@ -58,7 +58,7 @@ class FakeHost:
         self.dir = Path(tempfile.mkdtemp(prefix="b2395-cost-"))
         (self.dir / "bin").mkdir()
         self.virsh = self.dir / "bin" / "virsh"
-        self.virsh.write_text(f"#!/bin/sh\nexec {sys.executable} -m balloon2395.fake_virsh \"$@\"\n")
+        self.virsh.write_text(f"#!/bin/sh\nexec {sys.executable} -m balloon2395.sim.fake_virsh \"$@\"\n")
         self.virsh.chmod(0o755)
         self.state, self.calls, self.cpu = self.dir / "state.json", self.dir / "calls.log", self.dir / "cpu.log"
         stats = {"swap_in": 0, "swap_out": 0, "major_fault": 12, "minor_fault": 345678, "unused": 400 * MIB,

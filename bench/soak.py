@@ -32,14 +32,14 @@ sys.path.insert(0, str(ROOT / "lib"))
 from balloon2395 import PROG  # noqa: E402
 from balloon2395.config import Config  # noqa: E402
 from balloon2395.daemon import Daemon  # noqa: E402
-from balloon2395.sim.faults import CheckedVirsh, FaultyVirsh  # noqa: E402
 from balloon2395.sim.host import TICKS_PER_S  # noqa: E402
 from balloon2395.sim.run import Simulation  # noqa: E402
 from balloon2395.sim.scenario import load  # noqa: E402
+from balloon2395_testkit.faults import CheckedVirsh, FaultyVirsh  # noqa: E402
 
 OUTAGE_EVERY_S = 3 * 3600  # libvirtd restarts this often...
-OUTAGE_CALLS = 40
-HOUR_TICKS, MINUTE_TICKS = 3600 * TICKS_PER_S, 60 * TICKS_PER_S  # ...and this many calls fail meanwhile (with the backoff, a few minutes)
+OUTAGE_CALLS = 40  # ...and this many calls fail meanwhile (with the backoff, a few minutes)
+HOUR_TICKS, MINUTE_TICKS = 3600 * TICKS_PER_S, 60 * TICKS_PER_S
 # Guest kinds, cycled through: (current, maximum, swap, repeat, workload steps).
 _KINDS = [
     ("1GiB", "2GiB", "0", None, []),
@@ -134,7 +134,8 @@ def soak(hours: float = 24, guests: int = 50, seed: int = 0, rate: float = 0.005
         "unsafe_actions": len(checked.violations) + bounds, "violations": checked.violations[:20],
         "tracebacks": len(escaped) + len(counter.tracebacks), "log_lines": counter.levels,
         "oom_kills": sum(g.state.oom_kills for g in sim.host.guests),
-        "rss_start_kib": hourly[0], "rss_end_kib": rss_kib(), "rss_hourly_kib": hourly, "real_s": round(time.monotonic() - started, 1),
+        "rss_start_kib": hourly[0], "rss_end_kib": rss_kib(), "rss_hourly_kib": hourly,
+        "real_s": round(time.monotonic() - started, 1),
     }
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from balloon2395 import config as cfg
 from balloon2395.units import parse_size_kib
-from conftest import ROOT, domain
+from conftest import ROOT, domain, run_cli
 
 MIB = 1024
 
@@ -97,6 +95,14 @@ def test_file_errors(tmp_path):
         cfg.load(str(tmp_path / "missing.yaml"), {})
 
 
+def test_a_file_nested_deeper_than_the_yaml_parser_goes_is_one_line(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("[" * 1000)  # the parser's recursion ends long before: a RecursionError inside
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(str(path), {})
+    assert str(err.value) == f"{path}: file: nested too deeply"
+
+
 def test_flags_override_the_file_and_are_named_as_flags(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("minimal: 20\nmaximal: 30\n")
@@ -121,7 +127,7 @@ yaml_values = st.recursive(
     max_leaves=8)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=4 * settings.default.max_examples)  # cheap examples: a larger share of the budget
 @given(st.dictionaries(st.sampled_from(list(cfg.KEYS) + ["maximum", "bogus"]), yaml_values, max_size=5))
 def test_any_value_is_a_config_or_a_config_error(values):
     try:
@@ -140,13 +146,12 @@ def test_bad_config_exits_2_with_one_line_and_no_virsh_call(fake_host, text, wor
     host = fake_host(domain("web1", usable_mib=100))
     host.config.write_text(text)
     for argv in (["--once"], ["status"]):
-        result = host.run(*argv)
+        result = host.cli(*argv)
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and words in lines[0] and str(host.config) in lines[0]
         assert host.calls() == []
-    check = subprocess.run([str(ROOT / "balloon-2395"), "check-config", str(host.config)],
-                           env=host.env, capture_output=True, text=True)
+    check = run_cli(["check-config", str(host.config)], host.env)
     assert check.returncode == 2 and words in check.stderr
 
 
@@ -227,14 +232,13 @@ def test_the_same_key_in_different_mappings_and_over_a_yaml_merge_is_fine(tmp_pa
 def test_check_config_refuses_a_key_given_twice_with_exit_2(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("policy: step\nminimal: 20\nminimal: 30\n")
-    check = subprocess.run([str(ROOT / "balloon-2395"), "check-config", str(path)], capture_output=True, text=True)
+    check = run_cli(["check-config", str(path)])
     assert check.returncode == 2
     assert check.stderr == f"balloon-2395: {path}: file: not valid YAML at line 3: key 'minimal' given twice " \
                            "(first at line 2)\n"
 
 
 def test_check_config_accepts_the_example():
-    result = subprocess.run([str(ROOT / "balloon-2395"), "check-config", str(ROOT / "examples" / "config.yaml")],
-                            capture_output=True, text=True)
+    result = run_cli(["check-config", str(ROOT / "examples" / "config.yaml")])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(": ok")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+
 import pytest
 
-from balloon2395.fake_virsh import PROMPT, FakeHost
 from balloon2395.lifetime import READ_LINE, parse_running
+from balloon2395.sim.fake_virsh import PROMPT, FakeHost
 from balloon2395.virsh_output import BalloonStats, parse_dommemstat
 from conftest import FIXTURES, LIB
 
@@ -80,7 +81,8 @@ def test_same_bytes_as_real_virsh(argv, domains, capture):
 
 
 def test_setmem_and_period_succeed_like_real_virsh():
-    assert call([dict(WEB)], "setmem", "--domain", WEB["name"], "--size", "400000", "--live") == expect("setmem-live.ok")
+    assert call([dict(WEB)], "setmem", "--domain", WEB["name"], "--size", "400000", "--live") == \
+        expect("setmem-live.ok")
     assert call([dict(WEB)], "dommemstat", "--domain", WEB["name"], "--period", "1", "--live") == \
         expect("dommemstat-period-1-live")
     assert call([dict(OFF)], "dommemstat", "--domain", OFF["name"], "--period", "1", "--live")[1:] == \
@@ -105,7 +107,7 @@ def test_the_executable_records_calls_and_applies_setmem(tmp_path):
     state, log = tmp_path / "state.json", tmp_path / "calls.log"
     state.write_text(json.dumps({"domains": [dict(WEB)]}))
     env = {"FAKE_VIRSH_STATE": str(state), "FAKE_VIRSH_LOG": str(log), "PYTHONPATH": str(LIB), "LC_ALL": "C"}
-    argv = [sys.executable, "-m", "balloon2395.fake_virsh", "-c", "qemu:///system",
+    argv = [sys.executable, "-m", "balloon2395.sim.fake_virsh", "-c", "qemu:///system",
             "setmem", "--domain", WEB["name"], "--size", "400000", "--live"]
     result = subprocess.run(argv, env=env, capture_output=True)
     assert (result.returncode, result.stdout, result.stderr) == (0, b"\n", b"")
@@ -132,7 +134,7 @@ def run_fake(tmp_path, domains, argv, stdin: bytes = b"", **env):
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"domains": domains}))
     env.update(FAKE_VIRSH_STATE=str(state), PYTHONPATH=str(LIB), LC_ALL="C")
-    result = subprocess.run([sys.executable, "-m", "balloon2395.fake_virsh", *argv], input=stdin, env=env,
+    result = subprocess.run([sys.executable, "-m", "balloon2395.sim.fake_virsh", *argv], input=stdin, env=env,
                             capture_output=True)
     return result.stdout.decode("utf-8"), result.stderr.decode("utf-8"), result.returncode
 
@@ -144,7 +146,8 @@ def transcript(capture: str) -> dict:
 
 def test_a_cycles_read_as_real_virsh(tmp_path):
     read = parse_running(fixture("domstats-balloon-list-running-and-ids"))
-    domains = [dom_of(s, s.maximum_kib, uuid=read.lifetimes[s.name][0], id=read.lifetimes[s.name][1]) for s in read.stats]
+    domains = [dom_of(s, s.maximum_kib, uuid=read.lifetimes[s.name][0], id=read.lifetimes[s.name][1])
+               for s in read.stats]
     assert run_fake(tmp_path, domains, ["-c", "qemu:///system", READ_LINE]) == \
         expect("domstats-balloon-list-running-and-ids")
 

@@ -12,9 +12,10 @@ import pytest
 from balloon2395 import config as cfg
 from balloon2395.daemon import RETRY_MAX_S, Daemon
 from balloon2395.lifetime import READ_LINE
-from balloon2395.sim.faults import DAEMON_DOWN, CheckedVirsh, FaultyVirsh
 from balloon2395.virsh import VirshError, VirshTimeout
+from balloon2395_testkit.faults import DAEMON_DOWN, CheckedVirsh, FaultyVirsh
 from conftest import MIB, T0, Clock, StateVirsh, domain, still_host, uuid_of
+
 
 class Host:
     """The real Daemon over a fake host, every setmem checked; `hang` makes commands time out."""

@@ -10,13 +10,17 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from balloon2395.domain_xml import parse_domain_xml
-from balloon2395.lifetime import parse_running
-from balloon2395.sim.faults import CheckedVirsh
-from balloon2395.virsh_output import (VirshOutputError, parse_dominfo_max_kib, parse_dommemstat, parse_domstats,
-                                      parse_nodememstats)
-from conftest import FIXTURES, StateVirsh, domain
+from balloon2395.lifetime import READ_LINE, parse_running
+from balloon2395.virsh_output import (
+    VirshOutputError,
+    parse_dominfo_max_kib,
+    parse_dommemstat,
+    parse_domstats,
+    parse_nodememstats,
+)
+from balloon2395_testkit.faults import CheckedVirsh
+from conftest import FIXTURES, T0, domain, still_host
 
-T0 = 1_800_000_000
 NUMBERS = st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.sampled_from([0, -1, 1e308, -1e308, 2 ** 63])
 SCALARS = st.none() | st.booleans() | NUMBERS | st.text(max_size=16) | st.sampled_from(
     ["512MiB", "-5GiB", "99999999PiB", "1e9", "10%", "150%", "nan", "inf", "[", "*", "[z-a]", "\x00"])
@@ -38,7 +42,7 @@ def _one_line_or_config(path):
     return config
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(CONFIGS)
 def test_any_yaml_config_file_is_a_config_or_one_line(tmp_path, values):
     path = tmp_path / "config.yaml"
@@ -52,12 +56,11 @@ def test_any_yaml_config_file_is_a_config_or_one_line(tmp_path, values):
             config.for_domain(name)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=200))
 @example(b"minimal: 20\nlogdir: /var/log/b\xe9\n")
 @example(b"\xff\xfe" + "minimal: 20".encode("utf-16-le"))
 @example(b"a: &a [*a, *a, *a]\n")
-@example(b"[" * 5000)
 @example(b"minimal: !!python/object/apply:os.system ['true']\n")
 def test_any_bytes_as_a_config_file_is_a_config_or_one_line(tmp_path, raw):
     path = tmp_path / "config.yaml"
@@ -94,7 +97,7 @@ def mangled(draw):
     return "".join(text)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=4 * settings.default.max_examples)  # cheap examples: a larger share of the budget
 @given(mangled())
 def test_parsers_refuse_garbage_but_never_raise_anything_else(text):
     for parse in PARSERS:
@@ -108,23 +111,16 @@ def test_parsers_refuse_garbage_but_never_raise_anything_else(text):
         pass
 
 
-
-
-@settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_daemon_on_mangled_reads_never_acts_unsafely(data):
-    state = {"domains": [domain("web1", usable_mib=300, last_update=T0), domain("idle", usable_mib=1500,
-                                                                                 last_update=T0)]}
-    for dom in state["domains"]:
-        dom.pop("age")
-    fake = StateVirsh(state)
-    good = fake.run_line("domstats --balloon --list-running ; list --uuid --id --name --state-running")
+    fake = still_host(domain("web1", usable_mib=300), domain("idle", usable_mib=1500))
+    good = fake.run_line(READ_LINE)
     bad = data.draw(mangled_from(good))
     answer = fake.answer
     fake.answer = lambda c, a: (bad, "", 0) if c.startswith("domstats") else answer(c, a)
     config = cfg.build({"policy": "step", "host_memory": "off"})
-    checked = CheckedVirsh(fake, config, lambda: float(T0))
-    Daemon(config, checked, lambda: float(T0)).cycle()
+    checked = CheckedVirsh(fake, config, lambda: T0)
+    Daemon(config, checked, lambda: T0).cycle()
     assert checked.violations == []
 
 

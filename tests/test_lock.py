@@ -1,4 +1,5 @@
-"""Single instance per connection, with real processes."""
+"""Single instance per connection: the first instance a real process, a second one in process
+(test_processes.py starts several real ones at once)."""
 
 from __future__ import annotations
 
@@ -9,59 +10,44 @@ import socket
 import stat
 import subprocess
 import threading
-import time
 
 import filelock
 import pytest
 
-from balloon2395 import config as cfg
+from balloon2395 import config as cfg, lock as lock_module
 from balloon2395.lock import AlreadyRunning, InstanceLock, LockError, canonical_uri, default_dir
-from conftest import domain
-
-
-def _wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _lock_files(host):
-    return list(host.lock_dir.glob("*.pid")) if host.lock_dir.exists() else []
+from conftest import domain, run_cli, wait_for
 
 
 def test_second_instance_says_who_holds_the_lock_and_exits_3(fake_host, daemons):
     host = fake_host(domain("web1", usable_mib=600))
     first = daemons(host, "--secs", "0.2")
-    assert _wait_for(lambda: _lock_files(host)), "first instance never took the lock"
-    second = subprocess.run(host.daemon_argv("--once"), env=host.env, capture_output=True, text=True, timeout=60)
+    assert wait_for(host.lock_files), "first instance never took the lock"
+    second = host.cli("--once")
     assert second.returncode == 3
     assert f"pid {first.pid}" in second.stderr and "already running for qemu:///" in second.stderr
     # the second one made no virsh call at all (the first one's calls are all domstats/dumpxml)
     assert host.setmems() == []
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=20) == 0
-    assert _lock_files(host) == []  # the pid file goes with a clean stop
+    assert host.lock_files() == []  # the pid file goes with a clean stop
 
 
 def test_sigkill_never_blocks_the_next_start(fake_host, daemons):
     host = fake_host(domain("web1", usable_mib=600))
     first = daemons(host, "--secs", "0.2")
-    assert _wait_for(lambda: _lock_files(host))
+    assert wait_for(host.lock_files)
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
-    again = subprocess.run(host.daemon_argv("--once"), env=host.env, capture_output=True, text=True, timeout=60)
+    again = host.cli("--once")
     assert again.returncode == 0, again.stderr
 
 
 def test_one_lock_per_connection(fake_host, daemons):
     host = fake_host(domain("web1", usable_mib=600))
     daemons(host, "--secs", "0.2", "--connect", "qemu:///system")
-    assert _wait_for(lambda: _lock_files(host))
-    other = subprocess.run(host.daemon_argv("--once", "--connect", "qemu+ssh://host2/system"), env=host.env,
-                           capture_output=True, text=True, timeout=60)
+    assert wait_for(host.lock_files)
+    other = host.cli("--once", "--connect", "qemu+ssh://host2/system")
     assert other.returncode == 0, other.stderr
 
 
@@ -101,8 +87,7 @@ def test_default_dir_root_and_user():
 
 def test_lock_error_is_one_line_exit_1(fake_host, tmp_path):
     host = fake_host(domain("web1"))
-    result = subprocess.run(host.daemon_argv("--once")[:-2] + ["--lock-dir", str(tmp_path / "no" / "such")],
-                            env=host.env, capture_output=True, text=True, timeout=60)
+    result = run_cli(host.daemon_argv("--once")[1:-2] + ["--lock-dir", str(tmp_path / "no" / "such")], host.env)
     assert result.returncode == 1
     assert result.stderr.strip().startswith("balloon-2395: cannot create lock directory")
 
@@ -152,12 +137,12 @@ def test_a_second_spelling_finds_the_first_instance_in_process(tmp_path, spellin
 def test_the_second_start_with_another_spelling_exits_3_naming_the_first_pid(fake_host, daemons, second):
     host = fake_host(domain("web1", usable_mib=600))
     first = daemons(host, "--secs", "0.2", "-c", "qemu:///system")
-    assert _wait_for(lambda: _lock_files(host)), "first instance never took the lock"
+    assert wait_for(host.lock_files), "first instance never took the lock"
     env, args = dict(host.env), []
     for arg in second:
         key, _, value = arg.partition("=")
         env.update({key: value}) if key == "LIBVIRT_DEFAULT_URI" else args.append(arg)
-    result = subprocess.run(host.daemon_argv("--once", *args), env=env, capture_output=True, text=True, timeout=60)
+    result = run_cli(host.daemon_argv("--once", *args)[1:], env)
     assert result.returncode == 3, result.stderr
     assert f"pid {first.pid}" in result.stderr and "already running for" in result.stderr
     assert host.setmems() == []
@@ -268,7 +253,7 @@ def test_a_planted_lock_symlink_stops_the_start_in_one_line_exit_1(fake_host, tm
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     os.symlink(victim, InstanceLock("qemu:///system", str(host.lock_dir)).path)
-    result = host.run("--once")
+    result = host.cli("--once")
     assert result.returncode == 1
     assert result.stderr.strip().startswith("balloon-2395: refusing lock file") and "symlink" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and victim.read_text() == "precious\n"
@@ -289,7 +274,8 @@ def _dead_pid():
     return proc.pid
 
 
-def test_a_refused_start_never_names_a_dead_pid_from_a_killed_holders_file(tmp_path):
+def test_a_refused_start_never_names_a_dead_pid_from_a_killed_holders_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(lock_module, "HOLDER_WAIT_S", 0.2)  # the wait for a live holder, all of it spent here
     first = InstanceLock("qemu:///system", str(tmp_path / "lock"))
     first.acquire()
     (tmp_path / "lock" / os.path.basename(first.pid_path)).write_text(f"{_dead_pid()}\n")  # left by a killed one

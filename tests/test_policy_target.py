@@ -4,12 +4,13 @@ safety invariants, with the host in play, are checked with the step policy's in 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from balloon2395.config import DomainSettings
 from balloon2395.domain_xml import DomainFacts
-from balloon2395.policy import (GROW, HOLD, SHRINK, History, HostMemory, Limits, Observation, Signals, decide,
-                                decide_all, target, target_size_kib)
+from balloon2395.host import HostMemory
+from balloon2395.observe import Observation
+from balloon2395.policy import GROW, HOLD, SHRINK, History, Limits, Signals, decide, decide_all, target, target_size_kib
 from balloon2395.virsh_output import BalloonStats
 
 MIB = 1024
@@ -68,7 +69,6 @@ def guest_step(actual_kib: int, target_kib: int, used_kib: int, maximum_kib: int
     return min(max(target_kib, used_kib + 16 * MIB), maximum_kib)
 
 
-@settings(max_examples=300, deadline=None)
 @given(used=st.integers(64, 6000), start=st.integers(300, 8192), maximum=st.integers(1024, 8192),
        headroom=st.integers(0, 512))
 def test_simulate_until_stable(used, start, maximum, headroom):

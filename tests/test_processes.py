@@ -9,20 +9,13 @@ import time
 
 import pytest
 
-from conftest import domain
-from test_lock import _wait_for
-
-
-def _setmems(host):
-    """setmem commands, run as their own virsh or inside a virsh session."""
-    argvs = [c["in_session"] if isinstance(c, dict) else c for c in host.calls()]
-    return [argv for argv in argvs if "setmem" in argv]
+from conftest import domain, wait_for
 
 
 def test_started_at_the_same_instant_exactly_one_runs(fake_host, daemons):
     host = fake_host(domain("web1", usable_mib=600))
     procs = [daemons(host, "--secs", "0.2") for _ in range(4)]
-    assert _wait_for(lambda: sum(p.poll() is not None for p in procs) == 3)
+    assert wait_for(lambda: sum(p.poll() is not None for p in procs) == 3)
     (runner,) = [p for p in procs if p.poll() is None]
     for proc in procs:
         if proc is not runner:
@@ -37,24 +30,24 @@ def test_sigkill_mid_cycle_then_restart_changes_nothing_twice(fake_host, daemons
     now = int(time.time())
     host = fake_host(domain("web1", usable_mib=300, last_update=now))  # figures that stay those of `now`
     if moment == "inside setmem":
-        host.write({**host.read(), "faults": {"setmem": {"sleep": 2, "times": 1}}})
+        host.write({**host.read(), "faults": {"setmem": {"sleep": 0.5, "times": 1}}})
         first = daemons(host, "--secs", "0.2")
-        assert _wait_for(lambda: _setmems(host))  # the setmem has started
+        host.signal_inside(first, signal.SIGKILL, "setmem")
     else:
         first = daemons(host, "--secs", "0.2")
-        assert _wait_for(lambda: host.read()["domains"][0]["actual_kib"] != 2048 * 1024)
-    os.kill(first.pid, signal.SIGKILL)
+        assert wait_for(lambda: host.read()["domains"][0]["actual_kib"] != 2048 * 1024)
+        first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
-    again = host.run("--once")
+    again = host.cli("--once")
     assert again.returncode == 0, again.stderr  # the lock was free
-    assert len(_setmems(host)) == 1, again.stderr  # the figures are still those acted on: no second change
+    assert len(host.setmems()) == 1, again.stderr  # the figures are still those acted on: no second change
     if "stale" not in again.stderr:
         assert "wait web1: changed before a restart" in again.stderr
     state = host.read()
     state["domains"][0]["last_update"] = int(time.time()) + 1  # the guest reports
     host.write(state)
-    assert host.run("--once").returncode == 0
-    assert len(_setmems(host)) == 2
+    assert host.cli("--once").returncode == 0
+    assert len(host.setmems()) == 2
 
 
 def test_journal_survives_only_what_matters(tmp_path):

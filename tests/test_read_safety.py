@@ -12,11 +12,11 @@ import pytest
 
 from balloon2395 import config as cfg
 from balloon2395.daemon import APPLIED, DRY_RUN, FAILED, FENCED, Daemon
-from balloon2395.fake_virsh import FakeHost
 from balloon2395.lifetime import READ_LINE, parse_running
-from balloon2395.sim.faults import CheckedVirsh
+from balloon2395.sim.fake_virsh import FakeHost
 from balloon2395.statefile import snapshot
 from balloon2395.virsh_session import VirshSession
+from balloon2395_testkit.faults import CheckedVirsh
 from conftest import MIB, T0, Clock, domain, still_host, uuid_of
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -212,7 +212,7 @@ def test_a_reload_into_dry_run_stops_switching_periods_on():
                                   ("--once", "--dry-run")])
 def test_views_and_dry_runs_say_what_would_be_done_and_switch_nothing_on(fake_host, view):
     host = fake_host(domain("quiet", usable_mib=300, period=0), domain("web1", usable_mib=300))
-    result = host.run(*view)
+    result = host.cli(*view)
     assert result.returncode == 0, result.stderr
     assert not any("--period" in call or "setmem" in call for call in host.calls())
     assert "a dry run or a view never does" in result.stdout + result.stderr
@@ -271,7 +271,7 @@ def test_a_failed_setmem_is_counted_as_a_failure_not_an_adjustment(fake_host, tm
     state["faults"] = {"setmem": {"exit": 1, "stderr": "error: internal error: oops\n"}}
     host.write(state)
     prom = tmp_path / "b.prom"
-    assert host.run("--once", "--metrics-textfile", str(prom)).returncode == 0
+    assert host.cli("--once", "--metrics-textfile", str(prom)).returncode == 0
     samples = {(s.name, s.labels.get("direction"), s.labels.get("outcome")): s.value
                for family in text_string_to_metric_families(prom.read_text()) for s in family.samples}
     assert samples[("balloon2395_adjustments_total", "grow", None)] == 0

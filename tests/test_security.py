@@ -12,11 +12,10 @@ import subprocess
 
 import pytest
 
-from balloon2395 import config as cfg
-from balloon2395 import logs
+from balloon2395 import config as cfg, logs
 from balloon2395.safefiles import unsafe_config
 from balloon2395.virsh import Virsh
-from conftest import LIB, ROOT, domain
+from conftest import LIB, ROOT, domain, run_cli
 
 SOURCES = sorted((LIB / "balloon2395").rglob("*.py"))
 AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="the config ownership rule applies to root only")
@@ -156,8 +155,7 @@ def test_cli_refuses_it_in_one_line_exit_2_before_any_virsh_call(fake_host):
     host.config.chmod(0o666)
     for argv in (["--once"], ["status"], ["check-config", str(host.config)]):
         args = argv if argv[0] == "check-config" else host.daemon_argv(*argv)[1:]
-        result = subprocess.run([str(ROOT / "balloon-2395"), *args], env=host.env, capture_output=True, text=True,
-                                timeout=60)
+        result = run_cli(args, host.env)
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "refused as root" in lines[0] and str(host.config) in lines[0]
@@ -252,7 +250,7 @@ def _linked_config(tmp_path, layout):
     real = directory / "config.yaml"
     real.write_text("minimal: 20\n")
     real.chmod(0o644)
-    for name, mode, uid in reversed(layout):
+    for _, mode, uid in reversed(layout):
         os.chown(directory, uid, -1)
         directory.chmod(mode)
         directory = directory.parent
@@ -338,6 +336,7 @@ def test_cli_on_a_fifo_config_exits_2_at_once(fake_host, tmp_path, command):
     argv = [str(ROOT / "balloon-2395"), *[arg.format(fifo) for arg in command]]
     if command[0] != "check-config":
         argv += ["--lock-dir", str(host.lock_dir)]
+    # a process, not run_cli: a start that blocked on the FIFO fails on the timeout instead of hanging the suite
     result = subprocess.run(argv, env=host.env, capture_output=True, text=True, timeout=20)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"balloon-2395: {fifo}: file: is a FIFO, not a regular file"]

@@ -1,5 +1,6 @@
 """The daemon as a host service, with real processes: signals, reload, logs for the journal,
-several connections from one process, the state file behind `status --watch` and `explain`."""
+several connections from one process, the state file behind `status --watch` and `explain`
+(the views and one-shot runs beside a running daemon are run in process)."""
 
 from __future__ import annotations
 
@@ -14,52 +15,32 @@ from pathlib import Path
 import pytest
 
 from balloon2395 import ksm
-from conftest import MIB, domain
-from test_lock import _lock_files, _wait_for
-
-
-def _commands(host):
-    """virsh's argv lists, whether virsh ran once per call or as one session (logged as in_session)."""
-    return [c["in_session"] if isinstance(c, dict) else c for c in host.calls()]
-
-
-def _setmems(host):
-    return [c for c in _commands(host) if "setmem" in c]
-
-
-def _state_files(host):
-    return list(host.lock_dir.glob("*.state.json")) if host.lock_dir.exists() else []
-
-
-def _state(host):
-    files = _state_files(host)
-    return json.loads(files[0].read_text()) if files else None
+from conftest import FAKE_VIRSH, MIB, domain, wait_for
 
 
 def test_sigterm_mid_setmem_finishes_the_change_then_stops_cleanly(fake_host, daemons):
     host = fake_host(domain("web1", usable_mib=370))
     state = host.read()
-    state["faults"] = {"setmem": {"sleep": 1.5}}  # a slow setmem: the signal lands inside it
+    state["faults"] = {"setmem": {"sleep": 0.5}}  # a slow setmem: the signal lands inside it
     host.write(state)
     proc = daemons(host, "--secs", "0.2")
-    assert _wait_for(lambda: _setmems(host)), "no setmem started"
-    proc.send_signal(signal.SIGTERM)
+    host.signal_inside(proc, signal.SIGTERM, "setmem")
     assert proc.wait(timeout=20) == 0
     err = proc.stderr.read()
     # the change that was under way was completed and logged, then nothing more
     assert "INFO grow web1 2048 -> 2148 MiB" in err
     assert err.rstrip().endswith("INFO stopped")
-    assert len(_setmems(host)) == 1
-    assert _lock_files(host) == [] and _state_files(host) == []
+    assert len(host.setmems()) == 1
+    assert host.lock_files() == [] and host.state_files() == []
 
 
 def test_sigint_stops_with_exit_0(fake_host, daemons):
     host = fake_host(domain("web1", usable_mib=600))
     proc = daemons(host, "--secs", "0.2")
-    assert _wait_for(lambda: _state_files(host))
+    assert wait_for(host.state_files)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0
-    assert _lock_files(host) == []
+    assert host.lock_files() == []
 
 
 def _children(pid):
@@ -86,17 +67,17 @@ def _alive(pid):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_once_finishes_the_setmem_then_cleans_up(fake_host, daemons, signum):
     host = fake_host(domain("web1", usable_mib=370))
-    host.write({**host.read(), "faults": {"setmem": {"sleep": 1.5}}})  # a slow setmem: the signal lands inside it
+    host.write({**host.read(), "faults": {"setmem": {"sleep": 0.5}}})  # a slow setmem: the signal lands inside it
     proc = daemons(host, "--once")
-    assert _wait_for(lambda: _setmems(host)), "no setmem started"
+    assert wait_for(host.setmems), "no setmem started"
     session = _children(proc.pid)  # the session virsh answering that setmem
     assert session
-    proc.send_signal(signum)
+    host.signal_inside(proc, signum, "setmem")
     assert proc.wait(timeout=20) == 0
     err = proc.stderr.read()
     assert "INFO grow web1 2048 -> 2148 MiB" in err and "Traceback" not in err
-    assert len(_setmems(host)) == 1
-    assert _lock_files(host) == [] and _state_files(host) == []
+    assert len(host.setmems()) == 1
+    assert host.lock_files() == [] and host.state_files() == []
     assert not any(_alive(pid) for pid in session)
 
 
@@ -122,7 +103,7 @@ def test_a_signal_while_starting_ends_cleanly_before_any_cycle(fake_host, signum
     result = _signalled_while_starting(host, signum, *mode)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "INFO stopped before the first cycle" in result.stderr
-    assert host.calls() == [] and _lock_files(host) == []
+    assert host.calls() == [] and host.lock_files() == []
 
 
 def test_sighup_reloads_a_good_file_and_keeps_the_old_config_on_a_bad_one(fake_host, daemons, tmp_path):
@@ -130,22 +111,22 @@ def test_sighup_reloads_a_good_file_and_keeps_the_old_config_on_a_bad_one(fake_h
     log_file = tmp_path / "logs" / "balloon-2395.log"
 
     def logged(text):
-        return _wait_for(lambda: log_file.exists() and text in log_file.read_text())
+        return wait_for(lambda: log_file.exists() and text in log_file.read_text())
 
-    proc = daemons(host, "--secs", "0.2", "--dry-run", "--logdir", str(log_file.parent))
-    assert _wait_for(lambda: _state(host))
-    assert _state(host)["domains"][0]["band_pct"] == [25, 35]
+    proc = daemons(host, "--secs", "0.05", "--dry-run", "--logdir", str(log_file.parent))
+    assert wait_for(host.daemon_state)
+    assert host.daemon_state()["domains"][0]["band_pct"] == [25, 35]
     host.config.write_text("policy: step\nminimal: 10\nmaximal: 90\n")
     proc.send_signal(signal.SIGHUP)
     assert logged(f"reloaded {host.config}")
-    assert _wait_for(lambda: (_state(host) or {"domains": [{}]})["domains"][0].get("band_pct") == [10, 90])
+    assert wait_for(lambda: (host.daemon_state() or {"domains": [{}]})["domains"][0].get("band_pct") == [10, 90])
     host.config.write_text("policy: step\nminimal: 95\n")  # minimal above maximal: refused
     proc.send_signal(signal.SIGHUP)
     assert logged("reload failed")
     host.config.write_text("policy: step\nminimal: 10\nmaximal: 80\nconnect: qemu+ssh://elsewhere/system\n")
     proc.send_signal(signal.SIGHUP)
     assert logged("reload: connect cannot change without a restart")
-    assert _wait_for(lambda: _state(host)["domains"][0]["band_pct"] == [10, 80])
+    assert wait_for(lambda: host.daemon_state()["domains"][0]["band_pct"] == [10, 80])
     assert proc.poll() is None, "a bad reload must not stop the daemon"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
@@ -154,7 +135,7 @@ def test_sighup_reloads_a_good_file_and_keeps_the_old_config_on_a_bad_one(fake_h
     assert "reload failed, keeping the running config" in errors[0]
     assert "minimal 95: must be below maximal (35, the default)" in errors[0]
     assert all("qemu+ssh://elsewhere" not in str(c) for c in host.calls())  # the connection never moved
-    assert _setmems(host) == []  # --dry-run, a flag, survived every reload
+    assert host.setmems() == []  # --dry-run, a flag, survived every reload
 
 
 def test_journal_gets_bare_lines_with_priorities(fake_host, tmp_path):
@@ -172,7 +153,7 @@ def test_journal_gets_bare_lines_with_priorities(fake_host, tmp_path):
 
 def test_log_format_json(fake_host):
     host = fake_host(domain("web1", usable_mib=370))
-    result = host.run("--once", "--log-format", "json")
+    result = host.cli("--once", "--log-format", "json")
     entries = [json.loads(line) for line in result.stderr.splitlines()]
     assert {"level": "INFO", "message": "grow web1 2048 -> 2148 MiB: usable 18% < 25%"}.items() <= \
         next(e for e in entries if "grow" in e["message"]).items()
@@ -186,7 +167,7 @@ def _two_hosts(host, tmp_path):
     wrapper = host.bin / "virsh"
     wrapper.write_text(f"""#!/bin/sh
 if [ "$1" = -c ] && [ "$2" = qemu+ssh://host2/system ]; then export FAKE_VIRSH_STATE={second}; fi
-exec {sys.executable} -m balloon2395.fake_virsh "$@"
+exec {FAKE_VIRSH} "$@"
 """)
     return second
 
@@ -195,17 +176,17 @@ def test_several_uris_one_process_each_with_its_own_lock(fake_host, tmp_path, da
     host = fake_host(domain("web1", usable_mib=370))
     second = _two_hosts(host, tmp_path)
     uris = ("-c", "qemu:///system", "-c", "qemu+ssh://host2/system")
-    result = host.run("--once", *uris)
+    result = host.cli("--once", *uris)
     assert result.returncode == 0, result.stderr
     assert host.read()["domains"][0]["actual_kib"] == 2148 * MIB  # grown on the first
     assert json.loads(second.read_text())["domains"][0]["actual_kib"] == 1998 * MIB  # shrunk on the second
-    assert any(c[-1:] == ["nodememstats"] for c in _commands(host))  # the remote host's memory, through virsh
+    assert any(c[-1:] == ["nodememstats"] for c in host.calls())  # the remote host's memory, through virsh
     assert "INFO [qemu+ssh://host2/system] shrink db1 2048 -> 1998 MiB" in result.stderr
     assert "INFO [qemu:///system] grow web1 2048 -> 2148 MiB" in result.stderr
     proc = daemons(host, "--secs", "0.2", *uris)
-    assert _wait_for(lambda: len(_lock_files(host)) == 2)
+    assert wait_for(lambda: len(host.state_files()) == 2)  # both connections started and ran a cycle
     # each connection's lock is its own: a second daemon for host2 alone is refused
-    other = host.run("--once", "-c", "qemu+ssh://host2/system")
+    other = host.cli("--once", "-c", "qemu+ssh://host2/system")
     assert other.returncode == 3 and f"pid {proc.pid}" in other.stderr
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
@@ -214,24 +195,24 @@ def test_several_uris_one_process_each_with_its_own_lock(fake_host, tmp_path, da
 
 def test_status_watch_and_explain_with_and_without_a_daemon(fake_host, daemons):
     host = fake_host(domain("ok", usable_mib=600), domain("pressed", usable_mib=100), domain("idle", usable_mib=1500))
-    alone = host.run("status", "--watch", "--count", "1")
+    alone = host.cli("status", "--watch", "--count", "1")
     assert alone.returncode == 0, alone.stderr
     lines = alone.stdout.splitlines()
     assert "no daemon running: showing what a cycle would do now" in lines[0]
     assert [line.split()[0] for line in lines[2:]] == ["pressed", "ok", "idle"]  # most pressed first
-    explained = host.run("explain", "pressed")
+    explained = host.cli("explain", "pressed")
     assert explained.returncode == 0, explained.stderr
     assert "last decision: no daemon running" in explained.stdout
     assert "next decision (a cycle now): grow -> 2148 MiB [rule below-band]" in explained.stdout
     assert "usable 100 MiB (4%)" in explained.stdout and "band 25-35%" in explained.stdout
     proc = daemons(host, "--secs", "0.2", "--dry-run")
-    assert _wait_for(lambda: _state_files(host))
-    watched = host.run("status", "--watch", "--count", "2", "--refresh", "0.1")
+    assert wait_for(host.state_files)
+    watched = host.cli("status", "--watch", "--count", "2", "--refresh", "0.1")
     assert watched.stdout.count(f"daemon pid {proc.pid}") == 2
-    explained = host.run("explain", "pressed")
+    explained = host.cli("explain", "pressed")
     assert "last decision (" in explained.stdout and f"daemon pid {proc.pid}): grow -> 2148 MiB" in explained.stdout
-    assert host.run("explain", "nosuch").returncode == 1
-    assert _setmems(host) == []
+    assert host.cli("explain", "nosuch").returncode == 1
+    assert host.setmems() == []
 
 
 def test_ksm_one_line_per_state(tmp_path):

@@ -3,11 +3,21 @@ when anonymous demand exceeds memory + swap."""
 
 from __future__ import annotations
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from balloon2395.sim.model import (BALLOON_KIB_S, MIB, GuestSpec, GuestState, HostSpec, advance, boot,
-                                   capacity_kib, host_mem, set_target, usable_kib)
+from balloon2395.sim.model import (
+    BALLOON_KIB_S,
+    MIB,
+    GuestSpec,
+    GuestState,
+    HostSpec,
+    advance,
+    boot,
+    capacity_kib,
+    host_mem,
+    set_target,
+    usable_kib,
+)
 
 GIB = 1024 * MIB
 DT = 0.1
@@ -42,7 +52,6 @@ def booted(spec: GuestSpec) -> GuestState:
     return boot(spec, spec.maximum_kib)
 
 
-@settings(max_examples=200, deadline=None)
 @given(specs, steps)
 def test_memory_is_conserved_whatever_the_workload_and_the_balloon_do(spec, moves):
     state = booted(spec)
@@ -53,7 +62,6 @@ def test_memory_is_conserved_whatever_the_workload_and_the_balloon_do(spec, move
         assert abs(state.actual_kib - before.actual_kib) <= BALLOON_KIB_S * dt  # a balloon has a speed
 
 
-@settings(max_examples=300, deadline=None)
 @given(specs, steps)
 def test_oom_kill_exactly_when_demand_exceeds_memory_plus_swap(spec, moves):
     state = booted(spec)  # the balloon stays put, so memory is a constant

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
-import sys
 
 import pytest
 
@@ -15,7 +13,7 @@ from balloon2395.policy import HOLD, POLICIES
 from balloon2395.sim.model import MIB
 from balloon2395.sim.run import run_scenario
 from balloon2395.sim.scenario import load
-from conftest import ROOT
+from conftest import ROOT, bench_module, run_cli
 
 TINY = """
 duration: 2m
@@ -70,13 +68,14 @@ def test_a_run_is_the_same_for_the_same_seed(tiny):
     assert run_scenario(scenario, seed=1).guests[1].series != run_scenario(scenario, seed=2).guests[1].series
 
 
+# --simulate runs as its own process below: simulate() writes to the sys.stdout of when it was imported.
 def test_simulate_runs_the_daemon_without_virsh_or_a_lock(tiny):
     result = subprocess.run([str(ROOT / "balloon-2395"), "--simulate", str(tiny), "--duration", "30", "--speed", "1000",
                              "--virsh", "/nonexistent/virsh", "--lock-dir", "/proc/no-lock-here"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"simulated 30s of 'tiny' (policy target, seed 0) in ")
+    assert lines[0].startswith("simulated 30s of 'tiny' (policy target, seed 0) in ")
     assert lines[1].split() == ["GUEST", "OOM_KILLS", "STARVED_S", "SETMEM", "AVG_MiB"]
     assert [line.split()[0] for line in lines[2:]] == ["idle", "busy"]
     assert "INFO shrink idle 1024 -> 768 MiB: usable 82% > 35%: toward" in result.stderr  # target: 256 MiB at most
@@ -108,27 +107,22 @@ def test_simulate_stops_on_sigterm_and_still_prints_the_summary(tiny):
     # --speed and --duration out of range: argparse's usage errors (test_cli)
 ])
 def test_simulate_usage_errors_exit_2_with_one_line(args, message):
-    result = subprocess.run([str(ROOT / "balloon-2395"), *args], capture_output=True, text=True, timeout=60)
+    result = run_cli(args)
     assert result.returncode == 2 and result.stderr.startswith(message) and result.stderr.count("\n") == 1
 
 
-def test_the_benchmark_prints_its_keys_for_every_policy(tiny, tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "control.py"), "--json", "--scenario", str(tiny),
-                             "--duration", "60", "--jobs", "1", "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    rows = json.loads(result.stdout)
+def test_the_benchmark_prints_its_keys_for_every_policy(tiny, tmp_path, capsys):
+    assert bench_module("control").main(["--json", "--scenario", str(tiny), "--duration", "60", "--jobs", "1",
+                                         "--out", str(tmp_path / "out")]) == 0
+    rows = json.loads(capsys.readouterr().out)
     assert [list(r) for r in rows] == [BENCH_KEYS] * len(POLICIES)
     assert [r["policy"] for r in rows] == list(POLICIES) and rows[0]["scenario"] == "tiny"
     assert rows[0]["setmem_calls"] > 0 and rows[0]["reclaimed_gib_avg"] > 0
 
 
 def test_the_benchmark_runs_every_policy_there_is(tiny, tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("control", ROOT / "bench" / "control.py")
-    control = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(control)
     monkeypatch.setitem(POLICIES, "never", lambda stats, settings, cap, signals: (HOLD, None, "never", "never acts"))
-    assert control.main(["--json", "--scenario", str(tiny), "--duration", "60", "--jobs", "1",
+    assert bench_module("control").main(["--json", "--scenario", str(tiny), "--duration", "60", "--jobs", "1",
                          "--out", str(tmp_path)]) == 0
     rows = {r["policy"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(rows) == set(POLICIES) and rows["never"]["setmem_calls"] == 0

@@ -14,7 +14,7 @@ from balloon2395.sim.model import BALLOON_KIB_S, MIB, usable_kib
 from balloon2395.sim.scenario import load
 from balloon2395.sim.virsh import STATE_ENV, SimVirsh, answer
 from balloon2395.virsh import VirshError
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 SCENARIO = """
 host: {total: 8GiB, own: 1GiB, cache: 512MiB}
@@ -116,9 +116,8 @@ def test_the_executable_serves_the_real_daemon(tmp_path, scenario_file):
     listed = subprocess.run([sim_virsh, "-c", "qemu:///system", "list", "--name"], env=env, capture_output=True,
                             text=True)
     assert listed.stdout == "web 1\nquiet\n\n"
-    daemon = subprocess.run([str(ROOT / "balloon-2395"), "--once", "--virsh", sim_virsh, "--lock-dir",
-                             str(tmp_path / "lock"), "--config", "/dev/null", "--policy", "step"],
-                            env=env, capture_output=True, text=True, timeout=60)
+    daemon = run_cli(["--once", "--virsh", sim_virsh, "--lock-dir", str(tmp_path / "lock"), "--config", "/dev/null",
+                      "--policy", "step"], env)
     assert daemon.returncode == 0, daemon.stderr
     assert "shrink web 1 1024 -> 974 MiB" in daemon.stderr
     assert "quiet: no fresh usable figure: stats period set to 1s" in daemon.stderr

@@ -3,20 +3,11 @@ simulated host, every setmem checked, nothing unsafe, no traceback."""
 
 from __future__ import annotations
 
-import importlib.util
-
-from conftest import ROOT
-
-
-def _soak_module():
-    spec = importlib.util.spec_from_file_location("soak", ROOT / "bench" / "soak.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import bench_module
 
 
 def test_short_soak_with_faults_is_safe():
-    result = _soak_module().soak(hours=0.2, guests=10, seed=3, rate=0.05, outage_every_s=300)
+    result = bench_module("soak").soak(hours=0.2, guests=10, seed=3, rate=0.05, outage_every_s=300)
     assert result["unsafe_actions"] == 0, result["violations"]
     assert result["tracebacks"] == 0
     assert result["cycles"] == 0.2 * 3600 * 2

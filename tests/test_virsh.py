@@ -25,7 +25,9 @@ def test_argv_environment_and_connection(script, tmp_path, monkeypatch):
     monkeypatch.setenv("LANG", "pt_BR.UTF-8")
     monkeypatch.setenv("LANGUAGE", "pt_BR")
     out = tmp_path / "seen.json"
-    binary = script(f"""python3 -c 'import json, os, sys; json.dump({{"argv": sys.argv[1:], "lc_all": os.environ.get("LC_ALL"), "language": os.environ.get("LANGUAGE")}}, open("{out}", "w"))' "$@"\n""")
+    seen_by_virsh = ('{"argv": sys.argv[1:], "lc_all": os.environ.get("LC_ALL"), '
+                     '"language": os.environ.get("LANGUAGE")}')
+    binary = script(f"""python3 -c 'import json, os, sys; json.dump({seen_by_virsh}, open("{out}", "w"))' "$@"\n""")
     Virsh(binary, "qemu:///system").setmem("-weird name", 1048576)
     seen = json.loads(out.read_text())
     assert seen["argv"] == ["-c", "qemu:///system", "setmem", "--domain", "-weird name", "--size", "1048576", "--live"]

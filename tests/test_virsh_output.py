@@ -6,9 +6,14 @@ import pytest
 
 from balloon2395.domain_xml import parse_domain_xml
 from balloon2395.lifetime import parse_running
-from balloon2395.virsh import _message
-from balloon2395.virsh_output import (BalloonStats, VirshOutputError, parse_dominfo_max_kib, parse_dommemstat,
-                                      parse_domstats)
+from balloon2395.virsh import error_message
+from balloon2395.virsh_output import (
+    BalloonStats,
+    VirshOutputError,
+    parse_dominfo_max_kib,
+    parse_dommemstat,
+    parse_domstats,
+)
 from conftest import FIXTURES
 
 VIRSH = FIXTURES / "virsh"
@@ -66,7 +71,8 @@ def test_dommemstat_with_and_without_stats():
                                                                "dommemstat.no-stats-period.2s-later"))
     assert frozen.usable_kib is not None and frozen.last_update == later.last_update  # present but frozen
     nodriver = parse_dommemstat("n", out("dommemstat.no-driver"))
-    assert (nodriver.actual_kib, nodriver.usable_kib, nodriver.last_update, nodriver.rss_kib) == (524288, None, 0, 233928)
+    assert (nodriver.actual_kib, nodriver.usable_kib, nodriver.last_update, nodriver.rss_kib) == \
+        (524288, None, 0, 233928)
     nodevice = parse_dommemstat("n", out("dommemstat.no-balloon-device"))
     assert nodevice.actual_kib is None and nodevice.rss_kib is not None
 
@@ -92,15 +98,15 @@ def test_uuid_name_list_and_dominfo():
 ])
 def test_error_messages(name, expected):
     assert (VIRSH / f"{name}.exit").read_text().strip() == "1"
-    assert _message(err(name), 1) == expected
+    assert error_message(err(name), 1) == expected
 
 
 def test_error_classes():
     from balloon2395.virsh import VirshError
-    gone = VirshError([], 1, _message(err("setmem-live.missing"), 1))
-    off = VirshError([], 1, _message(err("dommemstat.shut-off"), 1))
-    unknown = VirshError([], 1, _message(err("frobnicate"), 1))
-    down = VirshError([], 1, _message(err("daemon-down.domstats-balloon-list-running"), 1))
+    gone = VirshError([], 1, error_message(err("setmem-live.missing"), 1))
+    off = VirshError([], 1, error_message(err("dommemstat.shut-off"), 1))
+    unknown = VirshError([], 1, error_message(err("frobnicate"), 1))
+    down = VirshError([], 1, error_message(err("daemon-down.domstats-balloon-list-running"), 1))
     assert gone.domain_gone and off.domain_gone and not down.domain_gone
     assert unknown.unsupported and not down.unsupported
 

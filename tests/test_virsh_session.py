@@ -11,13 +11,12 @@ import signal
 import time
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
-from balloon2395.fake_virsh import split_commands
 from balloon2395.lifetime import READ_LINE
+from balloon2395.sim.fake_virsh import split_commands
 from balloon2395.virsh import Virsh, VirshError, VirshTimeout
 from balloon2395.virsh_session import SessionBroken, SessionEnded, VirshSession, quote
 from conftest import FIXTURES, MIB, domain

@@ -6,9 +6,7 @@ import argparse
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from . import PROG, __version__
-from . import config as cfg
-from . import logs, watch
+from . import PROG, __version__, config as cfg, logs, watch
 from .service import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, serve
 
 COMMANDS = ("run", "status", "explain", "check-config")
@@ -40,7 +38,7 @@ def _bounded(lo: float, hi: float, integer: bool = False) -> Callable[[str], flo
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         try:
-            return cfg._number(value, lo, hi, integer)  # the config keys' own check
+            return cfg.checked_number(value, lo, hi, integer)  # the config keys' own check
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return parse
@@ -61,8 +59,10 @@ def _add_knobs(parser: argparse.ArgumentParser) -> None:
                    help="guest stats period set on domains that report no usable memory (default 1)")
     g.add_argument("--stale-after", type=float, default=S, metavar="S", dest="stale_after",
                    help="ignore stats older than this (default max(5, 3 x stats period))")
-    g.add_argument("--policy", default=S, choices=cfg.POLICIES, help="decision rule: target (default) or step (the original's fixed steps)")
-    g.add_argument("--headroom", default=S, metavar="SIZE", help="target: usable never planned below this (default 256MiB)")
+    g.add_argument("--policy", default=S, choices=cfg.POLICIES,
+                   help="decision rule: target (default) or step (the original's fixed steps)")
+    g.add_argument("--headroom", default=S, metavar="SIZE",
+                   help="target: usable never planned below this (default 256MiB)")
     g.add_argument("--max-shrink", default=S, metavar="SIZE", dest="max_shrink",
                    help="target: the most one shrink takes (default 256MiB)")
     g.add_argument("--shares", type=int, default=S, metavar="N",
@@ -78,7 +78,7 @@ def _add_knobs(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--debug", action=argparse.BooleanOptionalAction, default=S,
                    help="log a block per domain per cycle")
     g.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=S, dest="dry_run",
-                   help="decide and log, never setmem")
+                   help="decide and log; never setmem, never switch a stats period on")
     g.add_argument("--logdir", default=S, metavar="DIR", help="log to DIR/balloon-2395.log (rotated) instead of stderr")
     c = parser.add_argument_group("connection")
     c.add_argument("-c", "--connect", action="append", default=S, metavar="URI",

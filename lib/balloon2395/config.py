@@ -82,7 +82,7 @@ class Config:
     virsh: str = "virsh"
     timeout: float = 10.0
     # One long-lived virsh for all calls (virsh_session.py), not one process per call: bench/cost.py
-    # measures 2-4x less CPU and 3-20x less wall time per cycle (1 to 500 guests); it falls back by itself.
+    # measures 2.7-5.5x less CPU and 2.9-25.6x less wall time per cycle (1 to 500 guests); it falls back by itself.
     session: bool = True
     stats_period: int = 1
     stale_after: Optional[float] = None
@@ -99,6 +99,11 @@ class Config:
     metrics_address: str = "127.0.0.1"
     # where the top-level minimal and maximal came from, as a band error says it ("the default", "from --maximal")
     band_from: Tuple[str, str] = field(default=("the default", "the default"), compare=False)
+
+    def for_uri(self, uri: str) -> "Config":
+        """The config of one connection. Without `connect`, virsh is run without -c, so that it
+        picks its default (LIBVIRT_DEFAULT_URI, libvirt's rules) itself, as an operator's virsh does."""
+        return replace(self, uris=(uri,)) if self.uris else self
 
     @property
     def connect(self) -> Optional[str]:
@@ -123,7 +128,9 @@ class Config:
 
     def _band_origins(self, rule: Optional[DomainRule]) -> Dict[str, str]:
         """Where the band a domain's metadata is checked against came from: its rule, else the top level."""
-        ruled = dict(rule.overrides) if rule else {}
+        if rule is None:
+            return dict(zip(_BAND, self.band_from))
+        ruled = dict(rule.overrides)
         return {key: f"from domains.{_shown(rule.pattern)}" if key in ruled else said
                 for key, said in zip(_BAND, self.band_from)}
 
@@ -142,7 +149,7 @@ class Config:
 
 # ---------------------------------------------------------------- validators
 
-def _number(value: Any, lo: float, hi: float, integer: bool = False) -> float:
+def checked_number(value: Any, lo: float, hi: float, integer: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected a number, got {_kind(value)}")
     if not math.isfinite(value):
@@ -155,7 +162,7 @@ def _number(value: Any, lo: float, hi: float, integer: bool = False) -> float:
 
 
 def _percent(value: Any) -> float:
-    return _number(value, 0, 100)
+    return checked_number(value, 0, 100)
 
 
 def _size(value: Any) -> int:
@@ -221,7 +228,7 @@ def _reserve(value: Any) -> Optional[Tuple[str, float]]:
             pct = float(value.strip()[:-1])
         except ValueError:
             raise ValueError(f"expected a size or a percentage such as 10%, got {value!r}") from None
-        return "pct", _number(pct, 0, 90)
+        return "pct", checked_number(pct, 0, 90)
     return "kib", _size(value)
 
 
@@ -249,29 +256,29 @@ _DOMAIN_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "manage_windows": ("manage_windows", _bool),
     "headroom": ("headroom_kib", _size),
     "max_shrink": ("max_shrink_kib", _positive_size),
-    "shares": ("shares", lambda v: _number(v, 1, 1_000_000, integer=True)),
+    "shares": ("shares", lambda v: checked_number(v, 1, 1_000_000, integer=True)),
 }
 _GLOBAL_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
-    "secs": ("secs", lambda v: _number(v, 0.05, 86400)),
+    "secs": ("secs", lambda v: checked_number(v, 0.05, 86400)),
     "debug": ("debug", _bool),
     "logdir": ("logdir", _optional_text),
     "connect": ("uris", _uris),
     "virsh": ("virsh", _text),
-    "timeout": ("timeout", lambda v: _number(v, 0.1, 3600)),
+    "timeout": ("timeout", lambda v: checked_number(v, 0.1, 3600)),
     "session": ("session", _bool),
-    "stats_period": ("stats_period", lambda v: _number(v, 1, 3600, integer=True)),
-    "stale_after": ("stale_after", lambda v: None if v is None else _number(v, 1, 86400)),
+    "stats_period": ("stats_period", lambda v: checked_number(v, 1, 3600, integer=True)),
+    "stale_after": ("stale_after", lambda v: None if v is None else checked_number(v, 1, 86400)),
     "policy": ("policy", _choice(POLICIES)),
     "dry_run": ("dry_run", _bool),
     "lock_dir": ("lock_dir", _optional_text),
     "host_reserve": ("host_reserve", _reserve),
     "host_memory": ("host_memory", _choice(HOST_MEMORY)),
-    "host_psi": ("host_psi", lambda v: None if v is None else _number(v, 0, 100)),
+    "host_psi": ("host_psi", lambda v: None if v is None else checked_number(v, 0, 100)),
     "log_format": ("log_format", _choice(LOG_FORMATS)),
     "ksm": ("ksm", _choice(KSM_MODES)),
     # the file says `metrics: {textfile: PATH, port: N, address: IP}`; flags set these directly
     "metrics_textfile": ("metrics_textfile", _optional_text),
-    "metrics_port": ("metrics_port", lambda v: None if v is None else _number(v, 1, 65535, integer=True)),
+    "metrics_port": ("metrics_port", lambda v: None if v is None else checked_number(v, 1, 65535, integer=True)),
     "metrics_address": ("metrics_address", _text),
 }
 _BAND = ("minimal", "maximal")
@@ -360,7 +367,8 @@ def build(values: Mapping[str, Any], flags: Collection[str] = (), path: str = ""
 
 
 def _build(values: Mapping[str, Any], flags: Collection[str], path: str) -> Config:
-    domain_values, global_values = {}, {}
+    domain_values: Dict[str, Any] = {}
+    global_values: Dict[str, Any] = {}
     for key, value in {**_metrics_keys(values.get("metrics")), **values}.items():
         if key in ("domains", "metrics"):
             continue

@@ -15,12 +15,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 from . import PROG
 from .config import Config, DomainSettings
 from .domain_xml import DomainFacts
-from .host import HostReader
+from .host import HostMemory, HostReader
 from .journal import ChangeJournal
 from .logs import change_line, debug_block
-from .observe import Collector
-from .policy import HOLD, SKIP, WAIT, Decision, History, HostMemory, Limits, Observation, decide_all
-from .virsh import Virsh, VirshError, VirshTimeout, default_uri
+from .observe import Collector, Observation
+from .policy import HOLD, SKIP, WAIT, Decision, History, Limits, decide_all
+from .virsh import VirshCommands, VirshError, VirshTimeout, default_uri
 
 log = logging.getLogger(PROG)
 
@@ -44,17 +44,50 @@ class Cycle:
     decisions: List[Decision]
     host: Optional[HostMemory]
     duration_s: float
-    outcomes: Dict[str, str] = field(default_factory=dict)  # name -> OUTCOMES, for changing decisions
+    outcomes: Dict[str, str] = field(default_factory=dict)  # name -> OUTCOMES, for this cycle's changes
+    last_changes: Dict[str, "LastChange"] = field(default_factory=dict)  # name -> its latest, of any cycle
+
+
+@dataclass(frozen=True)
+class LastChange:
+    """The latest change decided for a domain and what became of it, kept while the domain runs:
+    `status` and `explain` show it after the cycles that only waited for it to land."""
+
+    at: float
+    action: str
+    from_kib: Optional[int]
+    target_kib: Optional[int]
+    outcome: str
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What acting on a changing decision needs. The policy changes only a domain that the read gave
+    one uuid and fresh stats, and always says from what to what."""
+
+    uuid: str
+    last_update: int
+    from_kib: int
+    target_kib: int
+
+    @classmethod
+    def of(cls, obs: Observation, decision: Decision) -> _Change:
+        uuid, last_update = obs.uuid, obs.stats.last_update
+        from_kib, target_kib = decision.actual_kib, decision.target_kib
+        if uuid is None or last_update is None or from_kib is None or target_kib is None:
+            raise ValueError(f"{decision.action} {decision.name}: a change without a uuid, stats time or sizes")
+        return cls(uuid, last_update, from_kib, target_kib)
 
 
 @dataclass
 class _DomainState:
     history: History = field(default_factory=History)
     noted: Optional[Tuple[str, str]] = None  # (action, code) last logged, so each is said once
+    last_change: Optional[LastChange] = None
 
 
 class Daemon:
-    def __init__(self, config: Config, virsh: Virsh, clock: Callable[[], float] = time.time,
+    def __init__(self, config: Config, virsh: VirshCommands, clock: Callable[[], float] = time.time,
                  journal: Optional[ChangeJournal] = None) -> None:
         self.config, self.virsh, self.clock = config, virsh, clock
         self.collector = Collector(virsh, config.stats_period, wants_stats=self._managed, setup=not config.dry_run,
@@ -110,10 +143,14 @@ class Daemon:
                 log.debug("%s", debug_block(obs, settings[obs.name], decision, now))
             if decision.changes:
                 outcomes[obs.name] = self._act(obs, decision, state)
+                state.last_change = LastChange(now, decision.action, decision.actual_kib, decision.target_kib,
+                                               outcomes[obs.name])
             else:
                 self._note(decision, state)
         self.states = states  # domains that left the running list are forgotten
-        self.last = Cycle(now, observations, settings, decisions, host, time.monotonic() - started, outcomes)
+        last_changes = {name: s.last_change for name, s in states.items() if s.last_change is not None}
+        self.last = Cycle(now, observations, settings, decisions, host, time.monotonic() - started, outcomes,
+                          last_changes)
         return decisions
 
     def _settings_of(self, observations: List[Observation]) -> Dict[str, DomainSettings]:
@@ -127,23 +164,24 @@ class Daemon:
         if self.config.dry_run:
             self._say(state, (decision.action, decision.code), logging.INFO, "dry-run: " + change_line(decision))
             return DRY_RUN
-        if obs.stats.last_update <= self.changed_at.get(obs.uuid, -1.0):
+        change = _Change.of(obs, decision)
+        if change.last_update <= self.changed_at.get(change.uuid, -1.0):
             self._say(state, (WAIT, "fenced"), logging.INFO,
                       f"wait {obs.name}: changed before a restart or while missing from a read; "
                       "waiting for stats newer than that change")
             return FENCED
-        return self._setmem(obs, decision, state)
+        return self._setmem(change, decision, state)
 
-    def _setmem(self, obs: Observation, decision: Decision, state: _DomainState) -> str:
+    def _setmem(self, change: _Change, decision: Decision, state: _DomainState) -> str:
         # Written before the change: killed right after it, the next instance still waits for fresh figures.
-        self.changed_at[obs.uuid] = self.clock()
+        self.changed_at[change.uuid] = self.clock()
         if self.journal is not None:
             self.journal.save(self.changed_at)
         try:
-            self.virsh.setmem(obs.uuid, decision.target_kib)
+            self.virsh.setmem(change.uuid, change.target_kib)
         except VirshTimeout as exc:
             # It may still land: wait for fresh stats as if it had.
-            self._changed(decision, state)
+            self._changed(change, state)
             log.warning("%s (%s)", change_line(decision), exc.message)
             return TIMED_OUT
         except VirshError as exc:
@@ -153,13 +191,13 @@ class Daemon:
             self._say(state, ("error", "setmem"), logging.ERROR,
                       f"{change_line(decision)}: setmem failed: {exc.message}")
             return FAILED
-        self._changed(decision, state)
+        self._changed(change, state)
         state.noted = None
         log.info("%s", change_line(decision))
         return APPLIED
 
-    def _changed(self, decision: Decision, state: _DomainState) -> None:
-        state.history = state.history.after_change(self.clock(), decision.actual_kib, decision.target_kib)
+    def _changed(self, change: _Change, state: _DomainState) -> None:
+        state.history = state.history.after_change(self.clock(), change.from_kib, change.target_kib)
 
     def _note(self, decision: Decision, state: _DomainState) -> None:
         if decision.action == SKIP:

@@ -4,16 +4,30 @@ nodememstats for a remote connection), and whether PSI says tasks already stall.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 from urllib.parse import urlsplit
 
 from . import PROG
 from .config import Config
-from .policy import HostMemory
-from .virsh import Virsh, VirshError
+from .virsh import VirshCommands, VirshError
 from .virsh_output import VirshOutputError, parse_nodememstats
 
 log = logging.getLogger(PROG)
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    """The host's side: what it has, what it can still give, what it keeps for itself."""
+
+    total_kib: int
+    available_kib: int
+    reserve_kib: int
+    pressure: bool = False  # PSI says tasks already stall on memory
+
+    @property
+    def spare_kib(self) -> int:
+        return self.available_kib - self.reserve_kib
 
 
 def is_remote(uri: str) -> bool:
@@ -47,7 +61,7 @@ def _read(path: str) -> str:
 
 
 class HostReader:
-    def __init__(self, config: Config, virsh: Virsh, uri: str, read: Callable[[str], str] = _read) -> None:
+    def __init__(self, config: Config, virsh: VirshCommands, uri: str, read: Callable[[str], str] = _read) -> None:
         source = config.host_memory
         if source == "auto":
             source = "virsh" if is_remote(uri) else "local"
@@ -60,7 +74,8 @@ class HostReader:
             return None
         try:
             total, available = self._local() if self.source == "local" else self._nodememstats()
-            pressure = self._psi() if self.config.host_psi is not None and self.source == "local" else False
+            psi = self.config.host_psi
+            pressure = self._psi(psi) if psi is not None and self.source == "local" else False
         except (OSError, ValueError, KeyError, VirshError, VirshOutputError) as exc:
             if not self._failing:
                 log.warning("cannot read host memory (%s): %s; growth is not limited by the host",
@@ -80,6 +95,6 @@ class HostReader:
         stats = parse_nodememstats(self.virsh.nodememstats())
         return stats["total"], stats["free"] + stats.get("buffers", 0) + stats.get("cached", 0)
 
-    def _psi(self) -> bool:
+    def _psi(self, threshold: float) -> bool:
         avg10 = parse_psi_some_avg10(self.read_file("/proc/pressure/memory"))
-        return avg10 is not None and avg10 > self.config.host_psi
+        return avg10 is not None and avg10 > threshold

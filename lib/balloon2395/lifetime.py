@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from . import PROG
-from .virsh import Virsh, VirshError
+from .virsh import VirshCommands, VirshError
 from .virsh_output import BalloonStats, VirshOutputError, parse_domstats
 
 log = logging.getLogger(PROG)
@@ -91,7 +91,7 @@ class RunningReader:
     """One virsh process a cycle for the balloon figures and the lifetimes. A virsh whose `list`
     has no --id still gives the uuids; restarts between two cycles then go unnoticed."""
 
-    def __init__(self, virsh: Virsh) -> None:
+    def __init__(self, virsh: VirshCommands) -> None:
         self.virsh = virsh
         self.with_ids = True
 

@@ -8,9 +8,10 @@ import sys
 from typing import Optional
 
 from . import PROG, logstyle
-from .safefiles import RotatingLogFile
 from .config import DomainSettings
-from .policy import Decision, Observation, cap_kib
+from .observe import Observation
+from .policy import Decision, cap_kib
+from .safefiles import RotatingLogFile
 from .units import mib
 
 log = logging.getLogger(PROG)
@@ -22,16 +23,18 @@ ROTATE_KEEP = 5
 
 def setup(logdir: Optional[str], debug: bool, stream=None, fmt: str = "text", per_uri: bool = False) -> None:
     """Replace any earlier handler: setup may run again after a config reload."""
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
+    for old in list(log.handlers):
+        log.removeHandler(old)
+        old.close()
     if logdir:
         os.makedirs(logdir, mode=0o750, exist_ok=True)
         handler: logging.Handler = RotatingLogFile(
             os.path.join(logdir, LOG_FILE), maxBytes=ROTATE_BYTES, backupCount=ROTATE_KEEP, encoding="utf-8")
+        journal = False
     else:
-        handler = logging.StreamHandler(stream or sys.stderr)
-    journal = not logdir and logstyle.to_journal(handler.stream)
+        out = stream or sys.stderr
+        handler = logging.StreamHandler(out)
+        journal = logstyle.to_journal(out)
     handler.setFormatter(logstyle.formatter(fmt, journal, per_uri))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
@@ -40,8 +43,12 @@ def setup(logdir: Optional[str], debug: bool, stream=None, fmt: str = "text", pe
 
 def change_line(decision: Decision) -> str:
     """`grow web1 2048 -> 2148 MiB: usable 18% < 25%`"""
-    return (f"{decision.action} {decision.name} {mib(decision.actual_kib)} -> "
-            f"{mib(decision.target_kib)} MiB: {decision.reason}")
+    return f"{decision.action} {decision.name} {change_sizes(decision)} MiB: {decision.reason}"
+
+
+def change_sizes(decision: Decision) -> str:
+    """`2048 -> 2148`: from and to, in MiB (`-` for one a decision has not)."""
+    return " -> ".join("-" if kib is None else str(mib(kib)) for kib in (decision.actual_kib, decision.target_kib))
 
 
 def debug_block(obs: Observation, settings: DomainSettings, decision: Decision, now: float) -> str:

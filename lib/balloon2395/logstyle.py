@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import IO, Mapping, Optional
+from typing import IO, Dict, Mapping, Optional
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
@@ -33,8 +33,12 @@ class _Formatter(logging.Formatter):
         super().__init__(fmt, TIME_FORMAT)
         self.per_uri = per_uri
 
+    def where(self, record: logging.LogRecord) -> str:
+        """`[URI] ` before a line a connection's thread logs, else nothing."""
+        return f"[{record.threadName}] " if self.per_uri and record.threadName != "MainThread" else ""
+
     def format(self, record: logging.LogRecord) -> str:
-        record.where = f"[{record.threadName}] " if self.per_uri and record.threadName != "MainThread" else ""
+        record.where = self.where(record)
         return super().format(record)
 
 
@@ -47,10 +51,10 @@ class JournalFormatter(_Formatter):
 
 class JsonFormatter(_Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        super().format(record)  # sets record.where, the exception text
-        entry = {"time": self.formatTime(record, TIME_FORMAT), "level": record.levelname,
-                 "message": record.getMessage()}
-        if record.where:
+        super().format(record)  # sets the exception text
+        entry: Dict[str, Optional[str]] = {"time": self.formatTime(record, TIME_FORMAT), "level": record.levelname,
+                                           "message": record.getMessage()}
+        if self.where(record):
             entry["uri"] = record.threadName
         if record.exc_text:
             entry["exception"] = record.exc_text

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections import Counter
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .config import Config
@@ -89,50 +89,71 @@ class Metrics:
     def collect(self) -> Iterator:
         with self._lock:
             hosts = {label: (h.cycle, dict(h.changes), dict(h.virsh_errors)) for label, h in self._hosts.items()}
-        per_domain = {field: GaugeMetricFamily(f"{NS}_domain_{field}_bytes", help_text, labels=["host", "domain"])
-                      for field, help_text in (
-                          ("actual", "the guest's current size (balloon.current)"),
-                          ("usable", "memory the guest can use without swapping (MemAvailable)"),
-                          ("target", "the size the last cycle's setmem moved the guest to (only when one succeeded)"),
-                          ("maximum", "the most the guest may grow to (its maximum, or a configured cap)"))}
-        adjustments = CounterMetricFamily(f"{NS}_adjustments", "setmem calls that succeeded, by direction",
-                                          labels=["host", "direction"])
-        outcomes = CounterMetricFamily(f"{NS}_changes", "changing decisions by what became of them: applied, "
-                                       "failed, timed-out (may have landed), gone, fenced, dry-run",
-                                       labels=["host", "direction", "outcome"])
-        skipped = GaugeMetricFamily(f"{NS}_domains_skipped", "domains left alone in the last cycle, by reason",
-                                    labels=["host", "reason"])
-        errors = CounterMetricFamily(f"{NS}_virsh_errors", "virsh calls that failed or timed out, by command",
-                                     labels=["host", "command"])
-        duration = GaugeMetricFamily(f"{NS}_cycle_duration_seconds", "how long the last cycle took", labels=["host"])
-        last = GaugeMetricFamily(f"{NS}_last_cycle_timestamp_seconds", "when the last cycle that could read "
-                                 "the domains ran (alert when it falls behind)", labels=["host"])
-        available = GaugeMetricFamily(f"{NS}_host_available_bytes", "the host's available memory", labels=["host"])
+        families = _Families()
         for label, (cycle, changes, failed) in sorted(hosts.items()):
-            for direction in CHANGES:
-                adjustments.add_metric([label, direction], changes.get((direction, APPLIED), 0))
-                for outcome in OUTCOMES:
-                    outcomes.add_metric([label, direction, outcome], changes.get((direction, outcome), 0))
-            for command, count in sorted(failed.items()):
-                errors.add_metric([label, command], count)
-            if cycle is None:
-                continue
-            duration.add_metric([label], cycle.duration_s)
-            last.add_metric([label], cycle.at)
-            if cycle.host is not None:
-                available.add_metric([label], cycle.host.available_kib * 1024)
-            for reason, count in sorted(Counter(d.code for d in cycle.decisions if d.action == SKIP).items()):
-                skipped.add_metric([label, reason], count)
-            for obs, decision in zip(cycle.observations, cycle.decisions):
-                s = obs.stats
-                applied = cycle.outcomes.get(obs.name) == APPLIED
-                for field, kib in (("actual", s.actual_kib), ("usable", s.usable_kib),
-                                   ("target", decision.target_kib if applied else None),
-                                   ("maximum", cap_kib(s, cycle.settings[obs.name]))):
-                    if kib is not None:
-                        per_domain[field].add_metric([label, obs.name], kib * 1024)
-        yield from per_domain.values()
-        yield from (adjustments, outcomes, skipped, errors, duration, last, available)
+            families.add_counts(label, changes, failed)
+            if cycle is not None:
+                families.add_cycle(label, cycle)
+        yield from families.all()
+
+
+class _Families:
+    """The metric families of one scrape, filled host by host."""
+
+    def __init__(self) -> None:
+        self.per_domain = {field: GaugeMetricFamily(f"{NS}_domain_{field}_bytes", help_text, labels=["host", "domain"])
+                           for field, help_text in (
+                               ("actual", "the guest's current size (balloon.current)"),
+                               ("usable", "memory the guest can use without swapping (MemAvailable)"),
+                               ("target", "the size the last cycle's setmem moved the guest to "
+                                          "(only when one succeeded)"),
+                               ("maximum", "the most the guest may grow to (its maximum, or a configured cap)"))}
+        self.adjustments = CounterMetricFamily(f"{NS}_adjustments", "setmem calls that succeeded, by direction",
+                                               labels=["host", "direction"])
+        self.outcomes = CounterMetricFamily(f"{NS}_changes", "changing decisions by what became of them: applied, "
+                                            "failed, timed-out (may have landed), gone, fenced, dry-run",
+                                            labels=["host", "direction", "outcome"])
+        self.skipped = GaugeMetricFamily(f"{NS}_domains_skipped", "domains left alone in the last cycle, by reason",
+                                         labels=["host", "reason"])
+        self.errors = CounterMetricFamily(f"{NS}_virsh_errors", "virsh calls that failed or timed out, by command",
+                                          labels=["host", "command"])
+        self.duration = GaugeMetricFamily(f"{NS}_cycle_duration_seconds", "how long the last cycle took",
+                                          labels=["host"])
+        self.last = GaugeMetricFamily(f"{NS}_last_cycle_timestamp_seconds", "when the last cycle that could read "
+                                      "the domains ran (alert when it falls behind)", labels=["host"])
+        self.available = GaugeMetricFamily(f"{NS}_host_available_bytes", "the host's available memory",
+                                           labels=["host"])
+
+    def add_counts(self, label: str, changes: Dict[Tuple[str, str], int], failed: Dict[str, int]) -> None:
+        """What became of the host's changes, and its failed virsh calls, since the daemon started."""
+        for direction in CHANGES:
+            self.adjustments.add_metric([label, direction], changes.get((direction, APPLIED), 0))
+            for outcome in OUTCOMES:
+                self.outcomes.add_metric([label, direction, outcome], changes.get((direction, outcome), 0))
+        for command, count in sorted(failed.items()):
+            self.errors.add_metric([label, command], count)
+
+    def add_cycle(self, label: str, cycle: Cycle) -> None:
+        """The figures of the host's last cycle."""
+        self.duration.add_metric([label], cycle.duration_s)
+        self.last.add_metric([label], cycle.at)
+        if cycle.host is not None:
+            self.available.add_metric([label], cycle.host.available_kib * 1024)
+        for reason, count in sorted(Counter(d.code for d in cycle.decisions if d.action == SKIP).items()):
+            self.skipped.add_metric([label, reason], count)
+        for obs, decision in zip(cycle.observations, cycle.decisions):
+            s = obs.stats
+            applied = cycle.outcomes.get(obs.name) == APPLIED
+            for field, kib in (("actual", s.actual_kib), ("usable", s.usable_kib),
+                               ("target", decision.target_kib if applied else None),
+                               ("maximum", cap_kib(s, cycle.settings[obs.name]))):
+                if kib is not None:
+                    self.per_domain[field].add_metric([label, obs.name], kib * 1024)
+
+    def all(self) -> Iterator:
+        yield from self.per_domain.values()
+        yield from (self.adjustments, self.outcomes, self.skipped, self.errors, self.duration, self.last,
+                    self.available)
 
 
 class CountingVirsh:

@@ -15,15 +15,32 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional, Set
+from functools import partial
+from typing import Callable, Dict, List, Optional, Set, TypeVar
 
+from . import PROG
 from .domain_xml import DomainFacts, parse_domain_xml
 from .lifetime import Lifetime, RunningRead, RunningReader, parse_running
-from .policy import Observation
-from .virsh import Virsh, VirshError
+from .virsh import VirshCommands, VirshError
 from .virsh_output import BalloonStats, VirshOutputError
 
-log = logging.getLogger("balloon-2395")
+log = logging.getLogger(PROG)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One domain as a cycle sees it: its figures, its facts, and what the read says of it."""
+
+    stats: BalloonStats
+    facts: Optional[DomainFacts] = None  # None: dumpxml could not be read yet
+    stats_since: Optional[float] = None  # when the daemon switched the stats period on
+    uuid: Optional[str] = None  # what every call names it by; None: the read gave it no single uuid
+    problem: Optional[str] = None  # why the read cannot be trusted for it (given twice, ...)
+
+    @property
+    def name(self) -> str:
+        return self.stats.name
 
 
 @dataclass
@@ -38,7 +55,7 @@ class _Known:
 
 
 class Collector:
-    def __init__(self, virsh: Virsh, stats_period_s: int,
+    def __init__(self, virsh: VirshCommands, stats_period_s: int,
                  wants_stats: Callable[[str, DomainFacts], bool] = lambda name, facts: True,
                  setup: bool = True, clock: Callable[[], float] = time.time) -> None:
         """`wants_stats` says whether a domain may be changed at all (excluded and Windows
@@ -82,14 +99,14 @@ class Collector:
         out = []
         for name, (uuid, _) in listed.lifetimes.items():
             try:
-                out.append(replace(self._parsed(lambda: self.virsh.dommemstat(uuid)), name=name))
+                out.append(replace(self._parsed(partial(self.virsh.dommemstat, uuid)), name=name))
             except VirshError as exc:
                 if not exc.domain_gone:
                     log.warning("%s: dommemstat failed: %s", name, exc.message)
         return RunningRead(out, listed.lifetimes, listed.conflicts)
 
     @staticmethod
-    def _parsed(read):
+    def _parsed(read: Callable[[], T]) -> T:
         try:
             return read()
         except VirshOutputError as exc:

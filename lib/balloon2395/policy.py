@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .config import DomainSettings
 from .domain_xml import DomainFacts
+from .host import HostMemory
+from .observe import Observation
 from .units import mib
 from .virsh_output import BalloonStats
 
@@ -32,16 +34,17 @@ PAGED_HOLD_S = 600  # after the guest paged its working set back in, no shrink f
 
 
 @dataclass(frozen=True)
-class Observation:
-    stats: BalloonStats
-    facts: Optional[DomainFacts] = None  # None: dumpxml could not be read yet
-    stats_since: Optional[float] = None  # when the daemon switched the stats period on
-    uuid: Optional[str] = None  # what every call names it by; None: the read gave it no single uuid
-    problem: Optional[str] = None  # why the read cannot be trusted for it (given twice, ...)
+class Figures:
+    """A domain's figures once the eligibility checks passed: all there, consistent and fresh. What
+    the policies work on (sizes in KiB, last_update in epoch seconds)."""
 
-    @property
-    def name(self) -> str:
-        return self.stats.name
+    actual_kib: int
+    usable_kib: int
+    maximum_kib: int
+    last_update: int
+    swap_in_kib: Optional[int] = None
+    swap_out_kib: Optional[int] = None
+    major_fault: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -60,20 +63,27 @@ class History:
     burst_kib: float = 0.0  # largest recent rise of used between two reports, decaying
     paged_at: Optional[int] = None  # report time of the last sign of paging
 
-    def after_change(self, now: float, from_kib: int, target_kib: int) -> "History":
+    def after_change(self, now: float, from_kib: int, target_kib: int) -> History:
         return replace(self, changed_at=now, from_kib=from_kib, target_kib=target_kib)
 
-    def settled(self) -> "History":
+    def settled(self) -> History:
         return replace(self, changed_at=None, from_kib=None, target_kib=None)
 
-    def saw(self, stats: BalloonStats) -> "History":
-        used = stats.actual_kib - stats.usable_kib
+    def pending(self) -> Optional[Tuple[float, int, int]]:
+        """The setmem not yet confirmed by fresh stats: (wall time, from KiB, target KiB), or None.
+        after_change sets the three together."""
+        if self.changed_at is None or self.from_kib is None or self.target_kib is None:
+            return None
+        return self.changed_at, self.from_kib, self.target_kib
+
+    def saw(self, figures: Figures) -> History:
+        used = figures.actual_kib - figures.usable_kib
         burst = self.burst_kib
-        if self.seen_update is not None:
-            burst *= BURST_DECAY_PER_S ** (stats.last_update - self.seen_update)
+        if self.seen_update is not None and self.seen_used_kib is not None:
+            burst *= BURST_DECAY_PER_S ** (figures.last_update - self.seen_update)
             burst = max(burst, used - self.seen_used_kib)
-        return replace(self, seen_update=stats.last_update, seen_swap_in_kib=stats.swap_in_kib,
-                       seen_major_fault=stats.major_fault, seen_used_kib=used, burst_kib=burst)
+        return replace(self, seen_update=figures.last_update, seen_swap_in_kib=figures.swap_in_kib,
+                       seen_major_fault=figures.major_fault, seen_used_kib=used, burst_kib=burst)
 
 
 @dataclass(frozen=True)
@@ -108,34 +118,20 @@ class Limits:
     stale_after_s: float = 5.0
 
 
-@dataclass(frozen=True)
-class HostMemory:
-    """The host's side: what it has, what it can still give, what it keeps for itself."""
-
-    total_kib: int
-    available_kib: int
-    reserve_kib: int
-    pressure: bool = False  # PSI says tasks already stall on memory
-
-    @property
-    def spare_kib(self) -> int:
-        return self.available_kib - self.reserve_kib
-
-
-# A policy gets fresh, sane figures and the signals of its recent reports, and
+# A policy gets a domain's Figures and the signals of its recent reports, and
 # returns (action, target KiB, code, reason).
 Proposal = Tuple[str, Optional[int], str, str]
 Block = Tuple[str, str, str]  # (action, code, reason)
 
 
-def usable_pct(stats: BalloonStats) -> int:
+def usable_pct(figures: Figures) -> int:
     """Integer percent, as the original's shell arithmetic computed it."""
-    return stats.usable_kib * 100 // stats.actual_kib
+    return figures.usable_kib * 100 // figures.actual_kib
 
 
-def step(stats: BalloonStats, settings: DomainSettings, cap_kib: int, signals: Signals) -> Proposal:
+def step(figures: Figures, settings: DomainSettings, cap_kib: int, signals: Signals) -> Proposal:
     """The original's rule with its unit defect fixed: fixed steps across a band."""
-    actual, pct = stats.actual_kib, usable_pct(stats)
+    actual, pct = figures.actual_kib, usable_pct(figures)
     if pct < settings.minimal:
         target = min(actual + settings.addram_kib, cap_kib)
         if target <= actual:
@@ -144,25 +140,26 @@ def step(stats: BalloonStats, settings: DomainSettings, cap_kib: int, signals: S
     if pct > settings.maximal:
         target = actual - settings.rmram_kib
         if target < settings.critical_kib:
-            return HOLD, None, "at-floor", f"usable {pct}% > {settings.maximal:g}% but floor is {mib(settings.critical_kib)} MiB"
+            return HOLD, None, "at-floor", (f"usable {pct}% > {settings.maximal:g}% "
+                                            f"but floor is {mib(settings.critical_kib)} MiB")
         return SHRINK, target, "above-band", f"usable {pct}% > {settings.maximal:g}%"
     return HOLD, None, "in-band", f"usable {pct}% within {settings.minimal:g}-{settings.maximal:g}%"
 
 
-def target_size_kib(stats: BalloonStats, settings: DomainSettings, signals: Signals = Signals()) -> int:
+def target_size_kib(figures: Figures, settings: DomainSettings, signals: Signals = Signals()) -> int:
     """The size that puts usable in the middle of the band, with at least the headroom
     (raised to the guest's recent bursts) usable and room for what it has swapped out."""
-    used = stats.actual_kib - stats.usable_kib + (signals.swapped_kib if signals.paging else 0)
+    used = figures.actual_kib - figures.usable_kib + (signals.swapped_kib if signals.paging else 0)
     middle = (settings.minimal + settings.maximal) / 200.0
     headroom = max(settings.headroom_kib, signals.burst_kib)
     size = max(math.ceil(used / (1.0 - middle)), used + headroom + GROW_PAD_KIB, settings.critical_kib)
     return -(-size // 1024) * 1024  # whole MiB: what logs show is what the guest gets
 
 
-def target(stats: BalloonStats, settings: DomainSettings, cap_kib: int, signals: Signals) -> Proposal:
+def target(figures: Figures, settings: DomainSettings, cap_kib: int, signals: Signals) -> Proposal:
     """Grow to the target in one move; shrink toward it at most `max_shrink` at a time."""
-    actual, usable, pct = stats.actual_kib, stats.usable_kib, usable_pct(stats)
-    want = min(target_size_kib(stats, settings, signals), cap_kib)
+    actual, usable, pct = figures.actual_kib, figures.usable_kib, usable_pct(figures)
+    want = min(target_size_kib(figures, settings, signals), cap_kib)
     if signals.paging:
         want = max(want, min(actual + settings.addram_kib, cap_kib))
     headroom = max(settings.headroom_kib, signals.burst_kib)
@@ -185,37 +182,55 @@ def target(stats: BalloonStats, settings: DomainSettings, cap_kib: int, signals:
     return HOLD, None, "in-band", f"usable {pct}% within {settings.minimal:g}-{settings.maximal:g}%"
 
 
-POLICIES: Dict[str, Callable[[BalloonStats, DomainSettings, int, Signals], Proposal]] = {"step": step, "target": target}
+POLICIES: Dict[str, Callable[[Figures, DomainSettings, int, Signals], Proposal]] = {"step": step, "target": target}
 
 
-def _signals(stats: BalloonStats, settings: DomainSettings, history: History) -> Signals:
+def _signals(figures: Figures, settings: DomainSettings, history: History) -> Signals:
     """Swap-in or a major-fault rate rising since the last fresh report; swap in use; bursts."""
-    swapped = max((stats.swap_out_kib or 0) - (stats.swap_in_kib or 0), 0)
+    swapped = max((figures.swap_out_kib or 0) - (figures.swap_in_kib or 0), 0)
     burst = int(history.burst_kib)
-    lately = history.paged_at is not None and stats.last_update - history.paged_at < PAGED_HOLD_S
-    if history.seen_update is None or stats.last_update <= history.seen_update:
+    lately = history.paged_at is not None and figures.last_update - history.paged_at < PAGED_HOLD_S
+    if history.seen_update is None or figures.last_update <= history.seen_update:
         return Signals(False, swapped, burst, lately)
-    paging = (stats.swap_in_kib is not None and history.seen_swap_in_kib is not None
-              and stats.swap_in_kib > history.seen_swap_in_kib)
-    if not paging and stats.major_fault is not None and history.seen_major_fault is not None:
-        rate = (stats.major_fault - history.seen_major_fault) / (stats.last_update - history.seen_update)
-        paging = rate > MAJOR_FAULTS_PER_S and usable_pct(stats) <= settings.maximal
+    paging = (figures.swap_in_kib is not None and history.seen_swap_in_kib is not None
+              and figures.swap_in_kib > history.seen_swap_in_kib)
+    if not paging and figures.major_fault is not None and history.seen_major_fault is not None:
+        rate = (figures.major_fault - history.seen_major_fault) / (figures.last_update - history.seen_update)
+        paging = rate > MAJOR_FAULTS_PER_S and usable_pct(figures) <= settings.maximal
     return Signals(paging, swapped, burst, lately or paging)
 
 
 def cap_kib(stats: BalloonStats, settings: DomainSettings) -> Optional[int]:
     """The most a domain may have: its own maximum, lowered by a configured one."""
-    if stats.maximum_kib is None:
-        return None
-    if settings.maximum_kib is None:
-        return stats.maximum_kib
-    return min(stats.maximum_kib, settings.maximum_kib)
+    return None if stats.maximum_kib is None else _capped(stats.maximum_kib, settings)
 
+
+def _capped(maximum_kib: int, settings: DomainSettings) -> int:
+    return maximum_kib if settings.maximum_kib is None else min(maximum_kib, settings.maximum_kib)
+
+
+# ------------------------------------------------------------------ eligibility
+#
+# The checks run in this order and the first that fails is the reason given (its code is what logs,
+# metrics and tests key on): the domain, the guest, its figures, its reports.
 
 def _eligibility(obs: Observation, settings: DomainSettings, history: History, now: float,
-                 limits: Limits) -> Optional[Block]:
-    """Why this domain must not be acted on now, or None."""
-    stats, facts = obs.stats, obs.facts
+                 limits: Limits) -> Union[Block, Figures]:
+    """Why this domain must not be acted on now, or its figures when it may be."""
+    facts = _known_domain(obs, settings)
+    if not isinstance(facts, DomainFacts):
+        return facts
+    blocked = _guest(facts, settings, history)
+    if blocked is not None:
+        return blocked
+    figures = _figures(obs.stats, settings)
+    if not isinstance(figures, Figures):
+        return figures
+    return _reports(obs, facts, figures, history, now, limits) or figures
+
+
+def _known_domain(obs: Observation, settings: DomainSettings) -> Union[Block, DomainFacts]:
+    """The config lets the daemon act on it, the read names it by one uuid, and its XML was read."""
     if settings.exclude:
         return SKIP, "excluded", "excluded by config"
     if settings.invalid:
@@ -224,74 +239,119 @@ def _eligibility(obs: Observation, settings: DomainSettings, history: History, n
         return SKIP, "inconsistent-read", f"inconsistent read: {obs.problem}"
     if obs.uuid is None:
         return WAIT, "no-uuid", "not in the read's list of running domains (started during the read?)"
-    if facts is None:
+    if obs.facts is None:
         return WAIT, "no-xml", "domain XML not read yet"
+    return obs.facts
+
+
+def _guest(facts: DomainFacts, settings: DomainSettings, history: History) -> Optional[Block]:
+    """A guest the daemon may balloon, whose balloon answered before, through a virtio device."""
     if facts.windows and not settings.manage_windows:
         return SKIP, "windows", f"Windows guest ({facts.windows})"
     if history.unresponsive:
         return SKIP, "unresponsive", "an earlier setmem never took effect (no balloon driver in the guest?)"
     if facts.balloon_model != "virtio":
         return SKIP, "no-balloon", f"no virtio balloon device (model {facts.balloon_model or 'absent'})"
-    if not stats.actual_kib:
+    return None
+
+
+def _figures(stats: BalloonStats, settings: DomainSettings) -> Union[Block, Figures]:
+    """Sizes that are there and agree with each other and with the configured maximum, and a usable
+    figure the guest reported."""
+    actual, maximum = stats.actual_kib, stats.maximum_kib
+    if not actual:
         return SKIP, "no-size", "no balloon size reported"
-    if not stats.maximum_kib:
-        return SKIP, "no-maximum", f"domain maximum {'0' if stats.maximum_kib == 0 else 'unknown'}"
-    if stats.actual_kib > stats.maximum_kib:
-        return SKIP, "inconsistent", (f"inconsistent stats: actual {mib(stats.actual_kib)} MiB > "
-                                      f"maximum {mib(stats.maximum_kib)} MiB")
-    if settings.maximum_kib is not None and stats.actual_kib > settings.maximum_kib:
-        return SKIP, "above-cap", (f"actual {mib(stats.actual_kib)} MiB is above the configured maximum "
+    if not maximum:
+        return SKIP, "no-maximum", f"domain maximum {'0' if maximum == 0 else 'unknown'}"
+    if actual > maximum:
+        return SKIP, "inconsistent", f"inconsistent stats: actual {mib(actual)} MiB > maximum {mib(maximum)} MiB"
+    if settings.maximum_kib is not None and actual > settings.maximum_kib:
+        return SKIP, "above-cap", (f"actual {mib(actual)} MiB is above the configured maximum "
                                    f"{mib(settings.maximum_kib)} MiB: left to the operator")
     if stats.usable_kib is None or stats.last_update is None:
         return SKIP, "no-usable", ("guest reports no usable memory (stats period off, or no balloon driver); "
                                    "the daemon sets a stats period, a dry run or a view never does")
+    return Figures(actual, stats.usable_kib, maximum, stats.last_update,
+                   stats.swap_in_kib, stats.swap_out_kib, stats.major_fault)
+
+
+def _reports(obs: Observation, facts: DomainFacts, figures: Figures, history: History, now: float,
+             limits: Limits) -> Optional[Block]:
+    """Reports that follow the guest: a stats period runs, a report came since it was set, neither
+    from the future nor stale, and its usable fits in the balloon."""
     if facts.stats_period_s is None:
         return SKIP, "no-period", ("no stats period: the figures are frozen at boot; "
                                    "the daemon sets one, a dry run or a view never does")
-    if obs.stats_since is not None and stats.last_update <= obs.stats_since:
+    if obs.stats_since is not None and figures.last_update <= obs.stats_since:
         return WAIT, "stats-starting", "waiting for the first report since the stats period was set"
-    if stats.last_update > now + FUTURE_TOLERANCE_S:
-        return SKIP, "future-stats", f"stats stamped {stats.last_update - now:.0f}s in the future"
-    age = now - stats.last_update
+    if figures.last_update > now + FUTURE_TOLERANCE_S:
+        return SKIP, "future-stats", f"stats stamped {figures.last_update - now:.0f}s in the future"
+    age = now - figures.last_update
     if age > limits.stale_after_s:
         return SKIP, "stale-stats", f"stats stale: last update {age:.0f}s ago"
-    if stats.usable_kib > stats.actual_kib:
-        return SKIP, "inconsistent", f"inconsistent stats: usable {mib(stats.usable_kib)} MiB > actual {mib(stats.actual_kib)} MiB"
+    if figures.usable_kib > figures.actual_kib:
+        pending = history.pending()
+        if pending is not None and figures.last_update <= pending[0]:
+            # the guest's report predates the shrink: its usable is of the larger size it had then
+            return WAIT, "pending", "waiting for stats newer than the last change"
+        return SKIP, "inconsistent", (f"inconsistent stats: usable {mib(figures.usable_kib)} MiB > "
+                                      f"actual {mib(figures.actual_kib)} MiB")
     return None
 
 
-def _settle(stats: BalloonStats, history: History, now: float) -> Tuple[History, Optional[Block]]:
+# ------------------------------------------------------------------ one domain
+
+def _remembered(figures: Figures, signals: Signals, history: History) -> History:
+    """The history with a report newer than the last one it saw."""
+    if history.seen_update is not None and figures.last_update <= history.seen_update:
+        return history
+    history = history.saw(figures)
+    return replace(history, paged_at=figures.last_update) if signals.paging else history
+
+
+def _settle(figures: Figures, history: History, now: float) -> Tuple[History, Optional[Block]]:
     """Follow the last change until fresh stats confirm it; flag a balloon that never moves."""
-    if history.changed_at is None:
+    pending = history.pending()
+    if pending is None:
         return history, None
-    if stats.last_update <= history.changed_at:
+    changed_at, from_kib, target_kib = pending
+    if figures.last_update <= changed_at:
         return history, (WAIT, "pending", "waiting for stats newer than the last change")
-    reached = abs(stats.actual_kib - history.target_kib) <= TOLERANCE_KIB
-    if not reached and now - history.changed_at < SETTLE_S:
-        return history, (WAIT, "moving", f"balloon moving toward {mib(history.target_kib)} MiB")
-    if not reached and abs(stats.actual_kib - history.from_kib) <= TOLERANCE_KIB:
+    reached = abs(figures.actual_kib - target_kib) <= TOLERANCE_KIB
+    if not reached and now - changed_at < SETTLE_S:
+        return history, (WAIT, "moving", f"balloon moving toward {mib(target_kib)} MiB")
+    if not reached and abs(figures.actual_kib - from_kib) <= TOLERANCE_KIB:
         stuck = replace(history.settled(), unresponsive=True)
-        return stuck, (SKIP, "unresponsive", f"setmem to {mib(history.target_kib)} MiB had no effect after {SETTLE_S:g}s: leaving it alone")
+        return stuck, (SKIP, "unresponsive",
+                       f"setmem to {mib(target_kib)} MiB had no effect after {SETTLE_S:g}s: leaving it alone")
     return history.settled(), None
 
 
 def decide(obs: Observation, settings: DomainSettings, history: History, now: float,
            limits: Limits = Limits(), policy: str = "step") -> Decision:
-    stats = obs.stats
-    signals = Signals()
-    blocked = _eligibility(obs, settings, history, now, limits)
-    if blocked is None:
-        signals = _signals(stats, settings, history)
-        if history.seen_update is None or stats.last_update > history.seen_update:
-            history = history.saw(stats)
-            if signals.paging:
-                history = replace(history, paged_at=stats.last_update)
-        history, blocked = _settle(stats, history, now)
+    return _decide(obs, settings, history, now, limits, policy)[0]
+
+
+def _decide(obs: Observation, settings: DomainSettings, history: History, now: float,
+            limits: Limits, policy: str) -> Tuple[Decision, Optional[Figures]]:
+    """The decision, and the figures its policy worked on (None: blocked before the policy)."""
+    eligible = _eligibility(obs, settings, history, now, limits)
+    if not isinstance(eligible, Figures):
+        return _blocked(obs, eligible, history), None
+    figures = eligible
+    signals = _signals(figures, settings, history)
+    history, blocked = _settle(figures, _remembered(figures, signals, history), now)
     if blocked is not None:
-        action, code, reason = blocked
-        return Decision(obs.name, action, code, reason, stats.actual_kib, None, history)
-    action, target, code, reason = POLICIES[policy](stats, settings, cap_kib(stats, settings), signals)
-    return bounded(Decision(obs.name, action, code, reason, stats.actual_kib, target, history), stats, settings)
+        return _blocked(obs, blocked, history), None
+    cap = _capped(figures.maximum_kib, settings)
+    action, target, code, reason = POLICIES[policy](figures, settings, cap, signals)
+    decision = Decision(obs.name, action, code, reason, figures.actual_kib, target, history)
+    return bounded(decision, obs.stats, settings), figures
+
+
+def _blocked(obs: Observation, block: Block, history: History) -> Decision:
+    action, code, reason = block
+    return Decision(obs.name, action, code, reason, obs.stats.actual_kib, None, history)
 
 
 def bounded(decision: Decision, stats: BalloonStats, settings: DomainSettings) -> Decision:
@@ -309,77 +369,109 @@ def bounded(decision: Decision, stats: BalloonStats, settings: DomainSettings) -
                           f"floor {settings.critical_kib} KiB, cap {cap} KiB)")
 
 
+# ------------------------------------------------------------------ every domain, and the host
+
 def decide_all(observations: Sequence[Observation], settings: Mapping[str, DomainSettings],
                histories: Mapping[str, History], host: Optional[HostMemory], now: float,
                limits: Limits = Limits(), policy: str = "target") -> List[Decision]:
     """Every domain's decision, then (target policy) fitted to what the host can give."""
-    decisions = [decide(obs, settings[obs.name], histories.get(obs.name, History()), now, limits, policy)
-                 for obs in observations]
+    decided = [_decide(obs, settings[obs.name], histories.get(obs.name, History()), now, limits, policy)
+               for obs in observations]
+    decisions = [decision for decision, _ in decided]
     if host is None or policy == "step":  # the original's rule knows nothing of the host
         return decisions
-    fitted = fit_host(decisions, {o.name: o for o in observations}, settings, host)
+    figures = {decision.name: f for decision, f in decided if f is not None}
+    fitted = fit_host(decisions, figures, settings, host)
     return [bounded(d, obs.stats, settings[obs.name]) for d, obs in zip(fitted, observations)]
 
 
-def fit_host(decisions: List[Decision], observations: Mapping[str, Observation],
+def fit_host(decisions: List[Decision], figures: Mapping[str, Figures],
              settings: Mapping[str, DomainSettings], host: HostMemory) -> List[Decision]:
     """Growth only from what the host can spare above its reserve (the neediest first);
     below the reserve, reclaim from the largest surplus first, then by shares, never
-    below a floor."""
+    below a floor. `figures`: those of the decisions a policy made."""
     out = list(decisions)
     # PSI says tasks already stall: the host is short whatever MemAvailable says.
     spare = min(host.spare_kib, 0) if host.pressure else host.spare_kib
-    grows = sorted((i for i, d in enumerate(out) if d.action == GROW),
-                   key=lambda i: usable_pct(observations[out[i].name].stats))
-    for i in grows:
-        d = out[i]
-        give = min(d.target_kib - d.actual_kib, max(spare, 0))
+    for i, actual, target in _grows(out, figures):
+        give = min(target - actual, max(spare, 0))
         if give < TOLERANCE_KIB:
-            out[i] = replace(d, action=HOLD, target_kib=None, code="host-reserve",
-                             reason=f"{d.reason}, but the host is at its reserve ({mib(host.available_kib)} MiB "
-                                    f"available, {mib(host.reserve_kib)} MiB kept)")
+            out[i] = _held(out[i], f"the host is at its reserve ({mib(host.available_kib)} MiB "
+                                   f"available, {mib(host.reserve_kib)} MiB kept)")
             continue
-        if give < d.target_kib - d.actual_kib:
-            out[i] = replace(d, target_kib=d.actual_kib + give, code="host-limited",
-                             reason=f"{d.reason} (limited by the host's reserve)")
+        if give < target - actual:
+            out[i] = replace(out[i], target_kib=actual + give, code="host-limited",
+                             reason=f"{out[i].reason} (limited by the host's reserve)")
         spare -= give
     deficit = max(-spare, host.total_kib // 100 if host.pressure else 0)
     if deficit > 0:
-        out = _reclaim(out, observations, settings, host, deficit)
+        out = _reclaim(out, figures, settings, host, deficit)
     return out
 
 
-def _reclaim(decisions: List[Decision], observations: Mapping[str, Observation],
+def _grows(decisions: List[Decision], figures: Mapping[str, Figures]) -> List[Tuple[int, int, int]]:
+    """(index, size, target) of each grow a policy planned, the neediest (lowest usable share) first."""
+    grows = [(i, figures[d.name].actual_kib, d.target_kib) for i, d in enumerate(decisions)
+             if d.action == GROW and d.target_kib is not None and d.name in figures]
+    return sorted(grows, key=lambda grow: usable_pct(figures[decisions[grow[0]].name]))
+
+
+def _held(decision: Decision, but: str) -> Decision:
+    return replace(decision, action=HOLD, target_kib=None, code="host-reserve", reason=f"{decision.reason}, but {but}")
+
+
+def _reclaim(decisions: List[Decision], figures: Mapping[str, Figures],
              settings: Mapping[str, DomainSettings], host: HostMemory, deficit: int) -> List[Decision]:
-    # Only domains with fresh, settled figures; a grow planned this cycle is undone first.
-    plan: Dict[int, int] = {}
-    for i, d in enumerate(decisions):
-        if d.action in (HOLD, SHRINK, GROW) and d.actual_kib:
-            plan[i] = d.target_kib if d.action == SHRINK else d.actual_kib
-    def floor(i: int) -> int:
-        return settings[decisions[i].name].critical_kib
-
-    def surplus(i: int) -> int:
-        obs = observations[decisions[i].name]
-        return plan[i] - max(target_size_kib(obs.stats, settings[obs.name]), floor(i))
-
-    for i in sorted(plan, key=surplus, reverse=True):
-        take = min(max(surplus(i), 0), deficit)
-        plan[i] -= take
-        deficit -= take
+    """`deficit` KiB back from the domains with fresh, settled figures: from the largest surplus over
+    its target first, then by shares, never below a floor; a grow planned this cycle is undone first."""
+    plan = {i: _kept_kib(d, figures[d.name]) for i, d in enumerate(decisions)
+            if d.action in (HOLD, SHRINK, GROW) and d.name in figures}
+    floors = {i: settings[decisions[i].name].critical_kib for i in plan}
+    wanted = {i: max(target_size_kib(figures[decisions[i].name], settings[decisions[i].name]), floors[i])
+              for i in plan}
+    plan, deficit = _surpluses_taken(plan, wanted, deficit)
     if deficit > 0:
-        weights = {i: max(plan[i] - floor(i), 0) / settings[decisions[i].name].shares for i in plan}
-        total = sum(weights.values())
-        for i, weight in weights.items():
-            if total > 0:
-                plan[i] -= min(plan[i] - floor(i), math.ceil(deficit * weight / total)) if weight else 0
-    out = list(decisions)
+        plan = _shares_taken(plan, floors, {i: settings[decisions[i].name].shares for i in plan}, deficit)
     why = (f"host below its reserve ({mib(host.available_kib)} MiB available, {mib(host.reserve_kib)} MiB kept)"
            if host.spare_kib < 0 else "host memory pressure (PSI)")
+    out = list(decisions)
     for i, size in plan.items():
-        d = out[i]
-        if d.actual_kib - size >= TOLERANCE_KIB and size >= floor(i):
-            out[i] = replace(d, action=SHRINK, target_kib=size, code="host-reserve", reason=why)
-        elif d.action == GROW:
-            out[i] = replace(d, action=HOLD, target_kib=None, code="host-reserve", reason=f"{d.reason}, but {why}")
+        out[i] = _reclaimed(out[i], figures[out[i].name].actual_kib, size, floors[i], why)
     return out
+
+
+def _kept_kib(decision: Decision, figures: Figures) -> int:
+    """What a domain is counted at before reclaiming: a shrink planned this cycle at its target, anything
+    else at its size (a grow planned this cycle is undone)."""
+    if decision.action == SHRINK and decision.target_kib is not None:
+        return decision.target_kib
+    return figures.actual_kib
+
+
+def _surpluses_taken(plan: Dict[int, int], wanted: Dict[int, int], deficit: int) -> Tuple[Dict[int, int], int]:
+    """The plan with the deficit taken from the largest surplus over what each wants first; what is
+    still missing."""
+    plan = dict(plan)
+    for i in sorted(plan, key=lambda i: plan[i] - wanted[i], reverse=True):
+        take = min(max(plan[i] - wanted[i], 0), deficit)
+        plan[i] -= take
+        deficit -= take
+    return plan, deficit
+
+
+def _shares_taken(plan: Dict[int, int], floors: Dict[int, int], shares: Dict[int, int], deficit: int) -> Dict[int, int]:
+    """The plan with the deficit taken by shares (fewer shares give more) from what is above each floor."""
+    weights = {i: max(plan[i] - floors[i], 0) / shares[i] for i in plan}
+    total = sum(weights.values())
+    if total <= 0:
+        return plan
+    return {i: plan[i] - min(plan[i] - floors[i], math.ceil(deficit * weight / total)) if weight else plan[i]
+            for i, weight in weights.items()}
+
+
+def _reclaimed(decision: Decision, actual_kib: int, size_kib: int, floor_kib: int, why: str) -> Decision:
+    if actual_kib - size_kib >= TOLERANCE_KIB and size_kib >= floor_kib:
+        return replace(decision, action=SHRINK, target_kib=size_kib, code="host-reserve", reason=why)
+    if decision.action == GROW:
+        return _held(decision, why)
+    return decision

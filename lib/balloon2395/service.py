@@ -20,13 +20,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from . import PROG, ksm, logs, statefile
-from . import config as cfg
+from . import PROG, config as cfg, ksm, logs, statefile
 from .daemon import Daemon
 from .host import is_remote
 from .journal import ChangeJournal, path_for as journal_path
 from .lock import AlreadyRunning, InstanceLock, LockError, default_dir
-from .virsh import Virsh, default_uri
+from .virsh import VirshCommands, default_uri
 from .virsh_session import open_virsh
 
 log = logging.getLogger(PROG)
@@ -39,12 +38,6 @@ RESTART_ONLY = ("uris", "virsh", "timeout", "session", "lock_dir", "metrics_text
 POLL_S = 0.2  # how soon the main thread notices a signal's flag
 
 
-def one_uri(config: cfg.Config, uri: str) -> cfg.Config:
-    """The config of one connection. Without `connect`, virsh is run without -c, so that it
-    picks its default (LIBVIRT_DEFAULT_URI, libvirt's rules) itself, as an operator's virsh does."""
-    return replace(config, uris=(uri,)) if config.uris else config
-
-
 class Failed(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
@@ -55,7 +48,7 @@ class Failed(Exception):
 class Connection:
     uri: str
     label: str
-    virsh: Virsh
+    virsh: VirshCommands
     daemon: Daemon
     state_path: str
     pending: Optional[cfg.Config] = None  # a reloaded config, taken before the next cycle
@@ -105,7 +98,7 @@ class Service:
 
     def _connect(self, uri: str, lock: InstanceLock) -> Connection:
         from .metrics import CountingVirsh, host_label
-        config = one_uri(self.config, uri)
+        config = self.config.for_uri(uri)
         label = host_label(uri)
         virsh = open_virsh(config)
         counted = virsh
@@ -226,7 +219,7 @@ class Service:
                 return
         self.config = new
         for conn in self.connections:
-            conn.pending = one_uri(new, conn.uri)
+            conn.pending = new.for_uri(conn.uri)
         log.info("reloaded %s", path or "(no config file: defaults and flags)")
 
 

@@ -27,7 +27,9 @@ def snapshot(uri: str, cycle: Cycle) -> Dict[str, Any]:
     for obs, decision in zip(cycle.observations, cycle.decisions):
         settings = cycle.settings[obs.name]
         row = row_dict(obs, settings, decision)
-        row["outcome"] = cycle.outcomes.get(obs.name)  # what became of a change; None when none was decided
+        row["outcome"] = cycle.outcomes.get(obs.name)  # what became of this cycle's change, if one was decided
+        change = cycle.last_changes.get(obs.name)
+        row["last_change"] = None if change is None else dataclasses.asdict(change)
         # explain's inputs: every figure the rule read, and what the daemon remembers
         row["explain"] = {"stats": dataclasses.asdict(obs.stats), "settings": dataclasses.asdict(settings),
                           "history": dataclasses.asdict(decision.history),

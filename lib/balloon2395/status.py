@@ -6,7 +6,8 @@ import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import DomainSettings
-from .policy import Decision, Observation, cap_kib
+from .observe import Observation
+from .policy import Decision, cap_kib
 from .units import mib
 
 COLUMNS = ("DOMAIN", "ACTUAL_MiB", "USABLE_MiB", "USABLE%", "BAND", "FLOOR_MiB", "MAX_MiB", "NEXT", "WHY")
@@ -19,6 +20,7 @@ def _mib_text(value: Optional[int]) -> str:
 def row_dict(obs: Observation, settings: DomainSettings, decision: Decision) -> Dict[str, Any]:
     s = obs.stats
     pct = None if s.usable_kib is None or not s.actual_kib else s.usable_kib * 100 // s.actual_kib
+    cap = cap_kib(s, settings)
     return {
         "domain": s.name,
         "actual_mib": None if s.actual_kib is None else mib(s.actual_kib),
@@ -26,7 +28,7 @@ def row_dict(obs: Observation, settings: DomainSettings, decision: Decision) -> 
         "usable_pct": pct,
         "band_pct": [settings.minimal, settings.maximal],
         "floor_mib": mib(settings.critical_kib),
-        "maximum_mib": None if cap_kib(s, settings) is None else mib(cap_kib(s, settings)),
+        "maximum_mib": None if cap is None else mib(cap),
         "last_update": s.last_update,
         "next": decision.action,
         "target_mib": None if decision.target_kib is None else mib(decision.target_kib),

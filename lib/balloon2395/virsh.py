@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import sh
 
-from .virsh_output import BalloonStats, parse_dominfo_max_kib, parse_domstats, parse_dommemstat
+from .virsh_output import BalloonStats, parse_dominfo_max_kib, parse_dommemstat, parse_domstats
 
 
 class VirshError(Exception):
@@ -37,14 +37,14 @@ class VirshTimeout(VirshError):
     pass
 
 
-def default_uri(env: Optional[Dict[str, str]] = None, euid: Optional[int] = None) -> str:
+def default_uri(env: Optional[Mapping[str, str]] = None, euid: Optional[int] = None) -> str:
     """The connection virsh uses when none is named (libvirt's own rule)."""
     env = os.environ if env is None else env
     euid = os.geteuid() if euid is None else euid
     return env.get("LIBVIRT_DEFAULT_URI") or ("qemu:///system" if euid == 0 else "qemu:///session")
 
 
-def _message(stderr: str, exit_code: Optional[int]) -> str:
+def error_message(stderr: str, exit_code: Optional[int]) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")] or lines
     return "; ".join(errors)[:500] or f"exit status {exit_code} with no message"
@@ -73,44 +73,49 @@ def _waited(proc: sh.RunningCommand, timeout: float) -> bool:
     return killed.is_set()
 
 
-class Virsh:
-    def __init__(self, binary: str = "virsh", uri: Optional[str] = None, timeout: float = 10.0) -> None:
-        self.binary, self.uri, self.timeout = binary, uri, timeout
-        self.calls = 0  # processes spawned: the daemon's main cost
-        env = dict(os.environ)
-        env.pop("LANGUAGE", None)
-        env["LC_ALL"] = "C"
-        self._env = env
+def environment(**extra: str) -> Dict[str, str]:
+    """What every virsh runs with: the daemon's environment under LC_ALL=C (the parsers read C-locale
+    output), without LANGUAGE (it would override LC_ALL for messages), and `extra`."""
+    env = dict(os.environ, **extra)
+    env.pop("LANGUAGE", None)
+    env["LC_ALL"] = "C"
+    return env
 
-    def close(self) -> None:
-        """Nothing to release: every call was its own process (VirshSession keeps one)."""
+
+def start(binary: str, argv: List[str], env: Dict[str, str], **io: Any) -> sh.RunningCommand:
+    """virsh started in the background by sh, in a session of its own so that a kill also takes what it
+    started (ssh, for a remote URI), every exit status its caller's to read; `io` is sh's _in, _out ...
+    Raises VirshError when it cannot start."""
+    try:
+        return sh.Command(binary)(*argv, _env=env, _bg=True, _bg_exc=False, _ok_code=_ANY_STATUS,
+                                  _new_session=True, **io)
+    except sh.CommandNotFound:
+        raise VirshError(argv, None, f"virsh not found: {binary!r} (install libvirt-clients or set --virsh)") from None
+    except OSError as exc:
+        raise VirshError(argv, None, f"cannot run {binary!r}: {exc.strerror}") from None
+    except ValueError:
+        # sh reads the child's exec report from a pipe; a virsh killed while starting leaves it cut short
+        raise VirshError(argv, None, f"{binary!r} ended while starting") from None
+
+
+_ANY_STATUS = tuple(range(256))
+
+
+class VirshCommands:
+    """What every virsh the daemon talks to offers (the per-call Virsh, VirshSession, the simulator's
+    and the tests' look-alikes): `run` one command given as words, `run_line` commands in virsh's own
+    syntax, `close`; and, over `run`, each command the daemon uses, named for what it gives."""
+
+    def run(self, *args: str) -> str:
+        """The command's stdout; raises VirshError when it failed, VirshTimeout when it hung."""
+        raise NotImplementedError
 
     def run_line(self, line: str) -> str:
         """Commands in virsh's own syntax ('a ; b'), all in one virsh; the first error ends the line."""
-        return self.run(line)  # one argument: virsh parses it as a command line
+        raise NotImplementedError
 
-    def run(self, *args: str) -> str:
-        argv = (["-c", self.uri] if self.uri else []) + list(args)
-        self.calls += 1
-        try:
-            # In a session of its own, so that a kill also takes what it started (ssh, for a remote URI).
-            result = sh.Command(self.binary)(*argv, _env=self._env, _bg=True, _bg_exc=False, _ok_code=range(256),
-                                             _tty_out=False, _in="", _new_session=True)
-        except sh.CommandNotFound:
-            raise VirshError(argv, None, f"virsh not found: {self.binary!r} (install libvirt-clients or set --virsh)") from None
-        except OSError as exc:
-            raise VirshError(argv, None, f"cannot run {self.binary!r}: {exc.strerror}") from None
-        except ValueError:
-            # sh reads the child's exec report from a pipe; a virsh killed while starting leaves it cut short
-            raise VirshError(argv, None, f"{self.binary!r} ended while starting") from None
-        if _waited(result, self.timeout):
-            raise VirshTimeout(argv, None, f"virsh {' '.join(args[:2])} timed out after {self.timeout:g}s")
-        stdout = result.stdout.decode("utf-8", "replace")
-        if result.exit_code != 0:
-            raise VirshError(argv, result.exit_code, _message(result.stderr.decode("utf-8", "replace"), result.exit_code))
-        return stdout
-
-    # Each command the daemon uses, named for what it gives.
+    def close(self) -> None:
+        """Release what the virsh keeps between calls (nothing, by default)."""
 
     def domstats_balloon(self) -> List[BalloonStats]:
         return parse_domstats(self.run("domstats", "--balloon", "--list-running"))
@@ -133,3 +138,27 @@ class Virsh:
     def setmem(self, domain: str, kib: int) -> None:
         # Plain KiB: virsh reads 'mb' as 10^6 bytes, the original's unit defect.
         self.run("setmem", "--domain", domain, "--size", str(int(kib)), "--live")
+
+
+class Virsh(VirshCommands):
+    """One virsh process per call (VirshSession keeps one for all)."""
+
+    def __init__(self, binary: str = "virsh", uri: Optional[str] = None, timeout: float = 10.0) -> None:
+        self.binary, self.uri, self.timeout = binary, uri, timeout
+        self.calls = 0  # processes spawned: the daemon's main cost
+        self._env = environment()
+
+    def run_line(self, line: str) -> str:
+        return self.run(line)  # one argument: virsh parses it as a command line
+
+    def run(self, *args: str) -> str:
+        argv = (["-c", self.uri] if self.uri else []) + list(args)
+        self.calls += 1
+        result = start(self.binary, argv, self._env, _tty_out=False, _in="")
+        if _waited(result, self.timeout):
+            raise VirshTimeout(argv, None, f"virsh {' '.join(args[:2])} timed out after {self.timeout:g}s")
+        stdout = result.stdout.decode("utf-8", "replace")
+        if result.exit_code != 0:
+            stderr = result.stderr.decode("utf-8", "replace")
+            raise VirshError(argv, result.exit_code, error_message(stderr, result.exit_code))
+        return stdout

@@ -13,15 +13,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from . import PROG
-from . import config as cfg
-from . import statefile
+from . import PROG, config as cfg, statefile
 from .daemon import Cycle
 from .host import HostReader
 from .lock import InstanceLock, LockError, default_dir
 from .observe import Collector
 from .policy import History, Limits, decide_all
-from .service import EXIT_INTERRUPTED, one_uri
 from .status import render_json, render_table
 from .units import mib
 from .virsh import VirshError, default_uri
@@ -53,7 +50,7 @@ def daemon_state(config: cfg.Config, uri: str) -> Optional[Dict[str, Any]]:
 
 def read_now(config: cfg.Config, uri: str, histories: Dict[str, History]) -> Cycle:
     """One read of the domains and the decisions a cycle would make; changes nothing."""
-    config = one_uri(config, uri)
+    config = config.for_uri(uri)
     virsh = open_virsh(config)
     try:
         started = time.monotonic()
@@ -87,12 +84,17 @@ def view(config: cfg.Config, uri: str) -> View:
 
 
 def last_decision(row: Optional[Dict[str, Any]]) -> str:
-    """The daemon's last decision for a domain and, for a change, what became of it."""
-    if row is None:
+    """The daemon's latest change of a domain and what became of it, or "-" when it made none."""
+    change = None if row is None else row.get("last_change")
+    if not change:
         return "-"
-    target = f" -> {row['target_mib']}" if row["target_mib"] is not None else ""
-    outcome = row.get("outcome")
-    return f"{row['next']}{target}" + (f" {outcome}" if outcome else "")
+    at = time.strftime("%H:%M:%S", time.localtime(change["at"]))
+    return (f"{change['action']} {_mib_or_dash(change['from_kib'])}->{_mib_or_dash(change['target_kib'])} "
+            f"{change['outcome']} {at}")
+
+
+def _mib_or_dash(kib: Optional[int]) -> str:
+    return "-" if kib is None else str(mib(kib))
 
 
 def pressure_order(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -101,34 +103,44 @@ def pressure_order(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def status(config: cfg.Config, as_json: bool, watch: bool, refresh_s: float, count: Optional[int]) -> int:
-    uris = config.uris or (default_uri(),)
+    """The table (or JSON) once; with `watch`, redrawn every `refresh_s` until `count` or Ctrl-C, the
+    way out of it (exit 0). Ctrl-C in a one-shot view reaches the command line (exit 130)."""
+    if not watch:
+        return _show(config, as_json, watch=False)
     shown = 0
     try:
-        while True:
-            try:
-                views = [view(config, uri) for uri in uris]
-            except VirshError as exc:
-                print(f"{PROG}: cannot read running domains: {exc.message}", file=sys.stderr)
-                return 1
-            rows = {v.uri: pressure_order(v.now["domains"]) if watch else v.now["domains"] for v in views}
-            if as_json:
-                text = render_json([dict(d, uri=uri) for uri, r in rows.items() for d in r]) \
-                    if len(uris) > 1 else render_json(rows[uris[0]])
-            else:
-                headed = watch or len(views) > 1  # a plain one-host `status` stays a bare table
-                text = "\n\n".join((v.header() + "\n" if headed else "") + render_table(rows[v.uri])
-                                   for v in views)
-            if watch and sys.stdout.isatty():
-                sys.stdout.write("\x1b[H\x1b[2J")  # redraw in place, as top does
-            print(text, flush=True)
+        while count is None or shown < count:
+            if shown:
+                time.sleep(refresh_s)
+                if not sys.stdout.isatty():
+                    print()
+            failed = _show(config, as_json, watch=True)
+            if failed:
+                return failed
             shown += 1
-            if not watch or count is not None and shown >= count:
-                return 0
-            time.sleep(refresh_s)
-            if not sys.stdout.isatty():
-                print()
-    except KeyboardInterrupt:  # the way to leave --watch; a one-shot view was cut short
-        return 0 if watch else EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _show(config: cfg.Config, as_json: bool, watch: bool) -> int:
+    uris = config.uris or (default_uri(),)
+    try:
+        views = [view(config, uri) for uri in uris]
+    except VirshError as exc:
+        print(f"{PROG}: cannot read running domains: {exc.message}", file=sys.stderr)
+        return 1
+    rows = {v.uri: pressure_order(v.now["domains"]) if watch else v.now["domains"] for v in views}
+    if as_json:
+        text = render_json([dict(d, uri=uri) for uri, r in rows.items() for d in r]) \
+            if len(uris) > 1 else render_json(rows[uris[0]])
+    else:
+        headed = watch or len(views) > 1  # a plain one-host `status` stays a bare table
+        text = "\n\n".join((v.header() + "\n" if headed else "") + render_table(rows[v.uri]) for v in views)
+    if watch and sys.stdout.isatty():
+        sys.stdout.write("\x1b[H\x1b[2J")  # redraw in place, as top does
+    print(text, flush=True)
+    return 0
 
 
 def explain(config: cfg.Config, name: str) -> int:
@@ -167,7 +179,8 @@ def render_explain(config: cfg.Config, v: View, now: Dict[str, Any], last: Optio
         f"  swap_in {_size(stats['swap_in_kib'])}, swap_out {_size(stats['swap_out_kib'])}, "
         f"major faults {stats['major_fault'] if stats['major_fault'] is not None else '-'}",
         f"  band {settings['minimal']:g}-{settings['maximal']:g}%, floor {_size(settings['critical_kib'])}, "
-        f"cap {'-' if now['maximum_mib'] is None else str(now['maximum_mib']) + ' MiB'}, headroom {_size(settings['headroom_kib'])}, "
+        f"cap {'-' if now['maximum_mib'] is None else str(now['maximum_mib']) + ' MiB'}, "
+        f"headroom {_size(settings['headroom_kib'])}, "
         f"max shrink {_size(settings['max_shrink_kib'])}, shares {settings['shares']}"
         + (", excluded" if settings["exclude"] else ""),
         "  host: " + ("not watched" if host is None else
@@ -175,13 +188,15 @@ def render_explain(config: cfg.Config, v: View, now: Dict[str, Any], last: Optio
                       + (", PSI pressure" if host["pressure"] else "")),
         "  remembered: " + _history(history),
     ]
-    if last is None:
-        lines.append("last decision: " + (NO_DAEMON if v.daemon is None else "none yet (new to the daemon)"))
+    daemon = v.daemon
+    if daemon is None or last is None:
+        lines.append("last decision: " + (NO_DAEMON if daemon is None else "none yet (new to the daemon)"))
     else:
-        at = time.strftime("%H:%M:%S", time.localtime(v.daemon["at"]))
+        at = time.strftime("%H:%M:%S", time.localtime(daemon["at"]))
         outcome = last.get("outcome")
-        lines.append(f"last decision ({at}, daemon pid {v.daemon['pid']}): {_decision(last)}"
+        lines.append(f"last decision ({at}, daemon pid {daemon['pid']}): {_decision(last)}"
                      + (f"; outcome: {outcome}" if outcome else ""))
+        lines.append(f"last change: {last_decision(last)}")
     lines.append(f"next decision (a cycle now): {_decision(now)}")
     return "\n".join(lines)
 

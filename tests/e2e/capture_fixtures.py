@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lib"))
 
-from e2e.harness import (  # noqa: E402
-    LIBOSINFO_NS, PREFIX, STATE_DIR, URI, GuestFactory, check_prerequisites,
-    parse_kv, virsh, virsh_env, wait_for,
-)
+from balloon2395_testkit.guests import LIBOSINFO_NS, PREFIX, GuestFactory  # noqa: E402
+from balloon2395_testkit.prepared import DAEMONS, check_prerequisites, forget_daemon, recorded_daemon  # noqa: E402
+from balloon2395_testkit.virsh_cli import URI, virsh, virsh_env  # noqa: E402
+from balloon2395_testkit.waiting import wait_for  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE.parent / "fixtures" / "virsh"
@@ -194,7 +194,7 @@ class Capturer:
             "# Real virsh outputs (libvirt 9.0 / QEMU 7.2, Debian 12)",
             "",
             "Captured by `tests/e2e/capture_fixtures.py` against real software-emulated",
-            "guests booted by the e2e harness (`tests/e2e/harness.py`). Each capture NAME",
+            "guests booted by the e2e harness (`lib/balloon2395_testkit/guests.py`). Each capture NAME",
             "has `NAME.stdout` (exact bytes), `NAME.stderr` (exact bytes, only when not",
             "empty), `NAME.exit` (exit status) and, for interactive sessions, `NAME.stdin`",
             "(what was fed on a pipe). Environment: `LC_ALL=C`, no `LIBVIRT_DEFAULT_URI`,",
@@ -275,26 +275,6 @@ def domain_names() -> List[str]:
     return [n for n in virsh("list", "--all", "--name", check=True).out.splitlines() if n]
 
 
-def recorded_libvirtd() -> Optional[tuple]:
-    try:
-        lines = Path(STATE_DIR, "daemons").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "libvirtd":
-            pid = int(parts[1])
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                continue
-            start = stat.rsplit(")", 1)[1].split()[19]
-            if comm == "libvirtd" and start == parts[2]:
-                return pid, line
-    return None
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -368,7 +348,7 @@ def main() -> int:
         c.cap("dommemstat.stats-period-1", ["dommemstat", WEB],
               f"'{WEB}' running, <stats period='1'/>, balloon driver loaded")
         c.cap("dommemstat-domain.stats-period-1", ["dommemstat", "--domain", WEB],
-              f"same guest, --domain form")
+              "same guest, --domain form")
         c.cap("dommemstat.no-stats-period", ["dommemstat", NOSTATS],
               f"'{NOSTATS}' running, driver loaded, no stats period: numbers are the "
               "one report the driver sent at probe time (before the balloon inflated "
@@ -376,7 +356,7 @@ def main() -> int:
               "never moves")
         time.sleep(2.2)
         c.cap("dommemstat.no-stats-period.2s-later", ["dommemstat", NOSTATS],
-              f"same guest 2.2 s later: identical numbers (frozen)")
+              "same guest 2.2 s later: identical numbers (frozen)")
 
         # ------------------------------------------------------- more guests
         nodriver = factory.create("nodriver", name=NODRIVER, current_mib=384, max_mib=512,
@@ -384,14 +364,13 @@ def main() -> int:
         quote = factory.create("quote", name=QUOTE, current_mib=256, max_mib=512,
                                stats_period=1)
         try:
-            win = factory.create("win", name=WIN, current_mib=256, max_mib=512,
-                                 stats_period=1, metadata_xml=WIN_METADATA,
-                                 features_xml=HYPERV)
+            factory.create("win", name=WIN, current_mib=256, max_mib=512,
+                           stats_period=1, metadata_xml=WIN_METADATA,
+                           features_xml=HYPERV)
             win_running = True
         except Exception as exc:  # noqa: BLE001 - TCG may refuse hyperv
             print(f"hyperv guest did not start: {exc}")
             win_running = False
-            win = factory.guests[-1]
         quote.wait_fresh_stats()
         nodriver.setmem_kib(300 * 1024)
         time.sleep(1.5)
@@ -582,17 +561,14 @@ def main() -> int:
               "all test domains destroyed and undefined again")
 
     # ------------------------------------------------------- daemon down
-    rec = None if args.no_daemon_stop else recorded_libvirtd()
-    if rec is None:
+    pid = None if args.no_daemon_stop else recorded_daemon("libvirtd")
+    if pid is None:
         c.note("daemon-down captures skipped (libvirtd not started by prepare.sh, "
                "or --no-daemon-stop)")
     else:
-        pid, line = rec
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, what="libvirtd to stop")
-        daemons = Path(STATE_DIR, "daemons")
-        daemons.write_text("".join(l + "\n" for l in daemons.read_text().splitlines()
-                                   if l != line))
+        forget_daemon(pid, DAEMONS)
         try:
             c.cap("daemon-down.domstats-balloon-list-running",
                   ["domstats", "--balloon", "--list-running"], "libvirtd stopped")

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from .harness import GuestFactory, check_prerequisites
+from balloon2395_testkit.guests import GuestFactory
+from balloon2395_testkit.prepared import check_prerequisites
 
 E2E_DIR = Path(__file__).resolve().parent
 _REPORT_LINES = []

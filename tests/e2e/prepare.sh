@@ -294,7 +294,7 @@ else
         "$(for r in "${ORDER[@]}"; do basename "$r" .ko; done | tr '\n' ' ')"
 fi
 
-# Marker read by harness.py to find the assets of a non-default cache.
+# Marker read by lib/balloon2395_testkit/prepared.py to find the assets of a non-default cache.
 echo "$CACHE" > "$STATE_DIR/cache-dir"
 T1=$(date +%s.%N)
 log "ready in $(awk -v a="$T0" -v b="$T1" 'BEGIN { printf "%.1f", b - a }') s;" \

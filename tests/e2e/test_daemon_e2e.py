@@ -14,7 +14,10 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from .harness import DaemonProcess, Guest, GuestFactory, wait_for
+from balloon2395_testkit.daemon_process import DaemonProcess
+from balloon2395_testkit.guests import Guest, GuestFactory
+from balloon2395_testkit.waiting import wait_for
+
 from .libvirtd import restart_recorded_libvirtd
 
 MIB = 1024
@@ -84,6 +87,13 @@ def usable_pct(stats: Dict[str, int]) -> float:
 def in_band(guest: Guest, lo: float, hi: float) -> Optional[Dict[str, int]]:
     stats = guest.dommemstat()
     return stats if "usable" in stats and lo <= usable_pct(stats) <= hi else None
+
+
+def settled_at_hold(g: Guest, d: Daemon, what: str) -> Dict[str, int]:
+    """The guest's figures a little after the daemon first held it: settled."""
+    wait_for(lambda: f"hold {g.name}: " in d.log(), timeout=60, interval=0.5, what=f"{what} settled")
+    time.sleep(2)
+    return g.dommemstat()
 
 
 def test_idle_guest_is_shrunk_into_the_band_never_below_the_floor(guest_factory, daemons, e2e_report):
@@ -243,9 +253,7 @@ def test_a_jump_that_kills_under_step_does_not_under_target(guest_factory, daemo
         g = guest_factory.create(f"jump-{policy}", current_mib=512, max_mib=1024)
         g.wait_fresh_stats()
         d = daemons("--policy", policy)
-        wait_for(lambda: f"hold {g.name}: " in d.log(), timeout=60, interval=0.5, what=f"{policy} settled")
-        time.sleep(2)
-        settled = g.dommemstat()
+        settled = settled_at_hold(g, d, policy)
         if jump_mib is None:  # just more than what step leaves usable at its floor
             jump_mib = max(200, settled["usable"] // MIB + 35)
         # The daemon stops first: under software emulation the allocation takes seconds, so step's

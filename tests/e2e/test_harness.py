@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-from .harness import GuestError, parse_domstats, virsh, wait_for
+from balloon2395_testkit.guest_channel import GuestError
+from balloon2395_testkit.virsh_cli import parse_domstats, virsh
+from balloon2395_testkit.waiting import wait_for
 
 MIB = 1024  # KiB
 

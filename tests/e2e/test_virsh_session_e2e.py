@@ -18,8 +18,8 @@ import pytest
 from balloon2395.lifetime import READ_LINE, parse_running
 from balloon2395.virsh import Virsh, VirshError, VirshTimeout
 from balloon2395.virsh_session import VirshSession
-
-from .harness import URI, wait_for
+from balloon2395_testkit.virsh_cli import URI
+from balloon2395_testkit.waiting import wait_for
 
 MIB = 1024
 WORDS = ["o'brien", 'say "hi"', "semi;colon x", "#hash", "back\\slash", "café é1", "$HOME ~ *", "a  b", "x" * 200]

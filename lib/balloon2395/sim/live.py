@@ -1,9 +1,9 @@
 """`balloon-2395 --simulate`: the real daemon against a simulated host, shown live, with a summary at the end.
 
 Virtual time runs at `speed` simulated seconds per real second until the
-duration is over or SIGINT/SIGTERM (Ctrl-C) comes. On a terminal the view is a table redrawn in place (log lines scroll above it);
-otherwise a line per guest is printed every so often. Log lines carry
-virtual time.
+duration is over or SIGINT/SIGTERM (Ctrl-C) comes. On a terminal the view is a table redrawn in
+place (log lines scroll above it); otherwise a line per guest is printed every so often. Log lines
+carry virtual time.
 """
 
 from __future__ import annotations
@@ -28,19 +28,18 @@ COLUMNS = ("GUEST", "ACTUAL_MiB", "USABLE%", "BAND", "OOM", "LAST ACTION")
 _REDRAW_S = 0.2  # real seconds between redraws of the live table
 
 
-def _rows(sim: Simulation) -> List[Sequence[str]]:
+def _rows(sim: Simulation) -> Sequence[Sequence[str]]:
     rows = []
     for g in sim.host.guests:
         s, settings = g.state, sim.config.for_domain(g.name)
         last = sim.last_change.get(g.name)
-        action = "-" if last is None else (f"{last[1].action} {mib(last[1].actual_kib)} -> "
-                                           f"{mib(last[1].target_kib)} at {last[0]:.0f}s")
+        action = "-" if last is None else f"{last[1].action} {logs.change_sizes(last[1])} at {last[0]:.0f}s"
         rows.append((g.name, str(mib(s.actual_kib)), f"{usable_kib(g.plan.spec, s) * 100 // s.actual_kib}%",
                      f"{settings.minimal:g}-{settings.maximal:g}%", str(s.oom_kills), action))
     return rows
 
 
-def _table(header: Sequence[str], rows: List[Sequence[str]]) -> List[str]:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
 

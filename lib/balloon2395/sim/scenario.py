@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -57,6 +57,9 @@ class Trace:
     anon: Tuple[Ramp, ...] = ()
     cache: Tuple[Ramp, ...] = ()
     repeat_s: Optional[float] = None
+    # the ramps' start times, for bisect: derived, set once
+    _anon_starts: Tuple[float, ...] = field(init=False, repr=False, compare=False)
+    _cache_starts: Tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_anon_starts", tuple(r.start_s for r in self.anon))
@@ -194,32 +197,37 @@ def _trace(raw: Any, repeat_s: Optional[float], where: str) -> Trace:
         raise _fail(where, f"expected a list of steps, got {type(raw).__name__}")
     by_quantity: Dict[str, list] = {"anon": [], "cache": []}
     last_at = 0.0
-    for i, step in enumerate(raw):
+    for i, raw_step in enumerate(raw):
         step_where = f"{where}[{i}]"
-        step = _mapping(step, step_where, _STEP_KEYS)
-        if "at" not in step:
-            raise _fail(step_where, "needs 'at' (seconds from the start)")
-        at = _seconds(step["at"], f"{step_where}.at")
-        if at < last_at:
-            raise _fail(f"{step_where}.at", f"steps must be in time order ({at:g}s after {last_at:g}s)")
+        at, over, rate, values = _step(raw_step, step_where, last_at)
         last_at = at
-        quantities = [q for q in ("anon", "cache") if q in step]
-        if not quantities:
-            raise _fail(step_where, "needs 'anon' or 'cache'")
-        if "over" in step and "rate" in step:
-            raise _fail(step_where, "give 'over' or 'rate', not both")
-        if "rate" in step and len(quantities) > 1:
-            raise _fail(f"{step_where}.rate", "a rate applies to one of 'anon' or 'cache', not both")
-        over = _seconds(step["over"], f"{step_where}.over") if "over" in step else None
-        rate = _rate(step["rate"], f"{step_where}.rate") if "rate" in step else None
-        for q in quantities:
-            by_quantity[q].append((at, step[q], step_where, over, rate))
+        for quantity, value in values.items():
+            by_quantity[quantity].append((at, value, step_where, over, rate))
     trace = Trace(_ramps(by_quantity["anon"], "anon", where), _ramps(by_quantity["cache"], "cache", where), repeat_s)
-    if repeat_s is not None:
-        ends = [r.end_s for r in trace.anon + trace.cache]
-        if ends and max(ends) > repeat_s:
-            raise _fail(where, f"the steps run to {max(ends):g}s, past the repeat period ({repeat_s:g}s)")
+    ends = [r.end_s for r in trace.anon + trace.cache]
+    if repeat_s is not None and ends and max(ends) > repeat_s:
+        raise _fail(where, f"the steps run to {max(ends):g}s, past the repeat period ({repeat_s:g}s)")
     return trace
+
+
+def _step(raw: Any, where: str, after_s: float) -> Tuple[float, Optional[float], Optional[float], Dict[str, Any]]:
+    """One workload step, not before `after_s`: (at, over, rate, {quantity: its raw value})."""
+    step = _mapping(raw, where, _STEP_KEYS)
+    if "at" not in step:
+        raise _fail(where, "needs 'at' (seconds from the start)")
+    at = _seconds(step["at"], f"{where}.at")
+    if at < after_s:
+        raise _fail(f"{where}.at", f"steps must be in time order ({at:g}s after {after_s:g}s)")
+    values = {q: step[q] for q in ("anon", "cache") if q in step}
+    if not values:
+        raise _fail(where, "needs 'anon' or 'cache'")
+    if "over" in step and "rate" in step:
+        raise _fail(where, "give 'over' or 'rate', not both")
+    if "rate" in step and len(values) > 1:
+        raise _fail(f"{where}.rate", "a rate applies to one of 'anon' or 'cache', not both")
+    over = _seconds(step["over"], f"{where}.over") if "over" in step else None
+    rate = _rate(step["rate"], f"{where}.rate") if "rate" in step else None
+    return at, over, rate, values
 
 
 def _guest(raw: Any, where: str) -> GuestPlan:
@@ -294,7 +302,8 @@ def find(name_or_path: str) -> Path:
     named = SCENARIO_DIR / f"{name_or_path}.yaml"
     if "/" not in name_or_path and named.is_file():
         return named
-    raise ScenarioError(f"{name_or_path}: no such scenario (known: {', '.join(names())}; or give a path to a YAML file)")
+    raise ScenarioError(f"{name_or_path}: no such scenario (known: {', '.join(names())}; "
+                        "or give a path to a YAML file)")
 
 
 def load(name_or_path: str) -> Scenario:

@@ -21,9 +21,9 @@ import sys
 import time
 from typing import Any, List, Tuple
 
-from ..fake_virsh import FakeHost, interactive
-from ..inprocess import InProcessVirsh
+from .fake_virsh import FakeHost, interactive
 from .host import SimGuest, SimHost
+from .inprocess import InProcessVirsh
 from .scenario import ScenarioError, load
 
 STATE_ENV = "BALLOON2395_SIM_STATE"
@@ -67,7 +67,7 @@ def answer(host: SimHost, command: str, args: List[str]) -> Tuple[str, str, int]
 
 
 class SimVirsh(InProcessVirsh):
-    """The real Virsh class, its process call answered by the simulated host."""
+    """The daemon's virsh commands, answered in process by the simulated host."""
 
     def __init__(self, host: SimHost) -> None:
         super().__init__(lambda command, args: answer(host, command, args))

@@ -1,7 +1,7 @@
 """Faults injected into a virsh, and a checker of the safety invariants around the daemon's virsh.
 
-Both wrap a Virsh (usually an InProcessVirsh: the fake host or the simulator)
-and are Virshes themselves, so the daemon runs its own code through them:
+Both wrap a virsh (usually an InProcessVirsh: the fake host or the simulator)
+and are virshes themselves, so the daemon runs its own code through them:
 
     Daemon(config, CheckedVirsh(FaultyVirsh(SimVirsh(host), rng), config, clock), clock)
 
@@ -19,11 +19,11 @@ import re
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Set
 
-from ..config import Config
-from ..lifetime import READ_LINE, parse_running
-from ..policy import FUTURE_TOLERANCE_S
-from ..virsh import Virsh, VirshError, VirshTimeout
-from ..virsh_output import BalloonStats, VirshOutputError
+from balloon2395.config import Config, DomainSettings
+from balloon2395.lifetime import READ_LINE, parse_running
+from balloon2395.policy import FUTURE_TOLERANCE_S
+from balloon2395.virsh import VirshCommands, VirshError, VirshTimeout
+from balloon2395.virsh_output import BalloonStats, VirshOutputError
 
 # What libvirt says when libvirtd is not there (virsh 9.0, captured).
 DAEMON_DOWN = ("error: failed to connect to the hypervisor\n"
@@ -35,11 +35,10 @@ _LIST_LINE = re.compile(r"^([0-9a-f-]{36}) [0-9]+ ([^\n]+)$", re.M)
 _HEADER = re.compile(r"^Domain: '([^\n]*)'$", re.M)
 
 
-class _Wrapped(Virsh):
-    """A Virsh whose every command goes to another Virsh."""
+class _Wrapped(VirshCommands):
+    """A virsh whose every command goes to another."""
 
-    def __init__(self, inner: Virsh) -> None:
-        super().__init__()
+    def __init__(self, inner: VirshCommands) -> None:
         self.inner = inner
 
     def close(self) -> None:
@@ -59,7 +58,7 @@ class FaultyVirsh(_Wrapped):
     FAULTS = ("hang", "error", "garbage", "truncated", "future", "backwards", "usable>actual", "actual=0",
               "actual>maximum", "maximum=0", "block-twice", "figure-twice", "uuid-twice", "vanished", "no-effect")
 
-    def __init__(self, inner: Virsh, rng: random.Random, rate: float = 0.0) -> None:
+    def __init__(self, inner: VirshCommands, rng: random.Random, rate: float = 0.0) -> None:
         super().__init__(inner)
         self.rng, self.rate = rng, rate
         self.down_calls = 0  # calls still to fail with DAEMON_DOWN
@@ -168,7 +167,7 @@ class CheckedVirsh(_Wrapped):
     the domain's second in one cycle, or the figures are not newer than the domain's
     last change."""
 
-    def __init__(self, inner: Virsh, config: Config, clock: Callable[[], float]) -> None:
+    def __init__(self, inner: VirshCommands, config: Config, clock: Callable[[], float]) -> None:
         super().__init__(inner)
         self.config, self.clock = config, clock
         self.seen: Dict[str, BalloonStats] = {}  # uuid -> the figures of the domain listed under it
@@ -228,26 +227,43 @@ class CheckedVirsh(_Wrapped):
             return ["the last read gave this domain twice"]
         if s.actual_kib is None or s.usable_kib is None or s.last_update is None or s.maximum_kib is None:
             return [f"figures missing: {s}"]
-        problems = []
         settings = self.config.for_domain(s.name)
-        if settings.exclude:
-            problems.append("excluded domain")
-        if s.actual_kib <= 0 or s.usable_kib > s.actual_kib or s.maximum_kib <= 0 or s.actual_kib > s.maximum_kib \
-                or s.problem:
-            problems.append(f"inconsistent figures: actual {s.actual_kib}, usable {s.usable_kib}, "
-                            f"maximum {s.maximum_kib}, {s.problem or 'each figure once'}")
-        if now - s.last_update > self.config.stale_after_s:
-            problems.append(f"stale figures ({now - s.last_update:.0f}s old)")
-        if s.last_update > now + FUTURE_TOLERANCE_S:
-            problems.append(f"future-dated figures ({s.last_update - now:.0f}s ahead)")
-        if kib < s.actual_kib and kib < settings.critical_kib:
-            problems.append(f"shrink below the floor {settings.critical_kib}")
-        cap = min(s.maximum_kib, settings.maximum_kib or s.maximum_kib)
-        if kib > cap:
-            problems.append(f"size above the maximum {cap}")
-        if domain in self.this_cycle:
-            problems.append("second setmem in one cycle")
+        problems = ["excluded domain"] if settings.exclude else []
+        problems += _inconsistent(s.actual_kib, s.usable_kib, s.maximum_kib, s.problem)
+        problems += _untimely(s.last_update, now, self.config.stale_after_s)
+        problems += _out_of_bounds(kib, s.actual_kib, s.maximum_kib, settings)
+        return problems + self._out_of_turn(domain, s.last_update)
+
+    def _out_of_turn(self, domain: str, stamp: int) -> List[str]:
+        """A second setmem in one cycle, or one on figures not newer than the last change."""
+        problems = ["second setmem in one cycle"] if domain in self.this_cycle else []
         last: Optional[float] = self.changed_at.get(domain)
-        if last is not None and s.last_update <= last:
-            problems.append(f"figures (stamped {s.last_update}) not newer than the last change at {last:.1f}")
+        if last is not None and stamp <= last:
+            problems.append(f"figures (stamped {stamp}) not newer than the last change at {last:.1f}")
         return problems
+
+
+def _inconsistent(actual: int, usable: int, maximum: int, problem: Optional[str]) -> List[str]:
+    if actual <= 0 or usable > actual or maximum <= 0 or actual > maximum or problem:
+        return [f"inconsistent figures: actual {actual}, usable {usable}, maximum {maximum}, "
+                f"{problem or 'each figure once'}"]
+    return []
+
+
+def _untimely(stamp: int, now: float, stale_after_s: float) -> List[str]:
+    problems: List[str] = []
+    if now - stamp > stale_after_s:
+        problems.append(f"stale figures ({now - stamp:.0f}s old)")
+    if stamp > now + FUTURE_TOLERANCE_S:
+        problems.append(f"future-dated figures ({stamp - now:.0f}s ahead)")
+    return problems
+
+
+def _out_of_bounds(kib: int, actual: int, maximum: int, settings: DomainSettings) -> List[str]:
+    problems: List[str] = []
+    if kib < actual and kib < settings.critical_kib:
+        problems.append(f"shrink below the floor {settings.critical_kib}")
+    cap = min(maximum, settings.maximum_kib or maximum)
+    if kib > cap:
+        problems.append(f"size above the maximum {cap}")
+    return problems

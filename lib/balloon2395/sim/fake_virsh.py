@@ -8,7 +8,8 @@ State file (path in $FAKE_VIRSH_STATE):
                 "actual_kib", "maximum_kib", "period": seconds or 0,
                 "driver": true (guest has the balloon driver; false: no guest stats, setmem a no-op),
                 "stuck": true (stats flow but setmem never takes effect),
-                "balloon": "virtio"|"none", "os": libosinfo id or null, "hyperv": bool, "settings": {attribute: value} of our metadata,
+                "balloon": "virtio"|"none", "os": libosinfo id or null, "hyperv": bool,
+                "settings": {attribute: value} of our metadata,
                 "stats": {"usable": KiB, "available": ..., ...},
                 "last_update": epoch s, or "age": seconds before now,
                 "boot_update": epoch s of the one report a guest without a period sent}],
@@ -32,7 +33,6 @@ import resource
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
-
 
 # The order real virsh/QEMU report guest stats in.
 GUEST_STATS = ("swap_in", "swap_out", "major_fault", "minor_fault", "unused", "available", "usable",
@@ -213,59 +213,76 @@ class FakeHost:
         return self.call("connect", []) if "connect" in self.state.get("faults", {}) else None
 
     def run(self, command: str, args: List[str]) -> Tuple[str, bool]:
-        """(stdout, state changed); raises Fail as virsh would fail."""
-        if command not in COMMANDS:
-            raise Fail(f"error: unknown command: '{command}'\n", stdout="")
+        """(stdout, state changed); raises Fail as virsh would fail. (`echo` is answered by call.)"""
         opts, positional = _options(args)
+        host_wide, per_domain = _HOST_WIDE.get(command), _PER_DOMAIN.get(command)
+        if host_wide is not None:
+            return host_wide(self, opts, positional)
+        if per_domain is None:
+            raise Fail(f"error: unknown command: '{command}'\n", stdout="")
         name = opts.get("domain") or (positional[0] if positional else None)
-        if command == "domstats":
-            names = positional + ([opts["domain"]] if "domain" in opts else [])  # --list-running --domain X: X
-            doms = [self.domain(n) for n in names] if names else self.running()
-            return render_domstats(doms), False
-        if command == "list":
-            doms = self.state.get("domains", [])
-            if "state-running" in opts:
-                doms = self.running()
-            elif "all" not in opts:  # active: running or paused
-                doms = [d for d in doms if d.get("state", "running") != "shut off"]
-            # active domains by id, then the others by name (domstats keeps no order of its own)
-            doms = sorted(doms, key=lambda d: (d.get("state", "running") == "shut off", int(d.get("id", 0)),
-                                               d["name"]))
-            fields = [key for key in ("uuid", "id", "name") if key in opts]  # in virsh's order
-            if not fields:
-                return render_list_table(doms), False
-            return "".join(" ".join(str(d[key]) for key in fields) + "\n" for d in doms) + "\n", False
-        if command == "version":
-            return ("Compiled against library: libvirt 9.0.0\nUsing library: libvirt 9.0.0\n"
-                    "Using API: QEMU 9.0.0\nRunning hypervisor: QEMU 7.2.0\n\n"), False
-        if command == "nodememstats":
-            host = self.state.get("host", {})
-            return "".join(f"{k:<7}: {host.get(k + '_kib', 0):>20} KiB\n"
-                           for k in ("total", "free", "buffers", "cached")) + "\n", False
         if name is None:
             raise Fail("error: command '%s' requires <domain> option\n" % command)
-        if command == "dominfo":
-            return render_dominfo(self.domain(name)), False
-        if command == "dumpxml":
-            return render_dumpxml(self.domain(name)), False
-        if command == "metadata":
-            dom = self.domain(name)
-            if opts.get("uri") == LIBOSINFO_NS and dom.get("os"):
-                return f'<libosinfo>\n  <os id="{dom["os"]}"/>\n</libosinfo>\n\n', False
-            raise Fail("error: metadata not found: Requested metadata element is not present\n")
-        if command == "dommemstat":
-            dom = self.domain(name)
-            if "period" in opts:
-                if dom.get("state", "running") == "shut off":
-                    raise Fail("error: Unable to change balloon collection period.\n"
-                               "error: Requested operation is not valid: domain is not running\n")
-                dom["period"] = int(opts["period"])
-                return "\n", True
-            if dom.get("state", "running") == "shut off":
-                raise Fail(f"error: Failed to get memory statistics for domain {name}\n"
-                           "error: Requested operation is not valid: domain is not running\n")
-            return render_dommemstat(dom), False
-        return self._setmem(name, opts, positional)
+        return per_domain(self, name, opts, positional)
+
+    # Host-wide commands: (stdout, state changed) from the options and positional words.
+
+    def _domstats(self, opts: Dict[str, str], positional: List[str]) -> Tuple[str, bool]:
+        names = positional + ([opts["domain"]] if "domain" in opts else [])  # --list-running --domain X: X
+        return render_domstats([self.domain(n) for n in names] if names else self.running()), False
+
+    def _list(self, opts: Dict[str, str], positional: List[str]) -> Tuple[str, bool]:
+        doms = self.state.get("domains", [])
+        if "state-running" in opts:
+            doms = self.running()
+        elif "all" not in opts:  # active: running or paused
+            doms = [d for d in doms if d.get("state", "running") != "shut off"]
+        # active domains by id, then the others by name (domstats keeps no order of its own)
+        doms = sorted(doms, key=lambda d: (d.get("state", "running") == "shut off", int(d.get("id", 0)), d["name"]))
+        fields = [key for key in ("uuid", "id", "name") if key in opts]  # in virsh's order
+        if not fields:
+            return render_list_table(doms), False
+        return "".join(" ".join(str(d[key]) for key in fields) + "\n" for d in doms) + "\n", False
+
+    def _version(self, opts: Dict[str, str], positional: List[str]) -> Tuple[str, bool]:
+        return ("Compiled against library: libvirt 9.0.0\nUsing library: libvirt 9.0.0\n"
+                "Using API: QEMU 9.0.0\nRunning hypervisor: QEMU 7.2.0\n\n"), False
+
+    def _nodememstats(self, opts: Dict[str, str], positional: List[str]) -> Tuple[str, bool]:
+        host = self.state.get("host", {})
+        return "".join(f"{k:<7}: {host.get(k + '_kib', 0):>20} KiB\n"
+                       for k in ("total", "free", "buffers", "cached")) + "\n", False
+
+    # Commands on one domain, `name` as given (--domain or the first positional word).
+
+    def _dominfo(self, name: str, opts: Dict[str, str], positional: List[str]) -> Tuple[str, bool]:
+        return render_dominfo(self.domain(name)), False
+
+    def _dumpxml(self, name: str, opts: Dict[str, str], positional: List[str]) -> Tuple[str, bool]:
+        return render_dumpxml(self.domain(name)), False
+
+    def _metadata(self, name: str, opts: Dict[str, str], positional: List[str]) -> Tuple[str, bool]:
+        dom = self.domain(name)
+        if opts.get("uri") == LIBOSINFO_NS and dom.get("os"):
+            return f'<libosinfo>\n  <os id="{dom["os"]}"/>\n</libosinfo>\n\n', False
+        raise Fail("error: metadata not found: Requested metadata element is not present\n")
+
+    def _dommemstat(self, name: str, opts: Dict[str, str], positional: List[str]) -> Tuple[str, bool]:
+        dom = self.domain(name)
+        if "period" in opts:
+            return self._set_period(dom, opts["period"])
+        if dom.get("state", "running") == "shut off":
+            raise Fail(f"error: Failed to get memory statistics for domain {name}\n"
+                       "error: Requested operation is not valid: domain is not running\n")
+        return render_dommemstat(dom), False
+
+    @staticmethod
+    def _set_period(dom: dict, period_s: str) -> Tuple[str, bool]:
+        if dom.get("state", "running") == "shut off":
+            raise Fail("error: Unable to change balloon collection period.\n"
+                       "error: Requested operation is not valid: domain is not running\n")
+        dom["period"] = int(period_s)
+        return "\n", True
 
     def _setmem(self, name: str, opts: Dict[str, str], positional: List[str]) -> Tuple[str, bool]:
         dom = self.active(name)
@@ -280,8 +297,12 @@ class FakeHost:
         return "\n", True
 
 
-COMMANDS = ("domstats", "list", "version", "nodememstats", "dominfo", "dumpxml", "metadata", "dommemstat", "setmem",
-            "echo")
+_HOST_WIDE: Dict[str, Callable[[FakeHost, Dict[str, str], List[str]], Tuple[str, bool]]] = {
+    "domstats": FakeHost._domstats, "list": FakeHost._list, "version": FakeHost._version,
+    "nodememstats": FakeHost._nodememstats}
+_PER_DOMAIN: Dict[str, Callable[[FakeHost, str, Dict[str, str], List[str]], Tuple[str, bool]]] = {
+    "dominfo": FakeHost._dominfo, "dumpxml": FakeHost._dumpxml, "metadata": FakeHost._metadata,
+    "dommemstat": FakeHost._dommemstat, "setmem": FakeHost._setmem}
 PROMPT = "virsh # "
 BANNER = ("Welcome to virsh, the virtualization interactive terminal.\n\n"
           "Type:  'help' for help with commands\n       'quit' to quit\n\n")
@@ -330,7 +351,7 @@ def split_commands(line: str) -> List[List[str]]:
     chars = iter(line)
     for ch in chars:
         if quote == "'" and ch != "'":
-            word += ch
+            word = (word or "") + ch
         elif (ch == "'" and quote != '"') or ch == '"':
             quote = "" if quote else ch
             word = word or ""

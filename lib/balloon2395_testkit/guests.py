@@ -1,12 +1,9 @@
-"""Real-hypervisor harness for the balloon-2395 end-to-end tests.
+"""Real libvirt guests for the e2e tests and the calibration: tiny software-emulated domains
+(``<domain type='qemu'>``: a Debian cloud kernel and an initramfs built by ``tests/e2e/prepare.sh``)
+that serve a command loop on a virtio-serial channel (guest_channel.py). Typical use::
 
-Standard library only (Python >= 3.9). It drives libvirt through the `virsh`
-command line (argv lists, LC_ALL=C, ``-c qemu:///system``) and boots tiny
-software-emulated guests (``<domain type='qemu'>``: a Debian cloud kernel and
-an initramfs built by ``tests/e2e/prepare.sh``) that serve a command loop on a
-virtio-serial channel. Typical use::
-
-    from .harness import GuestFactory, check_prerequisites
+    from balloon2395_testkit.guests import GuestFactory
+    from balloon2395_testkit.prepared import check_prerequisites
 
     reason = check_prerequisites()          # None when the host is ready
     with GuestFactory() as factory:
@@ -17,10 +14,6 @@ virtio-serial channel. Typical use::
     # every domain the factory created is destroyed and undefined (by UUID,
     # checked against the exact name) and its temp dir is removed.
 
-Guest control protocol (see guest-init.sh): the host writes ``SEQ CMD ARGS``
-lines on the channel's unix socket, the guest answers ``@@BEGIN SEQ@@``, output
-lines, ``@@END SEQ RC@@``.
-
 Safety: only domains created through this module are ever destroyed or
 undefined; every such domain name contains ``b2395e2e``; a name that already
 exists is never reused.
@@ -29,247 +22,30 @@ exists is never reused.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import re
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import threading
 import time
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 from xml.sax.saxutils import escape, quoteattr
 
-URI = os.environ.get("BALLOON_E2E_URI", "qemu:///system")
+from .guest_channel import GuestChannel, GuestError, GuestTimeout, Reply
+from .prepared import assets, qemu_binary
+from .virsh_cli import URI, VirshResult, parse_domstats, parse_kv, virsh
+from .waiting import HarnessError, wait_for
+
 PREFIX = "b2395e2e"
 CHANNEL = "org.balloon2395.ctl"
-DEFAULT_CACHE = "/var/cache/balloon-2395-e2e"
-STATE_DIR = "/run/balloon-2395-e2e"
-HERE = Path(__file__).resolve().parent
-DAEMON = HERE.parents[1] / "balloon-2395"
-PREPARE = HERE / "prepare.sh"
 LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
-
-T = TypeVar("T")
-
-
-# --------------------------------------------------------------------- errors
-class HarnessError(RuntimeError):
-    """Something in the e2e environment did not behave."""
+UNSAFE_IN_DIR_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-class VirshError(HarnessError):
-    def __init__(self, result: "VirshResult"):
-        self.result = result
-        super().__init__(
-            f"virsh failed (exit {result.returncode}): {' '.join(result.argv)}\n"
-            f"{result.err.strip()}"
-        )
-
-
-class GuestError(HarnessError):
-    pass
-
-
-class GuestTimeout(GuestError):
-    pass
-
-
-# --------------------------------------------------------------------- virsh
-@dataclass
-class VirshResult:
-    argv: List[str]
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-    seconds: float
-
-    @property
-    def out(self) -> str:
-        return self.stdout.decode("utf-8", "surrogateescape")
-
-    @property
-    def err(self) -> str:
-        return self.stderr.decode("utf-8", "surrogateescape")
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-    def check(self) -> "VirshResult":
-        if self.returncode != 0:
-            raise VirshError(self)
-        return self
-
-
-def virsh_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env["LC_ALL"] = "C"
-    env.pop("LANGUAGE", None)
-    env.pop("LIBVIRT_DEFAULT_URI", None)  # -c is always explicit
-    return env
-
-
-def virsh(
-    *args: Union[str, int],
-    uri: Optional[str] = URI,
-    timeout: float = 60.0,
-    input: Optional[bytes] = None,
-    check: bool = False,
-) -> VirshResult:
-    """Run ``virsh -c URI ARGS...`` (argv list, LC_ALL=C); never a shell.
-
-    ``uri=None`` leaves out ``-c``. Raises subprocess.TimeoutExpired after
-    ``timeout`` seconds (the virsh process is killed), VirshError when
-    ``check`` and the exit status is not 0.
-    """
-    argv = ["virsh"]
-    if uri is not None:
-        argv += ["-c", uri]
-    argv += [str(a) for a in args]
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        argv,
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=virsh_env(),
-        timeout=timeout,
-    )
-    res = VirshResult(argv, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
-    if check:
-        res.check()
-    return res
-
-
-def parse_kv(text: str) -> Dict[str, int]:
-    """``key value`` lines (dommemstat) -> {key: int}; other lines ignored."""
-    out: Dict[str, int] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-            out[parts[0]] = int(parts[1])
-    return out
-
-
-_DOMAIN_RE = re.compile(r"^Domain: '(.*)'$")
-
-
-def parse_domstats(text: str) -> Dict[str, Dict[str, Union[int, str]]]:
-    """``virsh domstats`` output -> {domain name: {field: value}}.
-
-    Integer values become int; the ``balloon.`` prefix is kept.
-    """
-    out: Dict[str, Dict[str, Union[int, str]]] = {}
-    cur: Optional[Dict[str, Union[int, str]]] = None
-    for line in text.splitlines():
-        m = _DOMAIN_RE.match(line)
-        if m:
-            cur = out.setdefault(m.group(1), {})
-            continue
-        if cur is not None and "=" in line and line.startswith("  "):
-            k, v = line.strip().split("=", 1)
-            cur[k] = int(v) if v.lstrip("-").isdigit() else v
-    return out
-
-
-def wait_for(
-    predicate: Callable[[], Optional[T]],
-    timeout: float,
-    interval: float = 0.2,
-    what: str = "condition",
-) -> T:
-    """Poll ``predicate`` until it returns a truthy value; return that value."""
-    deadline = time.monotonic() + timeout
-    last_exc: Optional[BaseException] = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (HarnessError, OSError, subprocess.TimeoutExpired) as exc:
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            extra = f" (last error: {last_exc})" if last_exc else ""
-            raise HarnessError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(interval)
-
-
-# --------------------------------------------------------------------- assets
-def cache_dir() -> Path:
-    """Where prepare.sh put vmlinuz and initramfs.gz."""
-    env = os.environ.get("BALLOON_E2E_CACHE")
-    if env:
-        return Path(env)
-    try:
-        recorded = Path(STATE_DIR, "cache-dir").read_text().strip()
-        if recorded and Path(recorded, "initramfs.gz").exists():
-            return Path(recorded)
-    except OSError:
-        pass
-    return Path(DEFAULT_CACHE)
-
-
-def assets() -> Dict[str, Path]:
-    c = cache_dir()
-    return {"kernel": c / "vmlinuz", "initrd": c / "initramfs.gz"}
-
-
-def qemu_binary() -> str:
-    return shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
-
-
-def check_prerequisites(uri: str = URI) -> Optional[str]:
-    """None when real guests can run here, else a one-line skip reason."""
-    hint = f"run `sudo {PREPARE}` first"
-    if os.environ.get("BALLOON_E2E_SKIP"):
-        return "BALLOON_E2E_SKIP is set"
-    if not os.uname().sysname == "Linux":
-        return "e2e guests need a Linux host"
-    if os.geteuid() != 0:
-        return "e2e guests need root (qemu:///system, QEMU runs as root)"
-    for tool in ("virsh", "qemu-system-x86_64"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed; {hint}"
-    for what, path in assets().items():
-        if not path.is_file():
-            return f"guest {what} {path} missing; {hint}"
-    try:
-        res = virsh("version", uri=uri, timeout=20)
-    except subprocess.TimeoutExpired:
-        return f"`virsh -c {uri} version` timed out; {hint}"
-    if not res.ok:
-        first = (res.err.strip().splitlines() or ["?"])[0]
-        return f"libvirt at {uri} does not answer ({first}); {hint}"
-    if "QEMU" not in res.out:
-        return f"no QEMU hypervisor behind {uri}"
-    return None
-
-
-# --------------------------------------------------------------------- guests
-@dataclass
-class Reply:
-    seq: int
-    rc: int
-    lines: List[str]
-
-    @property
-    def text(self) -> str:
-        return "".join(line + "\n" for line in self.lines)
-
-
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def _safe(label: str) -> str:
-    return _SAFE.sub("-", label).strip("-") or "g"
+def dir_name(label: str) -> str:
+    return UNSAFE_IN_DIR_NAME.sub("-", label).strip("-") or "g"
 
 
 class Guest:
@@ -338,10 +114,7 @@ class Guest:
         self.uuid: Optional[str] = None
         self.started_at: Optional[float] = None
         self.boot_seconds: Optional[float] = None
-        self._sock: Optional[socket.socket] = None
-        self._buf = b""
-        self._seq = 0
-        self._lock = threading.RLock()
+        self.channel = GuestChannel(name, self.socket_path)
 
     # ------------------------------------------------------------ XML
     @property
@@ -411,7 +184,7 @@ class Guest:
 """
 
     # ------------------------------------------------------------ lifecycle
-    def virsh(self, *args: Union[str, int], **kw) -> VirshResult:
+    def virsh(self, *args: Union[str, int], **kw: Any) -> VirshResult:
         kw.setdefault("uri", self.uri)
         return virsh(*args, **kw)
 
@@ -429,16 +202,9 @@ class Guest:
         _registry.add(self)
 
     def start(self) -> None:
-        self._close()
+        self.channel.close()
         self.started_at = time.monotonic()
         self.virsh("start", "--domain", self._ref(), check=True, timeout=120)
-
-    def boot(self, timeout: float = 120.0) -> float:
-        """define (if needed) + start + wait_booted; returns the boot seconds."""
-        if self.uuid is None:
-            self.define()
-        self.start()
-        return self.wait_booted(timeout)
 
     def wait_booted(self, timeout: float = 120.0) -> float:
         """Wait for the guest to answer ping; then (balloon driver on) for
@@ -498,7 +264,7 @@ class Guest:
 
     def destroy(self) -> None:
         """Power off (only this domain, by UUID); no error when not running."""
-        self._close()
+        self.channel.close()
         if self.uuid and self.is_running():
             res = self.virsh("destroy", "--domain", self.uuid, timeout=60)
             if not res.ok and self.is_running():
@@ -570,26 +336,6 @@ class Guest:
                         what=f"console /{pattern}/ on {self.name}")
 
     # ------------------------------------------------------------ control channel
-    def _connect(self) -> socket.socket:
-        if self._sock is None:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(str(self.socket_path))
-            except OSError:
-                s.close()
-                raise
-            self._sock = s
-            self._buf = b""
-        return self._sock
-
-    def _close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
-                self._buf = b""
-
     def command(self, cmd: str, *args: Union[str, int], timeout: float = 30.0,
                 check: bool = True) -> Reply:
         """Send one command to the guest's init loop and wait for its reply.
@@ -598,54 +344,11 @@ class Guest:
         ``check`` and the command's exit status is not 0.
         """
         words = [cmd] + [str(a) for a in args]
-        for w in words:
-            if "\n" in w or "\r" in w:
-                raise ValueError("newline in guest command")
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-            sock = self._connect()
-            try:
-                sock.sendall(f"{seq} {' '.join(words)}\n".encode("utf-8"))
-                reply = self._read_reply(seq, timeout)
-            except OSError as exc:
-                self._close()
-                raise GuestError(f"control channel of {self.name}: {exc}") from exc
+        reply = self.channel.command(words, timeout)
         if check and reply.rc != 0:
             raise GuestError(f"guest command {' '.join(words)!r} on {self.name} "
                              f"exited {reply.rc}: {reply.text.strip()}")
         return reply
-
-    def _read_reply(self, seq: int, timeout: float) -> Reply:
-        assert self._sock is not None
-        begin = f"@@BEGIN {seq}@@"
-        end_prefix = f"@@END {seq} "
-        deadline = time.monotonic() + timeout
-        collecting = False
-        lines: List[str] = []
-        while True:
-            while b"\n" in self._buf:
-                raw, self._buf = self._buf.split(b"\n", 1)
-                line = raw.decode("utf-8", "replace")
-                if line == begin:
-                    collecting, lines = True, []
-                elif collecting and line.startswith(end_prefix) and line.endswith("@@"):
-                    return Reply(seq, int(line[len(end_prefix):-2]), lines)
-                elif collecting:
-                    lines.append(line)
-                # else: stale output of an earlier (timed out) command
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise GuestTimeout(f"no reply to command #{seq} from {self.name} in {timeout}s")
-            self._sock.settimeout(left)
-            try:
-                chunk = self._sock.recv(65536)
-            except socket.timeout:
-                continue
-            if not chunk:
-                self._close()
-                raise GuestError(f"control channel of {self.name} closed")
-            self._buf += chunk
 
     # ------------------------------------------------------------ guest commands
     def ping(self, timeout: float = 5.0) -> bool:
@@ -697,14 +400,6 @@ class Guest:
         """Run busybox sh code in the guest (single line); returns its output."""
         return self.command("sh", code, timeout=timeout, check=check).text
 
-    def poweroff(self) -> None:
-        """Power the guest off from inside (the domain goes to shut off)."""
-        try:
-            self.command("poweroff", timeout=2.0, check=False)
-        except GuestError:
-            pass
-        self._close()
-
 
 class _Registry:
     """Guests defined by this process, destroyed at interpreter exit if the
@@ -752,7 +447,7 @@ class GuestFactory:
     def guest(self, label: str, *, name: Optional[str] = None, **opts) -> Guest:
         """A Guest object (not yet defined); cleaned up with the factory."""
         self._n += 1
-        wd = self.workdir / f"{self._n}-{_safe(label)[:20]}"
+        wd = self.workdir / f"{self._n}-{dir_name(label)[:20]}"
         g = Guest(name or self.name_for(label), wd, uri=self.uri, **opts)
         self.guests.append(g)
         return g
@@ -785,67 +480,3 @@ class GuestFactory:
 
     def __exit__(self, *exc) -> None:
         self.cleanup()
-
-
-class DaemonProcess:
-    """The real balloon-2395 managing only `managed` (a domain name or glob): every other
-    domain on the host is excluded by its config. Its own lock dir, stdout and stderr to a
-    log file, stopped by its pid (SIGTERM, then SIGKILL). A context manager."""
-
-    def __init__(self, workdir: Path, managed: str, *args: str, config: str = "", uri: str = URI) -> None:
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.dir / "daemon.log"
-        conf = self.dir / "config.yaml"
-        # The first matching glob wins (an exact name wins anyway): ours managed, the rest excluded.
-        conf.write_text(config + f"domains:\n  {json.dumps(managed)}: {{}}\n  '*': {{exclude: true}}\n")
-        self.argv = [str(DAEMON), "--config", str(conf), "--connect", uri, "--lock-dir", str(self.dir / "lock"),
-                     *args]
-        self.proc: Optional[subprocess.Popen] = None
-        self._log = None
-
-    def start(self) -> "DaemonProcess":
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-        return self
-
-    def run_once(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv + list(args), capture_output=True, text=True, timeout=timeout)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> Optional[int]:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return None if self.proc is None else self.proc.returncode
-
-    def __enter__(self) -> "DaemonProcess":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def own_domains(uri: str = URI) -> List[str]:
-    """Names of all defined domains containing the harness prefix (for
-    diagnostics; the harness itself only removes what it created)."""
-    res = virsh("list", "--all", "--name", uri=uri, timeout=30)
-    return [n for n in res.out.splitlines() if PREFIX in n]
-
-
-__all__ = [
-    "URI", "PREFIX", "CHANNEL", "LIBOSINFO_NS", "HarnessError", "VirshError",
-    "GuestError", "GuestTimeout", "VirshResult", "Reply", "virsh", "virsh_env",
-    "parse_kv", "parse_domstats", "wait_for", "cache_dir", "assets",
-    "check_prerequisites", "Guest", "GuestFactory", "DaemonProcess", "own_domains",
-]

@@ -1,0 +1,3 @@
+"""What only the tests and the benchmarks use, never the daemon: fault injection and the safety
+checker (faults.py), the real-guest harness (guests.py, guest_channel.py, daemon_process.py,
+virsh_cli.py, prepared.py, waiting.py) and the calibration's parts (calibration*.py)."""
