@@ -40,7 +40,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 E2E = Path(__file__).resolve().parent / "e2e"
 GIB = 1024 * 1024
 MIB = 1024
-# The fake virsh as a command: it needs nothing from site-packages, and -S saves a fifth of each start.
+# The fake virsh as a command: it needs nothing from site-packages, so -S (no site) for a cheaper start.
 FAKE_VIRSH = f"{sys.executable} -S -m balloon2395.sim.fake_virsh"
 
 

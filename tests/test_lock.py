@@ -289,6 +289,7 @@ def test_a_refused_start_waits_for_the_holders_pid_file(tmp_path):
     first = InstanceLock("qemu:///system", str(tmp_path / "lock"))
     first.acquire()
     os.unlink(first.pid_path)  # the instant between taking the lock and writing the pid
+    # the pid file comes 0.3 s late: the wait for it is the behaviour under test
     writer = threading.Timer(0.3, lambda: open(first.pid_path, "w").write(f"{os.getpid()}\n"))
     writer.start()
     with pytest.raises(AlreadyRunning) as refused:
