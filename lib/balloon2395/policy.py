@@ -290,12 +290,9 @@ def _reports(obs: Observation, facts: DomainFacts, figures: Figures, history: Hi
     if age > limits.stale_after_s:
         return SKIP, "stale-stats", f"stats stale: last update {age:.0f}s ago"
     if figures.usable_kib > figures.actual_kib:
-        pending = history.pending()
-        if pending is not None and figures.last_update <= pending[0]:
-            # the guest's report predates the shrink: its usable is of the larger size it had then
-            return WAIT, "pending", "waiting for stats newer than the last change"
-        return SKIP, "inconsistent", (f"inconsistent stats: usable {mib(figures.usable_kib)} MiB > "
-                                      f"actual {mib(figures.actual_kib)} MiB")
+        # a report older than the last change compares usable with the size the guest had then
+        why = f"inconsistent stats: usable {mib(figures.usable_kib)} MiB > actual {mib(figures.actual_kib)} MiB"
+        return _awaiting(figures, history) or (SKIP, "inconsistent", why)
     return None
 
 
@@ -309,14 +306,23 @@ def _remembered(figures: Figures, signals: Signals, history: History) -> History
     return replace(history, paged_at=figures.last_update) if signals.paging else history
 
 
+def _awaiting(figures: Figures, history: History) -> Optional[Block]:
+    """The last change is not confirmed yet: the report is not newer than it."""
+    pending = history.pending()
+    if pending is not None and figures.last_update <= pending[0]:
+        return WAIT, "pending", "waiting for stats newer than the last change"
+    return None
+
+
 def _settle(figures: Figures, history: History, now: float) -> Tuple[History, Optional[Block]]:
     """Follow the last change until fresh stats confirm it; flag a balloon that never moves."""
     pending = history.pending()
     if pending is None:
         return history, None
     changed_at, from_kib, target_kib = pending
-    if figures.last_update <= changed_at:
-        return history, (WAIT, "pending", "waiting for stats newer than the last change")
+    awaiting = _awaiting(figures, history)
+    if awaiting is not None:
+        return history, awaiting
     reached = abs(figures.actual_kib - target_kib) <= TOLERANCE_KIB
     if not reached and now - changed_at < SETTLE_S:
         return history, (WAIT, "moving", f"balloon moving toward {mib(target_kib)} MiB")

@@ -30,7 +30,6 @@ DAEMON_DOWN = ("error: failed to connect to the hypervisor\n"
                "error: Failed to connect socket to '/var/run/libvirt/libvirt-sock': Connection refused\n")
 _FIGURE = re.compile(r"^(  balloon\.(current|maximum|usable|last-update)=)(\d+)$", re.M)
 _BLOCK = re.compile(r"^Domain: '[^\n]*'\n(?:  [^\n]*\n)*", re.M)
-_LISTED = re.compile(r"^([0-9a-f-]{36}) ", re.M)
 _LIST_LINE = re.compile(r"^([0-9a-f-]{36}) [0-9]+ ([^\n]+)$", re.M)
 _HEADER = re.compile(r"^Domain: '([^\n]*)'$", re.M)
 
@@ -136,7 +135,7 @@ class FaultyVirsh(_Wrapped):
         """A read that gives one domain twice: its block again with other figures, a figure again
         under its other key, or its uuid again on another domain's list line."""
         if kind == "uuid-twice":
-            listed = list(_LISTED.finditer(out))
+            listed = list(_LIST_LINE.finditer(out))
             if len(listed) < 2:
                 return out
             a, b = self.rng.sample(listed, 2)
