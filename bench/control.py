@@ -1,24 +1,33 @@
 #!/usr/bin/env python3
-"""Control-quality benchmark: every policy over every scenario, in virtual time, deterministic for a seed.
+"""Control-quality benchmark: every policy, the peers and the baselines over every scenario, in
+virtual time, deterministic for a seed.
 
-    .venv/bin/python bench/control.py [--json] [--seed N] [--scenario NAME|PATH ...] [--duration S]
-                                      [--jobs N] [--out DIR]
+    .venv/bin/python bench/control.py [--json] [--seed N ...] [--scenario NAME|PATH ...] [--duration S]
+                                      [--policy NAME ...] [--jobs N] [--out DIR]
 
-Per (scenario, policy), summed over the scenario's guests:
+Runs: this daemon's policies (step, target), the peers' rules ported from their sources
+(proxmox, mom: at their own 10 s cadence) and two baselines without a daemon: none, and fpr (every
+guest with free page reporting on). Per (scenario, policy, seed), summed over the scenario's guests:
+  kills              guests' workloads OOM-killed inside plus guests lost to the host's OOM killer
   oom_kills          OOM kills in the guests
-  oom_beyond_max     of those, kills of a workload that wanted more than its domain's maximum memory
+  guests_lost        guests (whole QEMUs) the host's OOM killer killed: the worst outcome
+  oom_beyond_max     of oom_kills, kills of a workload that wanted more than its domain's maximum memory
                      plus swap: no balloon could have prevented them
   starved_s          guest-seconds with usable under 5% of actual, or swapping in
-  swap_in_mib        MiB swapped in
-  reclaimed_gib_avg  memory the balloons held for the host (maximum - actual), time average, GiB
+  swap_in_mib        MiB swapped in inside the guests
+  reclaimed_gib_avg  memory the balloons held back (maximum - actual), time average, GiB
+  host_saved_gib     host memory the guests left free: maximum - QEMU RSS (what the guest touched, less
+                     what the balloon or free page reporting gave back), time average, GiB; a lost
+                     guest counts as its maximum from then on
   headroom_bound_gib the most a policy could have held back while leaving each guest its `headroom`
-                     usable (and its floor), given the memory the guest used in this run; a policy
-                     without a headroom (step) can go beyond it, by leaving guests less than that
+                     usable (and its floor), given the memory the guest used in this run
+  host_swap_s        seconds the host was swapping (the guests' RSS beyond its RAM)
   setmem_calls       setmem calls the daemon made
   relief_p50_s/p95_s after the end of each rise in a workload's demand, seconds until the guest's
                      usable is back at the band's minimum (0 when it never fell below)
-It also draws bench/out/SCENARIO.png: each guest's actual, used and the band over time, per
-policy (with matplotlib, from ./install.sh --bench).
+After the table, a line per scenario says whether `target` is beaten there (see `beaten`). It also
+draws bench/out/SCENARIO.png: each guest's actual, QEMU RSS, used and the band over time, per policy
+(with matplotlib, from ./install.sh --bench).
 """
 
 from __future__ import annotations
@@ -32,22 +41,26 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "lib"))
 
 from balloon2395 import PROG  # noqa: E402
-from balloon2395.policy import POLICIES  # noqa: E402
-from balloon2395.sim.run import RunResult, run_scenario  # noqa: E402
-from balloon2395.sim.scenario import ScenarioError, load, names  # noqa: E402
+from balloon2395.config import Config  # noqa: E402
+from balloon2395.decide import POLICIES  # noqa: E402
+from balloon2395.peers import CYCLE_S, PEERS  # noqa: E402
+from balloon2395.sim.run import BASELINES, RunResult, run_scenario  # noqa: E402
+from balloon2395.sim.scenario import Scenario, ScenarioError, load, names  # noqa: E402
 
-KEYS = ("scenario", "policy", "oom_kills", "oom_beyond_max", "starved_s", "swap_in_mib", "reclaimed_gib_avg",
-        "headroom_bound_gib", "setmem_calls", "relief_p50_s", "relief_p95_s")
-HEADINGS = ("SCENARIO", "POLICY", "OOM", "OOM_BEYOND_MAX", "STARVED_S", "SWAP_IN_MiB", "RECLAIMED_GiB",
-            "HEADROOM_BOUND_GiB", "SETMEM",
+KEYS = ("scenario", "policy", "seed", "kills", "oom_kills", "guests_lost", "oom_beyond_max", "starved_s",
+        "swap_in_mib", "reclaimed_gib_avg", "host_saved_gib", "headroom_bound_gib", "host_swap_s", "setmem_calls",
+        "relief_p50_s", "relief_p95_s")
+HEADINGS = ("SCENARIO", "POLICY", "SEED", "KILLS", "OOM", "LOST", "OOM_BEYOND_MAX", "STARVED_S", "SWAP_IN_MiB",
+            "RETURNED_GiB", "HOST_SAVED_GiB", "HEADROOM_BOUND_GiB", "HOST_SWAP_S", "SETMEM",
             "RELIEF_P50_S", "RELIEF_P95_S")
 KIB_PER_GIB = 1024 ** 2
+ROOMY_SAVED_SHARE = 0.9  # on a roomy host, target must save this share of the headroom bound
 
 
 def percentile(values: Sequence[float], pct: float) -> Optional[float]:
@@ -58,17 +71,20 @@ def percentile(values: Sequence[float], pct: float) -> Optional[float]:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
-def row(result: RunResult) -> Dict[str, object]:
+def row(result: RunResult) -> Dict[str, Any]:
     guests = result.guests
     reliefs = [r for g in guests for r in g.relief_s]
+    oom_kills = sum(g.oom_kills for g in guests)
     return {
-        "scenario": result.scenario, "policy": result.policy,
-        "oom_kills": sum(g.oom_kills for g in guests),
+        "scenario": result.scenario, "policy": result.policy, "seed": result.seed,
+        "kills": oom_kills + result.guests_lost, "oom_kills": oom_kills, "guests_lost": result.guests_lost,
         "oom_beyond_max": sum(g.oom_kills_beyond_max for g in guests),
         "starved_s": round(sum(g.starved_s for g in guests), 1),
         "swap_in_mib": sum(g.swap_in_kib for g in guests) // 1024,
         "reclaimed_gib_avg": round(sum(g.maximum_kib - g.avg_actual_kib for g in guests) / KIB_PER_GIB, 2),
+        "host_saved_gib": round(sum(g.maximum_kib - g.avg_rss_kib for g in guests) / KIB_PER_GIB, 2),
         "headroom_bound_gib": round(sum(g.maximum_kib - g.avg_least_actual_kib for g in guests) / KIB_PER_GIB, 2),
+        "host_swap_s": round(result.host_swap_s, 1),
         "setmem_calls": sum(g.setmem_calls for g in guests),
         "relief_p50_s": percentile(reliefs, 50), "relief_p95_s": percentile(reliefs, 95),
     }
@@ -77,10 +93,34 @@ def row(result: RunResult) -> Dict[str, object]:
 def _run(job: Tuple[str, str, int, Optional[float]]) -> RunResult:
     path, policy, seed, duration_s = job
     logging.getLogger(PROG).setLevel(logging.WARNING)  # a line per setmem would drown the table
-    return run_scenario(load(path), policy, seed, duration_s)
+    config = Config(secs=CYCLE_S) if policy in PEERS else Config()
+    return run_scenario(load(path), policy, seed, duration_s, config)
 
 
-def table(rows: List[Dict[str, object]]) -> str:
+def roomy(scenario: Scenario) -> bool:
+    """The host can hold every guest at its maximum beside its own use."""
+    return scenario.host.total_kib - scenario.host.own_kib >= sum(g.spec.maximum_kib for g in scenario.guests)
+
+
+def beaten(rows: List[Dict[str, Any]], is_roomy: bool) -> List[str]:
+    """How `target` is beaten among the rows of one scenario and seed: more kills than any peer or
+    baseline; with as few, both more starved seconds and less host memory saved than one of them; on a
+    roomy host, less than ROOMY_SAVED_SHARE of the headroom bound saved."""
+    mine = next(r for r in rows if r["policy"] == "target")
+    others = [r for r in rows if r["policy"] in PEERS or r["policy"] in BASELINES]
+    out = [f"{r['policy']} has fewer kills ({r['kills']} < {mine['kills']})" for r in others
+           if r["kills"] < mine["kills"]]
+    out += [f"{r['policy']} starves less ({r['starved_s']} < {mine['starved_s']} s) and saves more "
+            f"({r['host_saved_gib']} > {mine['host_saved_gib']} GiB)" for r in others
+            if r["kills"] == mine["kills"] and r["starved_s"] < mine["starved_s"]
+            and r["host_saved_gib"] > mine["host_saved_gib"]]
+    if is_roomy and mine["host_saved_gib"] < ROOMY_SAVED_SHARE * mine["headroom_bound_gib"]:
+        out.append(f"saves {mine['host_saved_gib']} GiB < {ROOMY_SAVED_SHARE:.0%} of the bound "
+                   f"{mine['headroom_bound_gib']} GiB on a roomy host")
+    return out
+
+
+def table(rows: List[Dict[str, Any]]) -> str:
     cells = [HEADINGS] + [tuple("-" if r[k] is None else str(r[k]) for k in KEYS) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(KEYS))]
     return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
@@ -107,6 +147,8 @@ def plot(results: List[RunResult], out_dir: Path) -> Path:
                             linewidth=0, label="band")
             ax.plot(t, [s.actual_kib / 1024 for s in g.series], color="tab:blue", linewidth=1, label="actual")
             ax.plot(t, used, color="tab:red", linewidth=1, label="used")
+            ax.plot(t, [s.rss_kib / 1024 for s in g.series], color="tab:purple", linewidth=1, linestyle="--",
+                    label="QEMU RSS")
             ax.axhline(g.maximum_kib / 1024, color="grey", linestyle=":", linewidth=1)
             kills = [(s.t_s / 60, s.actual_kib / 1024) for prev, s in zip(g.series, g.series[1:])
                      if s.oom_kills > prev.oom_kills]
@@ -125,22 +167,46 @@ def plot(results: List[RunResult], out_dir: Path) -> Path:
     return path
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def verdicts(rows: List[Dict[str, Any]], scenarios: Dict[str, Scenario]) -> List[str]:
+    """A line per scenario and seed where `target` ran beside others: beaten, and how, or not."""
+    out = []
+    keys = sorted({(r["scenario"], r["seed"]) for r in rows})
+    for name, seed in keys:
+        group = [r for r in rows if (r["scenario"], r["seed"]) == (name, seed)]
+        if len(group) < 2 or not any(r["policy"] == "target" for r in group):
+            continue
+        how = beaten(group, roomy(scenarios[name]))
+        out.append(f"{name} seed {seed}: target " + ("is beaten: " + "; ".join(how) if how else "is not beaten"))
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    every = list(POLICIES) + list(BASELINES)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the workloads (default 0)")
+    parser.add_argument("--seed", type=int, action="append", metavar="N",
+                        help="seed of the workloads (repeatable; default 0)")
     parser.add_argument("--scenario", action="append", metavar="NAME|PATH",
                         help="only this scenario (repeatable; default: all of examples/scenarios/)")
+    parser.add_argument("--policy", action="append", choices=every, metavar="NAME",
+                        help=f"only this policy, peer or baseline (repeatable; default all: {', '.join(every)})")
     parser.add_argument("--duration", type=float, metavar="S", help="simulated seconds (default: each scenario's)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel (default: CPUs)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"), metavar="DIR", help="where the PNGs go")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
-        paths = [str(load(s).path) for s in (args.scenario or names())]
+        scenarios = {s.name: s for s in (load(n) for n in (args.scenario or names()))}
     except ScenarioError as exc:
         print(f"control.py: {exc}", file=sys.stderr)
         return 2
-    jobs = [(path, policy, args.seed, args.duration) for path in paths for policy in POLICIES]
+    policies = args.policy or list(POLICIES) + list(BASELINES)
+    jobs = [(s.path, policy, seed, args.duration) for s in scenarios.values() for seed in args.seed or [0]
+            for policy in policies]
     started = time.monotonic()
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -150,6 +216,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     elapsed = time.monotonic() - started
     rows = [row(r) for r in results]
     print(json.dumps(rows, indent=2) if args.json else table(rows), flush=True)
+    print("\n".join(verdicts(rows, scenarios)), file=sys.stderr if args.json else sys.stdout)
     simulated_h = sum(r.duration_s * len(r.guests) for r in results) / 3600
     print(f"{len(results)} runs, {simulated_h:.0f} guest-hours simulated in {elapsed:.1f}s", file=sys.stderr)
     try:
@@ -159,8 +226,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        print(f"wrote {plot([r for r in results if r.scenario == Path(path).stem], out_dir)}", file=sys.stderr)
+    first_seed = (args.seed or [0])[0]
+    for name in scenarios:
+        shown = [r for r in results if r.scenario == name and r.seed == first_seed]
+        print(f"wrote {plot(shown, out_dir)}", file=sys.stderr)
     return 0
 
 

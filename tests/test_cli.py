@@ -79,7 +79,7 @@ def test_status_table_and_json(fake_host):
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split()[:4] == ["DOMAIN", "ACTUAL_MiB", "USABLE_MiB", "USABLE%"]
-    assert lines[1].split()[:8] == ["web1", "2048", "370", "18%", "25-35%", "300", "4096", "grow"]
+    assert lines[1].split()[:9] == ["web1", "2048", "370", "18%", "25-35%", "300", "4096", "virtio", "grow"]
     assert "usable 18% < 25%" in lines[1]
     rows = json.loads(host.cli("status", "--json").stdout)
     assert [(r["domain"], r["next"], r["target_mib"]) for r in rows] == [

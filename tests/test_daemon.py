@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 
 import pytest
 
@@ -198,3 +199,87 @@ def test_per_domain_settings_from_the_domains_own_metadata(caplog):
     unusable = "its settings metadata is not usable: metadata"
     assert skips == [f"skip bad: {unusable} minimal: must be below maximal (50 >= 40)",
                      f"skip typo: {unusable} minimall: unknown key (did you mean 'minimal'?)"]
+
+
+def notes_of(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("note ")]
+
+
+def cycles(daemon, clock, count: int) -> None:
+    for _ in range(count):
+        daemon.cycle()
+        clock.now += 0.5
+
+
+def test_a_guest_without_autodeflate_is_told_once_with_the_command_to_turn_it_on(caplog):
+    daemon, _, clock, _ = make(domain("web", usable_mib=1500), domain("safe", usable_mib=1500, autodeflate=True))
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        cycles(daemon, clock, 4)
+    assert notes_of(caplog) == [
+        "note web: no autodeflate: out of memory after a shrink, the guest kills a process instead of taking "
+        "memory back from its balloon; turn it on (from the guest's next start) with: "
+        "virt-xml --edit --memballoon autodeflate=on -- web"]
+
+
+def test_the_autodeflate_note_is_said_again_when_the_domain_starts_again(caplog):
+    daemon, _, clock, state = make(domain("web", usable_mib=1500))
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        cycles(daemon, clock, 2)
+        state["domains"][0]["id"] += 1  # destroyed and started between two cycles: a new lifetime
+        cycles(daemon, clock, 2)
+    assert len(notes_of(caplog)) == 2
+
+
+def test_the_autodeflate_note_is_not_said_again_after_a_reload(caplog):
+    daemon, _, clock, _ = make(domain("web", usable_mib=1500))
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        cycles(daemon, clock, 2)
+        daemon.reconfigure(cfg.build({"policy": "step", "host_memory": "off", "minimal": 20}))  # SIGHUP
+        cycles(daemon, clock, 2)
+    assert len(notes_of(caplog)) == 1
+
+
+@pytest.mark.parametrize("dom,config", [
+    (domain("fw", usable_mib=1500), {"domains": {"fw": {"exclude": True}}}),
+    (domain("fw", usable_mib=1500, settings={"exclude": "true"}), {}),
+    (domain("fw", usable_mib=1500, settings={"minimal": 50, "maximal": 40}), {}),
+    (domain("fw", usable_mib=1500, os="http://microsoft.com/win/10"), {}),
+    (domain("fw", usable_mib=1500, hyperv=True), {}),
+    (domain("fw", usable_mib=1500, balloon="none"), {}),
+], ids=["excluded", "excluded-by-metadata", "bad-metadata", "windows", "hyperv", "no-balloon"])
+def test_no_autodeflate_note_for_a_guest_the_daemon_never_shrinks(caplog, dom, config):
+    daemon, _, clock, _ = make(dom, **config)
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        cycles(daemon, clock, 2)
+    assert notes_of(caplog) == []
+
+
+@pytest.mark.parametrize("dom,config", [
+    (domain("win", usable_mib=1500, os="http://microsoft.com/win/10"), {"manage_windows": True}),
+    (domain("win", usable_mib=1500), {"dry_run": True}),
+], ids=["windows-managed", "dry-run"])
+def test_the_autodeflate_note_is_said_for_a_managed_windows_guest_and_in_a_dry_run(caplog, dom, config):
+    daemon, _, clock, _ = make(dom, **config)
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        cycles(daemon, clock, 2)
+    assert [note.split(":")[0] for note in notes_of(caplog)] == ["note win"]
+
+
+@pytest.mark.parametrize("name", ["web", "web 1", "quote'd", 'dq"x', "$(touch pwned)", "`id`;x", "-dash", "--edit",
+                                  "1", "café-é1", "with: virt-xml"])
+def test_the_autodeflate_command_is_one_line_and_names_exactly_the_domain(caplog, name):
+    daemon, _, clock, _ = make(domain(name, usable_mib=1500))
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        cycles(daemon, clock, 1)
+    [note] = notes_of(caplog)
+    assert "\n" not in note and note.startswith(f"note {name}: no autodeflate: ")
+    command = shlex.split(note.rsplit(" with: ", 1)[1])
+    assert command == ["virt-xml", "--edit", "--memballoon", "autodeflate=on", "--", name]
+
+
+def test_the_autodeflate_command_names_the_connection_the_daemon_serves(caplog):
+    daemon, _, clock, _ = make(domain("web", usable_mib=1500), connect="qemu+ssh://root@host 2/system")
+    with caplog.at_level(logging.INFO, logger="balloon-2395"):
+        cycles(daemon, clock, 1)
+    command = shlex.split(notes_of(caplog)[0].rsplit(" with: ", 1)[1])
+    assert command[:3] == ["virt-xml", "--connect", "qemu+ssh://root@host 2/system"]

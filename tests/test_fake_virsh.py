@@ -115,6 +115,26 @@ def test_the_executable_records_calls_and_applies_setmem(tmp_path):
     assert json.loads(log.read_text()) == argv[3:]
 
 
+def balloon_element(xml: str) -> str:
+    return next(line for line in xml.splitlines() if "<memballoon" in line)
+
+
+def test_dumpxml_writes_the_balloons_features_as_real_virsh():
+    dom = dict(WEB, autodeflate=True, free_page_reporting=True)
+    assert balloon_element(call([dom], "dumpxml", WEB["name"])[0]) == \
+        balloon_element(fixture("dumpxml-autodeflate-fpr", "xml"))
+
+
+@pytest.mark.parametrize("features,element", [
+    ({}, "<memballoon model='virtio'>"),
+    ({"autodeflate": False, "free_page_reporting": False}, "<memballoon model='virtio'>"),
+    ({"autodeflate": True}, "<memballoon model='virtio' autodeflate='on'>"),
+    ({"free_page_reporting": True}, "<memballoon model='virtio' freePageReporting='on'>"),
+])
+def test_dumpxml_writes_only_the_balloon_features_that_are_on(features, element):
+    assert balloon_element(call([dict(WEB, **features)], "dumpxml", WEB["name"])[0]).strip() == element
+
+
 MANY = [dict(WEB, id=6), dict(NOSTATS, id=7), dict(NODRIVER, id=8), dict(WEB, name="b2395e2e o'brien", id=9),
         dict(WEB, name="b2395e2e-win10", id=10), dict(OFF, name="b2395e2e-off")]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from balloon2395.lifetime import READ_LINE
-from conftest import MIB, T0, domain, still_host, wait_for
+from conftest import GIB, MIB, T0, domain, still_host, wait_for
 
 prometheus_client = pytest.importorskip(
     "prometheus_client", reason="prometheus-client is optional: pip install -r requirements-metrics.txt")
@@ -127,7 +128,7 @@ def test_textfile_is_never_seen_half_written(tmp_path):
 
     def write():
         while not done.is_set():
-            m.cycle_done("h", daemon.last)
+            m.cycle_done("h", daemon.last, 0.5)
 
     writer = threading.Thread(target=write)
     writer.start()
@@ -178,9 +179,45 @@ def test_textfile_symlinks_planted_at_the_target_and_the_old_temp_name_are_never
         os.symlink(victim, name)
     m = metrics.Metrics(cfg.build({"metrics_textfile": str(prom)}))
     m.add_host("h")
-    m.cycle_done("h", None)
+    m.cycle_done("h", None, 0.5)
     assert victim.read_text() == "precious\n" and os.readlink(old_temp) == str(victim)
     info = os.lstat(prom)  # the link at the target itself was replaced, not written through
     assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o644
     assert _samples(prom.read_text())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["b.prom", "victim", os.path.basename(old_temp)])
+
+
+def test_headroom_and_the_host_reserve_are_exported(fake_host, tmp_path):
+    # what the operator kit's alerts hold usable memory and the host's available memory against
+    host = fake_host(domain("web1", usable_mib=600), domain("db1", usable_mib=600))
+    host.config.write_text("policy: step\nhost_memory: virsh\nhost_reserve: 3GiB\n"
+                           "domains:\n  db1: {headroom: 1GiB}\n")
+    state = host.read()
+    state["host"] = {"total_kib": 64 * GIB, "free_kib": 32 * GIB}
+    host.write(state)
+    prom = tmp_path / "b.prom"
+    result = host.cli("--once", "--metrics-textfile", str(prom))
+    assert result.returncode == 0, result.stderr
+    s = _samples(prom.read_text())
+    headroom = {name: s[("balloon2395_domain_headroom_bytes", frozenset({"host": HOST, "domain": name}.items()))]
+                for name in ("web1", "db1")}
+    assert headroom == {"web1": 256 * MIB * 1024, "db1": GIB * 1024}  # the default, and db1's own
+    assert s[("balloon2395_host_reserve_bytes", frozenset({"host": HOST}.items()))] == 3 * GIB * 1024
+
+
+def test_the_interval_in_force_is_exported_and_follows_a_reload(fake_host, daemons, tmp_path):
+    host = fake_host(domain("web1", usable_mib=600))
+    host.config.write_text("policy: step\nsecs: 0.05\n")
+    prom = tmp_path / "b.prom"
+    proc = daemons(host, "--metrics-textfile", str(prom))
+    interval = ("balloon2395_cycle_interval_seconds", frozenset({"host": HOST}.items()))
+
+    def exported():
+        return prom.exists() and _samples(prom.read_text()).get(interval)
+
+    assert wait_for(lambda: exported() == 0.05), exported()
+    host.config.write_text("policy: step\nsecs: 0.1\n")
+    proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: exported() == 0.1), exported()
+    proc.terminate()
+    assert proc.wait(timeout=20) == 0

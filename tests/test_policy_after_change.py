@@ -4,9 +4,10 @@ still of the old size: that is a change landing, not inconsistent stats."""
 from __future__ import annotations
 
 from balloon2395.config import DomainSettings
+from balloon2395.decide import decide
 from balloon2395.domain_xml import DomainFacts
 from balloon2395.observe import Observation
-from balloon2395.policy import SKIP, WAIT, History, decide
+from balloon2395.policy import SKIP, WAIT, History
 from balloon2395.virsh_output import BalloonStats
 
 MIB = 1024

@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, strategies as st
 
 from balloon2395.config import DomainSettings
+from balloon2395.decide import decide, decide_all
 from balloon2395.domain_xml import DomainFacts
 from balloon2395.host import HostMemory
 from balloon2395.observe import Observation
-from balloon2395.policy import GROW, HOLD, SHRINK, History, Limits, Signals, decide, decide_all, target, target_size_kib
+from balloon2395.policy import GROW, HOLD, SHRINK, History, Limits, Signals, target, target_size_kib
 from balloon2395.virsh_output import BalloonStats
 
 MIB = 1024
@@ -110,12 +111,23 @@ def run_all(observations, host, per_domain=None):
     return {d.name: d for d in decide_all(observations, settings_map, {}, host, NOW, Limits(), "target")}
 
 
+ROOMY_BAND = DomainSettings(minimal=3, headroom_kib=1 * GIB)  # usable above 3 %: a grow only keeps headroom
+
+
 def test_growth_only_from_what_the_host_can_spare_neediest_first():
     host = HostMemory(total_kib=16 * GIB, available_kib=2 * GIB + 300 * MIB, reserve_kib=2 * GIB)
-    out = run_all([obs("a", 2048, 300), obs("b", 2048, 100)], host)  # b is the neediest
-    assert out["b"].action == GROW and out["b"].target_kib - 2048 * MIB == 300 * MIB
+    out = run_all([obs("a", 2048, 300), obs("b", 2048, 100)], host, {"a": ROOMY_BAND, "b": ROOMY_BAND})
+    assert out["b"].action == GROW and out["b"].target_kib - 2048 * MIB == 300 * MIB  # b is the neediest
     assert out["b"].code == "host-limited"
     assert out["a"].action == HOLD and out["a"].code == "host-reserve"
+
+
+def test_a_guest_below_its_band_may_grow_into_half_the_reserve():
+    host = HostMemory(total_kib=16 * GIB, available_kib=2 * GIB + 300 * MIB, reserve_kib=2 * GIB)
+    wide = DomainSettings(minimal=3, headroom_kib=2 * GIB)
+    out = run_all([obs("a", 2048, 300), obs("b", 2048, 40)], host, {"a": wide, "b": wide})
+    assert out["b"].action == GROW and out["b"].target_kib - 2048 * MIB == 300 * MIB + 1 * GIB
+    assert out["a"].action == HOLD and out["a"].code == "host-reserve"  # it only lacks headroom
 
 
 def test_below_the_reserve_reclaim_from_surplus_first():
@@ -126,14 +138,28 @@ def test_below_the_reserve_reclaim_from_surplus_first():
     assert out["tight"].action == HOLD
 
 
-def test_then_by_shares_never_below_a_floor():
+def test_then_from_the_guests_above_their_fair_share_weighted_by_shares():
+    # the guests can have 6 GiB: gold's share is 4.8 GiB, bronze's 1.2 GiB
     host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=2 * GIB)
     per = {"gold": DomainSettings(shares=4000), "bronze": DomainSettings(shares=1000)}
     out = run_all([obs("gold", 4096, 1200), obs("bronze", 4096, 1200)], host, per)
-    given_gold = 4096 * MIB - out["gold"].target_kib
-    given_bronze = 4096 * MIB - out["bronze"].target_kib
-    assert given_bronze > given_gold > 0
-    assert min(out["gold"].target_kib, out["bronze"].target_kib) >= DEFAULTS.critical_kib
+    assert out["gold"].action == HOLD
+    assert out["bronze"].action == SHRINK and 4096 * MIB - out["bronze"].target_kib == 2 * GIB
+
+
+def test_a_guest_at_its_fair_share_keeps_what_it_uses():
+    # 1 GiB short: the guests can have 5 GiB, 1.7 GiB each; only c is above that
+    host = HostMemory(total_kib=16 * GIB, available_kib=1 * GIB, reserve_kib=2 * GIB)
+    out = run_all([obs("a", 1024, 300), obs("b", 1024, 300), obs("c", 4096, 1200)], host)
+    assert out["a"].action == HOLD and out["b"].action == HOLD
+    assert out["c"].action == SHRINK and 4096 * MIB - out["c"].target_kib == 1 * GIB
+
+
+def test_fair_shares_never_go_below_a_floor():
+    host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=8 * GIB)
+    floor = DomainSettings(critical_kib=2 * GIB)
+    out = run_all([obs("a", 4096, 1200), obs("b", 2200, 100)], host, {"a": floor, "b": floor})
+    assert out["a"].action == SHRINK and out["a"].target_kib == 2 * GIB
 
 
 def test_step_knows_nothing_of_the_host():

@@ -9,9 +9,11 @@ import subprocess
 import pytest
 
 from balloon2395.config import Config, DomainSettings
-from balloon2395.policy import HOLD, POLICIES
+from balloon2395.decide import POLICIES
+from balloon2395.policy import HOLD, Proposal, each
+from balloon2395.sim.live import _rows as live_rows
 from balloon2395.sim.model import MIB
-from balloon2395.sim.run import run_scenario
+from balloon2395.sim.run import BASELINES, Simulation, run_scenario
 from balloon2395.sim.scenario import load
 from conftest import ROOT, bench_module, run_cli
 
@@ -28,8 +30,9 @@ guests:
     workload:
       - {at: 40, anon: +800MiB, over: 4s}
 """
-BENCH_KEYS = ["scenario", "policy", "oom_kills", "oom_beyond_max", "starved_s", "swap_in_mib", "reclaimed_gib_avg",
-              "headroom_bound_gib", "setmem_calls", "relief_p50_s", "relief_p95_s"]
+BENCH_KEYS = ["scenario", "policy", "seed", "kills", "oom_kills", "guests_lost", "oom_beyond_max", "starved_s",
+              "swap_in_mib", "reclaimed_gib_avg", "host_saved_gib", "headroom_bound_gib", "host_swap_s", "setmem_calls",
+              "relief_p50_s", "relief_p95_s"]
 
 
 @pytest.fixture
@@ -60,6 +63,71 @@ def test_the_headroom_bound_is_the_guests_own_use_plus_headroom_or_the_floor(tin
     assert len(used) == 1  # the idle guest's use never moves, so its bound is one figure
     assert idle.avg_least_actual_kib == max(used.pop() + headroom_mib * MIB, floor_mib * MIB)
     assert idle.avg_actual_kib >= idle.avg_least_actual_kib  # target keeps the headroom from the start
+
+
+# `big` takes 1700 MiB at t=1 s (at once, or over `over`): its RSS grows from 1 GiB to about 1956 MiB, and the
+# host needs about 4004 MiB of its 3584 MiB RAM.
+CROWDED = """
+duration: 10s
+host: {{total: {total}, own: 1GiB, swap: {swap}}}
+guests:
+  - {{name: big, current: 2GiB, maximum: 3GiB, touched: 1GiB, workload: [{{at: 1, anon: +1700MiB, over: {over}}}]}}
+  - {{name: small, current: 1GiB, maximum: 2GiB}}
+"""
+
+
+def crowded(tmp_path, total="3584MiB", swap="1GiB", over="0s"):
+    path = tmp_path / "crowded.yaml"
+    path.write_text(CROWDED.format(total=total, swap=swap, over=over))
+    return load(str(path))
+
+
+@pytest.mark.parametrize("baseline", BASELINES)
+def test_a_baseline_runs_the_guests_with_no_daemon(tiny, baseline):
+    result = run_scenario(load(str(tiny)), policy=baseline)
+    assert result.policy == baseline and [g.setmem_calls for g in result.guests] == [0, 0]
+    assert {s.actual_kib for g in result.guests for s in g.series} == {1024 * MIB}
+
+
+def test_the_fpr_baseline_turns_free_page_reporting_on_in_every_guest(tiny):
+    without, reporting = (run_scenario(load(str(tiny)), policy=baseline) for baseline in ("none", "fpr"))
+    assert [g.avg_rss_kib for g in without.guests] == [1024 * MIB] * 2  # all touched, none given back
+    idle, busy = reporting.guests
+    assert idle.avg_rss_kib < 250 * MIB  # about what it uses: its free pages went back 2 s in
+    assert busy.avg_rss_kib < 800 * MIB  # its free pages went back until its burst took them
+
+
+def test_host_swap_seconds_count_the_time_the_host_ram_falls_short(tmp_path):
+    result = run_scenario(crowded(tmp_path), policy="none")
+    assert result.host_swap_s == 9.1 and result.guests_lost == 0  # from t=1 s to the end, tick 10 included
+    assert result.host_total_kib == 3584 * MIB
+    assert run_scenario(crowded(tmp_path, total="8GiB"), policy="none").host_swap_s == 0
+
+
+@pytest.mark.parametrize("total, starved", [("3584MiB", True), ("8GiB", False)])
+def test_a_guest_faulting_pages_in_on_a_swapping_host_is_starved(tmp_path, total, starved):
+    big, small = run_scenario(crowded(tmp_path, total=total, over="2s"), policy="none").guests
+    # the host swaps once big's RSS passes 1536 MiB, and big's RSS grows until its ramp ends at t=3 s
+    assert (big.starved_s > 0) == starved and big.starved_s < 1
+    assert small.starved_s == 0  # its RSS never grows: the host's swapping costs it nothing here
+
+
+def test_a_guest_lost_to_the_host_oom_killer_counts_as_its_maximum_from_then_on(tmp_path):
+    result = run_scenario(crowded(tmp_path, swap="0"), policy="none")
+    big, small = result.guests
+    assert (result.guests_lost, big.lost_at_s, small.lost_at_s) == (1, 1.0, None)
+    # ticks 1-9 at its 1 GiB RSS, ticks 10-100 at its 3 GiB maximum
+    assert big.avg_rss_kib == (9 * 1024 + 91 * 3072) * MIB // 100
+    assert big.avg_actual_kib == (9 * 2048 + 91 * 3072) * MIB // 100
+    assert [s.rss_kib for s in big.series] == [0] * 10  # sampled each second from t=1 s: lost in that tick
+    assert small.avg_rss_kib == 1024 * MIB and result.host_swap_s == 0.1  # the tick the killer acted in
+
+
+def test_simulate_shows_a_guest_lost_to_the_host_as_lost(tmp_path):
+    sim = Simulation(crowded(tmp_path, swap="0"), Config(policy="none"))
+    while sim.host.tick < 20:
+        sim.step()
+    assert [row[-1] for row in live_rows(sim)] == ["lost to the host's OOM killer at 1s", "-"]
 
 
 def test_a_run_is_the_same_for_the_same_seed(tiny):
@@ -115,15 +183,16 @@ def test_the_benchmark_prints_its_keys_for_every_policy(tiny, tmp_path, capsys):
     assert bench_module("control").main(["--json", "--scenario", str(tiny), "--duration", "60", "--jobs", "1",
                                          "--out", str(tmp_path / "out")]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [list(r) for r in rows] == [BENCH_KEYS] * len(POLICIES)
-    assert [r["policy"] for r in rows] == list(POLICIES) and rows[0]["scenario"] == "tiny"
+    assert [list(r) for r in rows] == [BENCH_KEYS] * (len(POLICIES) + len(BASELINES))
+    assert [r["policy"] for r in rows] == list(POLICIES) + list(BASELINES) and rows[0]["scenario"] == "tiny"
     assert rows[0]["setmem_calls"] > 0 and rows[0]["reclaimed_gib_avg"] > 0
 
 
 def test_the_benchmark_runs_every_policy_there_is(tiny, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(POLICIES, "never", lambda stats, settings, cap, signals: (HOLD, None, "never", "never acts"))
+    monkeypatch.setitem(POLICIES, "never", each(lambda figures, settings, cap, signals: Proposal(HOLD, None, "never",
+                                                                                                 "never acts")))
     assert bench_module("control").main(["--json", "--scenario", str(tiny), "--duration", "60", "--jobs", "1",
                          "--out", str(tmp_path)]) == 0
     rows = {r["policy"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(rows) == set(POLICIES) and rows["never"]["setmem_calls"] == 0
+    assert set(rows) == set(POLICIES) | set(BASELINES) and rows["never"]["setmem_calls"] == 0
     assert rows["never"]["reclaimed_gib_avg"] < rows["step"]["reclaimed_gib_avg"]

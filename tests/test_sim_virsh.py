@@ -108,6 +108,74 @@ def test_a_guest_without_a_period_reports_once_the_daemon_sets_one(host):
     assert host.now - 1 <= virsh.domstats_balloon()[1].last_update <= host.now
 
 
+def crowded(tmp_path, host_swap: str) -> SimHost:
+    """A host whose RAM holds both guests until `big` allocates 1700 MiB at t=1 s: its RSS grows to
+    about 1956 MiB, its host needs about 4004 MiB of its 3584."""
+    path = tmp_path / "crowded.yaml"
+    path.write_text(f"""
+host: {{total: 3584MiB, own: 1GiB, swap: {host_swap}}}
+guests:
+  - {{name: big, current: 2GiB, maximum: 3GiB, touched: 1GiB, workload: [{{at: 1, anon: +1700MiB}}]}}
+  - {{name: small, current: 1GiB, maximum: 2GiB, deflate_on_oom: true, free_page_reporting: true}}
+""")
+    return SimHost(load(str(path)))
+
+
+def test_the_host_swaps_while_the_guests_rss_exceeds_its_ram(tmp_path):
+    host = crowded(tmp_path, "1GiB")
+    run_seconds(host, 0.9)
+    assert not host.swapping and host.memory().swapped_kib == 0
+    run_seconds(host, 0.6)
+    mem = host.memory()
+    assert host.swapping and host.swap_ticks == 6  # from t=1 s on
+    assert mem.swapped_kib == mem.own_kib + mem.rss_kib - mem.total_kib > 0 and mem.free_kib == mem.cache_kib == 0
+    assert all(g.lost_at_s is None for g in host.guests)  # its swap holds the rest
+
+
+def test_the_host_oom_killer_kills_the_largest_qemu_and_its_domain_is_gone(tmp_path):
+    host = crowded(tmp_path, "256MiB")
+    virsh = SimVirsh(host)
+    run_seconds(host, 3.0)
+    big, small = host.guests
+    assert (big.lost_at_s, small.lost_at_s, big.state.touched_kib) == (1.0, None, 0)
+    assert [s.name for s in virsh.domstats_balloon()] == ["small"]
+    assert virsh.run("list", "--id", "--name") == "2 small\n\n"  # the survivor keeps its id
+    with pytest.raises(VirshError) as caught:
+        virsh.setmem(big.uuid, 1024 * MIB)
+    assert caught.value.domain_gone
+    assert host.memory().rss_kib == small.state.touched_kib and not host.swapping
+
+
+def test_the_host_oom_killer_kills_until_the_rest_fits(tmp_path):
+    path = tmp_path / "three.yaml"
+    path.write_text("""
+host: {total: 2GiB, own: 1GiB}
+guests:
+  - {name: a, current: 600MiB, maximum: 1GiB}
+  - {name: b, current: 1GiB, maximum: 2GiB}
+  - {name: c, current: 500MiB, maximum: 1GiB}
+""")
+    host = SimHost(load(str(path)))
+    host.step()
+    assert [g.name for g in host.running] == ["c"]  # 1024 + 600 + 500 MiB, then 600 + 500, did not fit in 1 GiB
+
+
+def test_the_state_file_keeps_losses_host_swap_and_the_balloon_features(tmp_path):
+    host = crowded(tmp_path, "256MiB")
+    run_seconds(host, 1.5)
+    saved = SimHost.from_json(json.loads(json.dumps(host.to_json())))
+    assert [g.lost_at_s for g in saved.guests] == [1.0, None] and [g.name for g in saved.running] == ["small"]
+    assert (saved.swapping, saved.swap_ticks) == (host.swapping, host.swap_ticks) == (False, 1)
+    assert [g.state for g in saved.guests] == [g.state for g in host.guests]
+    assert saved.guests[1].state.fpr_wait_s > 0  # its boot's free pages are waiting for the reporting pass
+
+
+def test_dumpxml_shows_the_balloon_features_a_guest_has(tmp_path):
+    virsh = SimVirsh(crowded(tmp_path, "0"))
+    assert "<memballoon model='virtio'>" in virsh.dumpxml("big")
+    assert "<memballoon model='virtio' autodeflate='on' freePageReporting='on'>" in virsh.dumpxml("small")
+
+
 def test_the_executable_serves_the_real_daemon(tmp_path, scenario_file):
     env = {"PATH": "/usr/bin:/bin", STATE_ENV: str(tmp_path / "state.json")}
     sim_virsh = str(ROOT / "examples" / "sim-virsh")

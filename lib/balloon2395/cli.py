@@ -60,13 +60,15 @@ def _add_knobs(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stale-after", type=float, default=S, metavar="S", dest="stale_after",
                    help="ignore stats older than this (default max(5, 3 x stats period))")
     g.add_argument("--policy", default=S, choices=cfg.POLICIES,
-                   help="decision rule: target (default) or step (the original's fixed steps)")
+                   help="decision rule: target (default), step (the original's fixed steps), or the peers' "
+                        "rules proxmox and mom, ported (best with --secs 10)")
     g.add_argument("--headroom", default=S, metavar="SIZE",
                    help="target: usable never planned below this (default 256MiB)")
     g.add_argument("--max-shrink", default=S, metavar="SIZE", dest="max_shrink",
                    help="target: the most one shrink takes (default 256MiB)")
     g.add_argument("--shares", type=int, default=S, metavar="N",
-                   help="target: weight under host pressure; fewer shares give back more (default 1000)")
+                   help="target: weight of the guest's fair share under host pressure; fewer shares give "
+                        "back more (default 1000)")
     g.add_argument("--host-reserve", default=S, metavar="SIZE|PCT", dest="host_reserve",
                    help="target: memory the host keeps, e.g. 2GiB or 10%% (default: the larger of 10%% and 1GiB)")
     g.add_argument("--host-memory", default=S, choices=cfg.HOST_MEMORY, dest="host_memory",

@@ -21,7 +21,7 @@ from .safefiles import Refused, read_config
 from .units import KIB_PER_MIB, parse_size_kib
 
 DEFAULT_CONFIG_PATH = "/etc/balloon-2395/config.yaml"
-POLICIES = ("target", "step")
+POLICIES = ("target", "step", "proxmox", "mom")  # decide.POLICIES, named here for the config's checks
 LOG_FORMATS = ("text", "json")
 KSM_MODES = ("warn", "refuse", "ignore")
 HOST_MEMORY = ("auto", "local", "virsh", "off")

@@ -14,12 +14,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from . import PROG
 from .config import Config, DomainSettings
+from .decide import decide_all
 from .domain_xml import DomainFacts
 from .host import HostMemory, HostReader
 from .journal import ChangeJournal
-from .logs import change_line, debug_block
+from .logs import autodeflate_note, change_line, debug_block
 from .observe import Collector, Observation
-from .policy import HOLD, SKIP, WAIT, Decision, History, Limits, decide_all
+from .policy import HOLD, SKIP, WAIT, Decision, History, Limits
 from .virsh import VirshCommands, VirshError, VirshTimeout, default_uri
 
 log = logging.getLogger(PROG)
@@ -113,6 +114,15 @@ class Daemon:
         settings = self.config.for_domain(name, facts.settings)
         return not settings.exclude and not settings.invalid and (not facts.windows or settings.manage_windows)
 
+    def _advise(self, obs: Observation) -> None:
+        """Once per domain lifetime, when its facts are first read: a guest the daemon may shrink has a
+        process killed when it runs out of memory, unless its balloon has autodeflate. A dry run tells too:
+        it is how an operator checks a host before the daemon changes anything."""
+        facts = obs.facts
+        if obs.name in self.collector.described and facts is not None and obs.uuid is not None \
+                and facts.balloon_model == "virtio" and not facts.autodeflate and self._managed(obs.name, facts):
+            log.info("%s", autodeflate_note(obs.name, obs.uuid, self.config.connect))
+
     def cycle(self) -> Optional[List[Decision]]:
         """One pass; None when the running domains could not be read."""
         started = time.monotonic()
@@ -128,6 +138,8 @@ class Daemon:
             self.outage_since, self.retry_s = None, 0.0
         for name in self.collector.restarted:  # started again since the last cycle: no history
             self.states.pop(name, None)
+        for obs in observations:
+            self._advise(obs)
         limits = Limits(stale_after_s=self.config.stale_after_s)
         self.changed_at = {n: t for n, t in self.changed_at.items() if now - t <= limits.stale_after_s}
         states = {obs.name: self.states.get(obs.name) or _DomainState() for obs in observations}

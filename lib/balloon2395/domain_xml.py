@@ -1,4 +1,5 @@
-"""Facts read once per domain lifetime from `virsh dumpxml`: identity, guest OS, balloon device.
+"""Facts read once per domain lifetime from `virsh dumpxml`: identity, guest OS, balloon device
+and its features.
 
 Windows is recognised by libosinfo metadata or Hyper-V enlightenments, not
 by grepping the XML for "microsoft" (which also matches disk paths).
@@ -24,6 +25,10 @@ class DomainFacts:
     windows: Optional[str] = None  # why we think it is Windows, or None
     balloon_model: Optional[str] = None  # 'virtio', 'none', or None when absent
     stats_period_s: Optional[int] = None  # from <memballoon><stats period>
+    # <memballoon autodeflate='on'>: out of memory, the guest takes balloon pages back instead of killing
+    autodeflate: bool = False
+    # <memballoon freePageReporting='on'>: pages the guest frees go back to the host without a setmem
+    free_page_reporting: bool = False
     settings: Tuple[Tuple[str, str], ...] = ()  # attributes of our <settings/> metadata
 
 
@@ -40,6 +45,8 @@ def parse_domain_xml(text: str) -> DomainFacts:
         windows=_windows_reason(root),
         balloon_model=_balloon_model(root),
         stats_period_s=_stats_period(root),
+        autodeflate=_balloon_switch(root, "autodeflate"),
+        free_page_reporting=_balloon_switch(root, "freePageReporting"),
         settings=_settings(root),
     )
 
@@ -62,6 +69,13 @@ def _settings(root: ET.Element) -> Tuple[Tuple[str, str], ...]:
 def _balloon_model(root: ET.Element) -> Optional[str]:
     balloon = root.find("devices/memballoon")
     return None if balloon is None else balloon.get("model")
+
+
+def _balloon_switch(root: ET.Element, attribute: str) -> bool:
+    """An on/off attribute of the (first) balloon device: libvirt writes 'on' or 'off', or nothing
+    for its default, off; anything else is not 'on'."""
+    balloon = root.find("devices/memballoon")
+    return balloon is not None and balloon.get(attribute) == "on"
 
 
 def _stats_period(root: ET.Element) -> Optional[int]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import inspect
 import ipaddress
 import os
 import re
 import socket
 import stat
 import time
-from typing import Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
 import filelock
@@ -24,6 +25,9 @@ from .safefiles import kind, untrusted_path, write_atomic
 
 _LOCAL_NAMES = ("", "localhost", "localhost.localdomain")
 HOLDER_WAIT_S = 2.0  # how long a refused start waits for the holder's pid file
+# filelock >= 3.10 chmods the lock file to `mode` (0o644 unless told); 3.9, Debian 12's, has no `mode` and
+# leaves the 0o600 _own_lock_file created it with
+_PRIVATE: Dict[str, Any] = {"mode": 0o600} if "mode" in inspect.signature(filelock.FileLock.__init__).parameters else {}
 
 
 class LockError(Exception):
@@ -155,7 +159,7 @@ class InstanceLock:
     def acquire(self) -> None:
         _safe_dir(self.directory)
         _own_lock_file(self.path)
-        lock = filelock.FileLock(self.path, timeout=0, mode=0o600)
+        lock = filelock.FileLock(self.path, timeout=0, **_PRIVATE)
         try:
             lock.acquire()
         except filelock.Timeout:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from typing import Optional
 
@@ -49,6 +50,19 @@ def change_line(decision: Decision) -> str:
 def change_sizes(decision: Decision) -> str:
     """`2048 -> 2148`: from and to, in MiB (`-` for one a decision has not)."""
     return " -> ".join("-" if kib is None else str(mib(kib)) for kib in (decision.actual_kib, decision.target_kib))
+
+
+def autodeflate_note(name: str, uuid: str, uri: Optional[str]) -> str:
+    """Said once per domain lifetime of a guest the daemon may shrink whose balloon has no autodeflate,
+    with a command safe to paste: the name shell-quoted after `--` (a leading dash is no option);
+    a name with a newline or another control character, which no quoting keeps on one line, by its uuid.
+    virt-xml looks a domain up by name first, so a name that looks like an id is still that domain."""
+    command = ["virt-xml", *(("--connect", uri) if uri else ()), "--edit", "--memballoon", "autodeflate=on",
+               "--", name if name.isprintable() else uuid]
+    shown = name if name.isprintable() else repr(name)
+    return (f"note {shown}: no autodeflate: out of memory after a shrink, the guest kills a process instead of "
+            f"taking memory back from its balloon; turn it on (from the guest's next start) with: "
+            f"{shlex.join(command)}")
 
 
 def debug_block(obs: Observation, settings: DomainSettings, decision: Decision, now: float) -> str:

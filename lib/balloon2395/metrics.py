@@ -45,6 +45,7 @@ class _Host:
 
     def __init__(self) -> None:
         self.cycle: Optional[Cycle] = None
+        self.secs: Optional[float] = None  # the interval in force: a reload (SIGHUP) may change it
         self.changes: Counter = Counter()  # (direction, outcome) -> changing decisions
         self.virsh_errors: Counter = Counter()  # command -> failed calls
 
@@ -61,16 +62,20 @@ class Metrics:
         self.registry.register(self)
         self._server = None
         if config.metrics_port is not None:
-            self._server, _ = start_http_server(config.metrics_port, config.metrics_address, self.registry)
+            started = start_http_server(config.metrics_port, config.metrics_address, self.registry)
+            # 0.16 (Debian 12's) returns None, not (server, thread): its server thread ends with the process
+            self._server = started[0] if started else None
 
     def add_host(self, label: str) -> None:
         with self._lock:
             self._hosts.setdefault(label, _Host())
 
-    def cycle_done(self, label: str, cycle: Optional[Cycle]) -> None:
-        """After each cycle: count what became of its changes, keep its figures, write the textfile."""
+    def cycle_done(self, label: str, cycle: Optional[Cycle], secs: float) -> None:
+        """After each cycle (`secs`: the interval in force): count what became of its changes, keep
+        its figures, write the textfile."""
         with self._lock:
             host = self._hosts[label]
+            host.secs = secs
             if cycle is not None and cycle is not host.cycle:
                 host.cycle = cycle
                 host.changes.update((d.action, cycle.outcomes[d.name]) for d in cycle.decisions if d.changes)
@@ -88,10 +93,13 @@ class Metrics:
 
     def collect(self) -> Iterator:
         with self._lock:
-            hosts = {label: (h.cycle, dict(h.changes), dict(h.virsh_errors)) for label, h in self._hosts.items()}
+            hosts = {label: (h.cycle, h.secs, dict(h.changes), dict(h.virsh_errors))
+                     for label, h in self._hosts.items()}
         families = _Families()
-        for label, (cycle, changes, failed) in sorted(hosts.items()):
+        for label, (cycle, secs, changes, failed) in sorted(hosts.items()):
             families.add_counts(label, changes, failed)
+            if secs is not None:
+                families.interval.add_metric([label], secs)
             if cycle is not None:
                 families.add_cycle(label, cycle)
         yield from families.all()
@@ -107,7 +115,8 @@ class _Families:
                                ("usable", "memory the guest can use without swapping (MemAvailable)"),
                                ("target", "the size the last cycle's setmem moved the guest to "
                                           "(only when one succeeded)"),
-                               ("maximum", "the most the guest may grow to (its maximum, or a configured cap)"))}
+                               ("maximum", "the most the guest may grow to (its maximum, or a configured cap)"),
+                               ("headroom", "the usable memory its settings ask for (headroom)"))}
         self.adjustments = CounterMetricFamily(f"{NS}_adjustments", "setmem calls that succeeded, by direction",
                                                labels=["host", "direction"])
         self.outcomes = CounterMetricFamily(f"{NS}_changes", "changing decisions by what became of them: applied, "
@@ -121,8 +130,12 @@ class _Families:
                                           labels=["host"])
         self.last = GaugeMetricFamily(f"{NS}_last_cycle_timestamp_seconds", "when the last cycle that could read "
                                       "the domains ran (alert when it falls behind)", labels=["host"])
+        self.interval = GaugeMetricFamily(f"{NS}_cycle_interval_seconds", "the configured seconds between cycles "
+                                          "(secs)", labels=["host"])
         self.available = GaugeMetricFamily(f"{NS}_host_available_bytes", "the host's available memory",
                                            labels=["host"])
+        self.reserve = GaugeMetricFamily(f"{NS}_host_reserve_bytes", "what the host keeps for itself "
+                                         "(host_reserve): growth never takes it below", labels=["host"])
 
     def add_counts(self, label: str, changes: Dict[Tuple[str, str], int], failed: Dict[str, int]) -> None:
         """What became of the host's changes, and its failed virsh calls, since the daemon started."""
@@ -139,21 +152,22 @@ class _Families:
         self.last.add_metric([label], cycle.at)
         if cycle.host is not None:
             self.available.add_metric([label], cycle.host.available_kib * 1024)
+            self.reserve.add_metric([label], cycle.host.reserve_kib * 1024)
         for reason, count in sorted(Counter(d.code for d in cycle.decisions if d.action == SKIP).items()):
             self.skipped.add_metric([label, reason], count)
         for obs, decision in zip(cycle.observations, cycle.decisions):
-            s = obs.stats
+            s, settings = obs.stats, cycle.settings[obs.name]
             applied = cycle.outcomes.get(obs.name) == APPLIED
             for field, kib in (("actual", s.actual_kib), ("usable", s.usable_kib),
                                ("target", decision.target_kib if applied else None),
-                               ("maximum", cap_kib(s, cycle.settings[obs.name]))):
+                               ("maximum", cap_kib(s, settings)), ("headroom", settings.headroom_kib)):
                 if kib is not None:
                     self.per_domain[field].add_metric([label, obs.name], kib * 1024)
 
     def all(self) -> Iterator:
         yield from self.per_domain.values()
         yield from (self.adjustments, self.outcomes, self.skipped, self.errors, self.duration, self.last,
-                    self.available)
+                    self.interval, self.available, self.reserve)
 
 
 class CountingVirsh:

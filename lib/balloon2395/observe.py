@@ -66,10 +66,12 @@ class Collector:
         self._known: Dict[str, _Known] = {}
         self._running = RunningReader(virsh)
         self.restarted: Set[str] = set()  # names started again since the last cycle
+        self.described: Set[str] = set()  # names whose facts the last collect read: once per lifetime
         self.read_at = 0.0  # when the last read completed: its figures are not newer than this
 
     def collect(self) -> List[Observation]:
         """Raises VirshError when the running domains cannot be read at all."""
+        self.described = set()
         read = self._read_all()
         self.read_at = self.clock()
         known = {s.name: self._carried(s.name, read.lifetimes.get(s.name)) for s in read.stats}
@@ -124,6 +126,7 @@ class Collector:
             except (VirshError, ValueError) as exc:
                 log.warning("%s: cannot read domain XML: %s", name, exc)
                 return Observation(stats, None, None, uuid)
+            self.described.add(name)
         if stats.maximum_kib is None and self.fallback:
             if known.maximum_kib is None:
                 try:

@@ -1,15 +1,17 @@
-"""Deciding: a pure function from one domain's observation, its settings and
-what the daemon remembers of it, to one decision. No I/O, no clock reads.
+"""Deciding, pure: no I/O, no clock reads. The safety rules every domain must pass before any policy
+sees it (exclusions, freshness, waiting for the last change to land), what a policy sees and
+proposes, this daemon's own rules (step, and target with its fit to the host), and `bounded()`,
+which checks every proposal last. decide.py runs them over a cycle; peers.py holds the peers' rules.
 
-The safety rules (exclusions, freshness, waiting for the last change to land)
-come first and are shared by every policy; a policy only proposes a target.
+A policy sees the whole host: every domain that passed the safety rules (a Candidate), the host's
+memory and the time, and proposes a target for each.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from .config import DomainSettings
 from .domain_xml import DomainFacts
@@ -20,6 +22,7 @@ from .virsh_output import BalloonStats
 
 GROW, SHRINK, HOLD, WAIT, SKIP = "grow", "shrink", "hold", "wait", "skip"
 CHANGES = (GROW, SHRINK)
+URGENT = ("paging", "below-band")  # grows that avert swapping or an OOM kill, not only keep headroom
 
 FUTURE_TOLERANCE_S = 2.0  # host clock jitter between virsh's stamp and ours
 SETTLE_S = 5.0  # a balloon that has not moved at all by then never will
@@ -31,6 +34,13 @@ MAJOR_FAULTS_PER_S = 100
 GROW_PAD_KIB = 64 * 1024  # a grow leaves this above the headroom, so the next 1 MiB is no new grow
 BURST_DECAY_PER_S = 0.999  # a burst is remembered for tens of minutes (half-life ~12 min)
 PAGED_HOLD_S = 600  # after the guest paged its working set back in, no shrink for this long
+# A guest paging or below its band may grow into this share of the host's reserve: an OOM kill in the
+# guest is sure, a host short of its reserve only may be.
+URGENT_RESERVE_SHARE = 0.5
+RAN_OUT_DECAY_PER_S = 0.9999  # half-life ~2 h: an OOM kill is dearer than a burst kept in headroom
+RAN_OUT_MIN_KIB = 64 * 1024  # with less usable, ordinary page faults could look like running out
+PAGE_KIB = 4
+RECENT_REPORTS = 5  # History.recent: at a 10 s cycle, the 50 s MoM's StatAvg spans by default
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class Figures:
     swap_in_kib: Optional[int] = None
     swap_out_kib: Optional[int] = None
     major_fault: Optional[int] = None
+    unused_kib: Optional[int] = None  # MemFree: what the peers' rules read as the guest's free memory
+    minor_fault: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,15 @@ class History:
     seen_major_fault: Optional[int] = None
     seen_used_kib: Optional[int] = None
     burst_kib: float = 0.0  # largest recent rise of used between two reports, decaying
+    # what a guest that ran out of memory between two reports (an OOM kill, as far as the host can see)
+    # wanted at least, decaying slowly: the burst it could not show recurs
+    ran_out_kib: float = 0.0
+    seen_minor_fault: Optional[int] = None
+    seen_usable_kib: Optional[int] = None
     paged_at: Optional[int] = None  # report time of the last sign of paging
+    # (actual, MemFree) of the last RECENT_REPORTS reports a cycle saw, oldest first: for rules that
+    # average over recent samples (MoM's StatAvg)
+    recent: Tuple[Tuple[int, int], ...] = ()
 
     def after_change(self, now: float, from_kib: int, target_kib: int) -> History:
         return replace(self, changed_at=now, from_kib=from_kib, target_kib=target_kib)
@@ -78,12 +98,28 @@ class History:
 
     def saw(self, figures: Figures) -> History:
         used = figures.actual_kib - figures.usable_kib
-        burst = self.burst_kib
+        burst, ran_out = self.burst_kib, self.ran_out_kib
         if self.seen_update is not None and self.seen_used_kib is not None:
-            burst *= BURST_DECAY_PER_S ** (figures.last_update - self.seen_update)
-            burst = max(burst, used - self.seen_used_kib)
+            elapsed = figures.last_update - self.seen_update
+            burst = max(burst * BURST_DECAY_PER_S ** elapsed, used - self.seen_used_kib)
+            ran_out = max(ran_out * RAN_OUT_DECAY_PER_S ** elapsed, self._ran_out_kib(figures, used))
+        recent = self.recent
+        if figures.unused_kib is not None:
+            recent = (recent + ((figures.actual_kib, figures.unused_kib),))[-RECENT_REPORTS:]
         return replace(self, seen_update=figures.last_update, seen_swap_in_kib=figures.swap_in_kib,
-                       seen_major_fault=figures.major_fault, seen_used_kib=used, burst_kib=burst)
+                       seen_major_fault=figures.major_fault, seen_used_kib=used, burst_kib=burst, recent=recent,
+                       ran_out_kib=ran_out, seen_minor_fault=figures.minor_fault, seen_usable_kib=figures.usable_kib)
+
+    def _ran_out_kib(self, figures: Figures, used_kib: int) -> int:
+        """Twice what the guest touched since the last report, when that was (nearly) all it had usable
+        and it does not use it now: a workload that allocated until the OOM killer took it wanted more
+        than it could touch. 0 otherwise."""
+        if figures.minor_fault is None or self.seen_minor_fault is None or self.seen_usable_kib is None:
+            return 0
+        touched = (figures.minor_fault - self.seen_minor_fault) * PAGE_KIB
+        gone = used_kib - (self.seen_used_kib or 0) < touched // 2
+        all_it_had = touched * 4 >= self.seen_usable_kib * 3  # the reserves and floors stay untouched
+        return 2 * touched if self.seen_usable_kib >= RAN_OUT_MIN_KIB and all_it_had and gone else 0
 
 
 @dataclass(frozen=True)
@@ -118,10 +154,43 @@ class Limits:
     stale_after_s: float = 5.0
 
 
-# A policy gets a domain's Figures and the signals of its recent reports, and
-# returns (action, target KiB, code, reason).
-Proposal = Tuple[str, Optional[int], str, str]
+class Proposal(NamedTuple):
+    """What a policy proposes for one domain."""
+
+    action: str
+    target_kib: Optional[int]
+    code: str
+    reason: str
+
+
 Block = Tuple[str, str, str]  # (action, code, reason)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A domain every safety check let through this cycle, as a policy sees it."""
+
+    name: str
+    figures: Figures
+    settings: DomainSettings
+    cap_kib: int  # its maximum, lowered by a configured one
+    signals: Signals
+    facts: DomainFacts
+    history: History
+
+
+@dataclass(frozen=True)
+class HostView:
+    """Everything a policy may decide on: the candidates, the host's memory (None: not watched) and
+    the time of the read."""
+
+    candidates: Tuple[Candidate, ...]
+    host: Optional[HostMemory]
+    now: float
+
+
+# A policy proposes for any of the candidates; one it leaves out is held.
+Policy = Callable[[HostView], Dict[str, Proposal]]
 
 
 def usable_pct(figures: Figures) -> int:
@@ -135,15 +204,16 @@ def step(figures: Figures, settings: DomainSettings, cap_kib: int, signals: Sign
     if pct < settings.minimal:
         target = min(actual + settings.addram_kib, cap_kib)
         if target <= actual:
-            return HOLD, None, "at-maximum", f"usable {pct}% < {settings.minimal:g}% but at maximum {mib(cap_kib)} MiB"
-        return GROW, target, "below-band", f"usable {pct}% < {settings.minimal:g}%"
+            return Proposal(HOLD, None, "at-maximum",
+                            f"usable {pct}% < {settings.minimal:g}% but at maximum {mib(cap_kib)} MiB")
+        return Proposal(GROW, target, "below-band", f"usable {pct}% < {settings.minimal:g}%")
     if pct > settings.maximal:
         target = actual - settings.rmram_kib
         if target < settings.critical_kib:
-            return HOLD, None, "at-floor", (f"usable {pct}% > {settings.maximal:g}% "
-                                            f"but floor is {mib(settings.critical_kib)} MiB")
-        return SHRINK, target, "above-band", f"usable {pct}% > {settings.maximal:g}%"
-    return HOLD, None, "in-band", f"usable {pct}% within {settings.minimal:g}-{settings.maximal:g}%"
+            return Proposal(HOLD, None, "at-floor", (f"usable {pct}% > {settings.maximal:g}% "
+                                                     f"but floor is {mib(settings.critical_kib)} MiB"))
+        return Proposal(SHRINK, target, "above-band", f"usable {pct}% > {settings.maximal:g}%")
+    return Proposal(HOLD, None, "in-band", f"usable {pct}% within {settings.minimal:g}-{settings.maximal:g}%")
 
 
 def target_size_kib(figures: Figures, settings: DomainSettings, signals: Signals = Signals()) -> int:
@@ -168,27 +238,42 @@ def target(figures: Figures, settings: DomainSettings, cap_kib: int, signals: Si
                f"usable {pct}% < {settings.minimal:g}%" if pct < settings.minimal else
                f"usable {mib(usable)} MiB < headroom {mib(headroom)} MiB")
         if want <= actual:
-            return HOLD, None, "at-maximum", f"{why} but at maximum {mib(cap_kib)} MiB"
+            return Proposal(HOLD, None, "at-maximum", f"{why} but at maximum {mib(cap_kib)} MiB")
         code = "paging" if signals.paging else "below-band" if pct < settings.minimal else "headroom"
-        return GROW, want, code, why
+        return Proposal(GROW, want, code, why)
     if pct > settings.maximal and signals.paged_lately:
-        return HOLD, None, "paged-lately", f"usable {pct}% > {settings.maximal:g}% but it paged within {PAGED_HOLD_S}s"
+        return Proposal(HOLD, None, "paged-lately",
+                        f"usable {pct}% > {settings.maximal:g}% but it paged within {PAGED_HOLD_S}s")
     if pct > settings.maximal and actual - want >= DEADBAND_KIB:
         goal = max(want, actual - settings.max_shrink_kib)
-        return SHRINK, goal, "above-band", f"usable {pct}% > {settings.maximal:g}%: toward {mib(want)} MiB"
+        return Proposal(SHRINK, goal, "above-band", f"usable {pct}% > {settings.maximal:g}%: toward {mib(want)} MiB")
     if pct > settings.maximal:
-        return HOLD, None, "at-floor", (f"usable {pct}% > {settings.maximal:g}% but at its target "
-                                         f"(floor {mib(settings.critical_kib)} MiB, headroom {mib(headroom)} MiB)")
-    return HOLD, None, "in-band", f"usable {pct}% within {settings.minimal:g}-{settings.maximal:g}%"
+        return Proposal(HOLD, None, "at-floor",
+                        (f"usable {pct}% > {settings.maximal:g}% but at its target "
+                         f"(floor {mib(settings.critical_kib)} MiB, headroom {mib(headroom)} MiB)"))
+    return Proposal(HOLD, None, "in-band", f"usable {pct}% within {settings.minimal:g}-{settings.maximal:g}%")
 
 
-POLICIES: Dict[str, Callable[[Figures, DomainSettings, int, Signals], Proposal]] = {"step": step, "target": target}
+def each(rule: Callable[[Figures, DomainSettings, int, Signals], Proposal]) -> Policy:
+    """A whole-host policy from a rule that looks at one domain at a time."""
+    def policy(view: HostView) -> Dict[str, Proposal]:
+        return {c.name: rule(c.figures, c.settings, c.cap_kib, c.signals) for c in view.candidates}
+    return policy
+
+
+def target_fitted(view: HostView) -> Dict[str, Proposal]:
+    """The target rule for each domain, then fitted to what the host can give. A guest with autodeflate
+    keeps no headroom for its bursts: out of memory, its balloon gives them the memory back."""
+    proposals = {c.name: target(c.figures, c.settings, c.cap_kib,
+                                replace(c.signals, burst_kib=0) if c.facts.autodeflate else c.signals)
+                 for c in view.candidates}
+    return proposals if view.host is None else fit_host(proposals, view.candidates, view.host)
 
 
 def _signals(figures: Figures, settings: DomainSettings, history: History) -> Signals:
     """Swap-in or a major-fault rate rising since the last fresh report; swap in use; bursts."""
     swapped = max((figures.swap_out_kib or 0) - (figures.swap_in_kib or 0), 0)
-    burst = int(history.burst_kib)
+    burst = int(max(history.burst_kib, history.ran_out_kib))
     lately = history.paged_at is not None and figures.last_update - history.paged_at < PAGED_HOLD_S
     if history.seen_update is None or figures.last_update <= history.seen_update:
         return Signals(False, swapped, burst, lately)
@@ -272,7 +357,7 @@ def _figures(stats: BalloonStats, settings: DomainSettings) -> Union[Block, Figu
         return SKIP, "no-usable", ("guest reports no usable memory (stats period off, or no balloon driver); "
                                    "the daemon sets a stats period, a dry run or a view never does")
     return Figures(actual, stats.usable_kib, maximum, stats.last_update,
-                   stats.swap_in_kib, stats.swap_out_kib, stats.major_fault)
+                   stats.swap_in_kib, stats.swap_out_kib, stats.major_fault, stats.unused_kib, stats.minor_fault)
 
 
 def _reports(obs: Observation, facts: DomainFacts, figures: Figures, history: History, now: float,
@@ -333,26 +418,19 @@ def _settle(figures: Figures, history: History, now: float) -> Tuple[History, Op
     return history.settled(), None
 
 
-def decide(obs: Observation, settings: DomainSettings, history: History, now: float,
-           limits: Limits = Limits(), policy: str = "step") -> Decision:
-    return _decide(obs, settings, history, now, limits, policy)[0]
-
-
-def _decide(obs: Observation, settings: DomainSettings, history: History, now: float,
-            limits: Limits, policy: str) -> Tuple[Decision, Optional[Figures]]:
-    """The decision, and the figures its policy worked on (None: blocked before the policy)."""
+def candidate(obs: Observation, settings: DomainSettings, history: History, now: float,
+               limits: Limits) -> Union[Decision, Candidate]:
+    """The domain as a policy may see it, or the decision that blocks it before any policy."""
     eligible = _eligibility(obs, settings, history, now, limits)
     if not isinstance(eligible, Figures):
-        return _blocked(obs, eligible, history), None
+        return _blocked(obs, eligible, history)
     figures = eligible
     signals = _signals(figures, settings, history)
     history, blocked = _settle(figures, _remembered(figures, signals, history), now)
     if blocked is not None:
-        return _blocked(obs, blocked, history), None
-    cap = _capped(figures.maximum_kib, settings)
-    action, target, code, reason = POLICIES[policy](figures, settings, cap, signals)
-    decision = Decision(obs.name, action, code, reason, figures.actual_kib, target, history)
-    return bounded(decision, obs.stats, settings), figures
+        return _blocked(obs, blocked, history)
+    assert obs.facts is not None  # _eligibility let it through: its XML was read
+    return Candidate(obs.name, figures, settings, _capped(figures.maximum_kib, settings), signals, obs.facts, history)
 
 
 def _blocked(obs: Observation, block: Block, history: History) -> Decision:
@@ -377,107 +455,128 @@ def bounded(decision: Decision, stats: BalloonStats, settings: DomainSettings) -
 
 # ------------------------------------------------------------------ every domain, and the host
 
-def decide_all(observations: Sequence[Observation], settings: Mapping[str, DomainSettings],
-               histories: Mapping[str, History], host: Optional[HostMemory], now: float,
-               limits: Limits = Limits(), policy: str = "target") -> List[Decision]:
-    """Every domain's decision, then (target policy) fitted to what the host can give."""
-    decided = [_decide(obs, settings[obs.name], histories.get(obs.name, History()), now, limits, policy)
-               for obs in observations]
-    decisions = [decision for decision, _ in decided]
-    if host is None or policy == "step":  # the original's rule knows nothing of the host
-        return decisions
-    figures = {decision.name: f for decision, f in decided if f is not None}
-    fitted = fit_host(decisions, figures, settings, host)
-    return [bounded(d, obs.stats, settings[obs.name]) for d, obs in zip(fitted, observations)]
-
-
-def fit_host(decisions: List[Decision], figures: Mapping[str, Figures],
-             settings: Mapping[str, DomainSettings], host: HostMemory) -> List[Decision]:
-    """Growth only from what the host can spare above its reserve (the neediest first);
-    below the reserve, reclaim from the largest surplus first, then by shares, never
-    below a floor. `figures`: those of the decisions a policy made."""
-    out = list(decisions)
+def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], host: HostMemory) -> Dict[str, Proposal]:
+    """Growth only from what the host can spare above its reserve (the neediest first; a guest paging
+    or below its band may also have part of the reserve); below the reserve, or for what such a guest
+    still lacks, reclaim from the largest surplus first, then from guests above their fair share of the
+    host, never below a floor. What is reclaimed for guests in need goes to them in the same cycle."""
+    out = dict(proposals)
+    known = {c.name: c for c in candidates if c.name in proposals}
     # PSI says tasks already stall: the host is short whatever MemAvailable says.
     spare = min(host.spare_kib, 0) if host.pressure else host.spare_kib
-    for i, actual, target in _grows(out, figures):
-        give = min(target - actual, max(spare, 0))
+    out, left, unmet = _grown(out, known, host, spare)
+    deficit = max(-left, sum(unmet.values()), host.total_kib // 100 if host.pressure else 0)
+    if deficit <= 0:
+        return out
+    reclaimed = _reclaim(out, known, host, deficit, keep=set(unmet))
+    freed = sum(_kept_kib(out[n], known[n].figures) - p.target_kib for n, p in reclaimed.items()
+                if p.action == SHRINK and p.target_kib is not None)
+    # Under PSI pressure what is freed stays with the host.
+    return reclaimed if host.pressure else _topped_up(reclaimed, known, unmet, freed - max(-left, 0))
+
+
+def _grown(out: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostMemory,
+           spare: int) -> Tuple[Dict[str, Proposal], int, Dict[str, int]]:
+    """The grows fitted to the host: (proposals, what is left above the reserve, what each urgent grow
+    still lacks)."""
+    normal_left = max(spare, 0)
+    urgent_left = normal_left if host.pressure else max(spare + int(host.reserve_kib * URGENT_RESERVE_SHARE), 0)
+    unmet: Dict[str, int] = {}
+    for name, actual, target in _grows(out, known):
+        urgent = out[name].code in URGENT
+        give = min(target - actual, urgent_left if urgent else min(normal_left, urgent_left))
+        if urgent:
+            unmet[name] = target - actual - max(give, 0)
         if give < TOLERANCE_KIB:
-            out[i] = _held(out[i], f"the host is at its reserve ({mib(host.available_kib)} MiB "
-                                   f"available, {mib(host.reserve_kib)} MiB kept)")
+            out[name] = _held(out[name], f"the host is at its reserve ({mib(host.available_kib)} MiB "
+                                         f"available, {mib(host.reserve_kib)} MiB kept)")
             continue
         if give < target - actual:
-            out[i] = replace(out[i], target_kib=actual + give, code="host-limited",
-                             reason=f"{out[i].reason} (limited by the host's reserve)")
+            out[name] = out[name]._replace(target_kib=actual + give, code="host-limited",
+                                           reason=f"{out[name].reason} (limited by the host's reserve)")
         spare -= give
-    deficit = max(-spare, host.total_kib // 100 if host.pressure else 0)
-    if deficit > 0:
-        out = _reclaim(out, figures, settings, host, deficit)
+        normal_left, urgent_left = max(normal_left - give, 0), urgent_left - give
+    return out, spare, {name: kib for name, kib in unmet.items() if kib >= TOLERANCE_KIB}
+
+
+def _topped_up(out: Dict[str, Proposal], known: Mapping[str, Candidate], unmet: Dict[str, int],
+               freed_kib: int) -> Dict[str, Proposal]:
+    """The urgent grows given what the reclaim frees, the neediest (listed first) first."""
+    out = dict(out)
+    for name, lacking in unmet.items():
+        give = min(lacking, freed_kib)
+        if give < TOLERANCE_KIB:
+            break
+        current, actual = out[name], known[name].figures.actual_kib
+        base = current.target_kib if current.action == GROW and current.target_kib is not None else actual
+        out[name] = Proposal(GROW, base + give, "host-limited", f"{current.reason}, with memory taken back")
+        freed_kib -= give
     return out
 
 
-def _grows(decisions: List[Decision], figures: Mapping[str, Figures]) -> List[Tuple[int, int, int]]:
-    """(index, size, target) of each grow a policy planned, the neediest (lowest usable share) first."""
-    grows = [(i, figures[d.name].actual_kib, d.target_kib) for i, d in enumerate(decisions)
-             if d.action == GROW and d.target_kib is not None and d.name in figures]
-    return sorted(grows, key=lambda grow: usable_pct(figures[decisions[grow[0]].name]))
+def _grows(proposals: Dict[str, Proposal], known: Mapping[str, Candidate]) -> List[Tuple[str, int, int]]:
+    """(name, size, target) of each grow a policy planned, the neediest (lowest usable share) first."""
+    grows = [(name, known[name].figures.actual_kib, p.target_kib) for name, p in proposals.items()
+             if p.action == GROW and p.target_kib is not None and name in known]
+    return sorted(grows, key=lambda grow: usable_pct(known[grow[0]].figures))
 
 
-def _held(decision: Decision, but: str) -> Decision:
-    return replace(decision, action=HOLD, target_kib=None, code="host-reserve", reason=f"{decision.reason}, but {but}")
+def _held(proposal: Proposal, but: str) -> Proposal:
+    return Proposal(HOLD, None, "host-reserve", f"{proposal.reason}, but {but}")
 
 
-def _reclaim(decisions: List[Decision], figures: Mapping[str, Figures],
-             settings: Mapping[str, DomainSettings], host: HostMemory, deficit: int) -> List[Decision]:
-    """`deficit` KiB back from the domains with fresh, settled figures: from the largest surplus over
-    its target first, then by shares, never below a floor; a grow planned this cycle is undone first."""
-    plan = {i: _kept_kib(d, figures[d.name]) for i, d in enumerate(decisions)
-            if d.action in (HOLD, SHRINK, GROW) and d.name in figures}
-    floors = {i: settings[decisions[i].name].critical_kib for i in plan}
-    wanted = {i: max(target_size_kib(figures[decisions[i].name], settings[decisions[i].name]), floors[i])
-              for i in plan}
+def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostMemory,
+             deficit: int, keep: Set[str]) -> Dict[str, Proposal]:
+    """`deficit` KiB back from the candidates: from the largest surplus over its target first, then from
+    the largest excess over a fair share, never below a floor; a grow planned this cycle is undone first.
+    A guest at its fair share keeps what it uses: taking that from it too only spreads the OOM kills."""
+    floors = {name: c.settings.critical_kib for name, c in known.items()}
+    fair = _fair_shares(known, host, floors)
+    plan = {name: _kept_kib(proposals[name], c.figures) for name, c in known.items()
+            if proposals[name].action in (HOLD, SHRINK, GROW) and name not in keep}
+    wanted = {name: max(target_size_kib(known[name].figures, known[name].settings), floors[name]) for name in plan}
     plan, deficit = _surpluses_taken(plan, wanted, deficit)
     if deficit > 0:
-        plan = _shares_taken(plan, floors, {i: settings[decisions[i].name].shares for i in plan}, deficit)
+        plan, deficit = _surpluses_taken(plan, {name: fair[name] for name in plan}, deficit)
     why = (f"host below its reserve ({mib(host.available_kib)} MiB available, {mib(host.reserve_kib)} MiB kept)"
            if host.spare_kib < 0 else "host memory pressure (PSI)")
-    out = list(decisions)
-    for i, size in plan.items():
-        out[i] = _reclaimed(out[i], figures[out[i].name].actual_kib, size, floors[i], why)
+    out = dict(proposals)
+    for name, size in plan.items():
+        out[name] = _reclaimed(out[name], known[name].figures.actual_kib, size, floors[name], why)
     return out
 
 
-def _kept_kib(decision: Decision, figures: Figures) -> int:
+def _kept_kib(proposal: Proposal, figures: Figures) -> int:
     """What a domain is counted at before reclaiming: a shrink planned this cycle at its target, anything
     else at its size (a grow planned this cycle is undone)."""
-    if decision.action == SHRINK and decision.target_kib is not None:
-        return decision.target_kib
+    if proposal.action == SHRINK and proposal.target_kib is not None:
+        return proposal.target_kib
     return figures.actual_kib
 
 
-def _surpluses_taken(plan: Dict[int, int], wanted: Dict[int, int], deficit: int) -> Tuple[Dict[int, int], int]:
+def _surpluses_taken(plan: Dict[str, int], wanted: Dict[str, int], deficit: int) -> Tuple[Dict[str, int], int]:
     """The plan with the deficit taken from the largest surplus over what each wants first; what is
     still missing."""
     plan = dict(plan)
-    for i in sorted(plan, key=lambda i: plan[i] - wanted[i], reverse=True):
-        take = min(max(plan[i] - wanted[i], 0), deficit)
-        plan[i] -= take
+    for name in sorted(plan, key=lambda name: plan[name] - wanted[name], reverse=True):
+        take = min(max(plan[name] - wanted[name], 0), deficit)
+        plan[name] -= take
         deficit -= take
     return plan, deficit
 
 
-def _shares_taken(plan: Dict[int, int], floors: Dict[int, int], shares: Dict[int, int], deficit: int) -> Dict[int, int]:
-    """The plan with the deficit taken by shares (fewer shares give more) from what is above each floor."""
-    weights = {i: max(plan[i] - floors[i], 0) / shares[i] for i in plan}
+def _fair_shares(known: Mapping[str, Candidate], host: HostMemory, floors: Dict[str, int]) -> Dict[str, int]:
+    """Each guest's share of what the guests can have (their sizes now and what the host can spare),
+    in proportion to its cap times its shares; at least its floor."""
+    room = sum(c.figures.actual_kib for c in known.values()) + host.spare_kib
+    weights = {name: known[name].cap_kib * known[name].settings.shares for name in floors}
     total = sum(weights.values())
-    if total <= 0:
-        return plan
-    return {i: plan[i] - min(plan[i] - floors[i], math.ceil(deficit * weight / total)) if weight else plan[i]
-            for i, weight in weights.items()}
+    return {name: max(floors[name], room * weight // total) for name, weight in weights.items()}
 
 
-def _reclaimed(decision: Decision, actual_kib: int, size_kib: int, floor_kib: int, why: str) -> Decision:
+def _reclaimed(proposal: Proposal, actual_kib: int, size_kib: int, floor_kib: int, why: str) -> Proposal:
     if actual_kib - size_kib >= TOLERANCE_KIB and size_kib >= floor_kib:
-        return replace(decision, action=SHRINK, target_kib=size_kib, code="host-reserve", reason=why)
-    if decision.action == GROW:
-        return _held(decision, why)
-    return decision
+        return Proposal(SHRINK, size_kib, "host-reserve", why)
+    if proposal.action == GROW:
+        return _held(proposal, why)
+    return proposal

@@ -188,7 +188,7 @@ class Service:
         cycle = conn.daemon.last
         problems = []
         if self.metrics is not None:
-            problems.append(_written(lambda: self.metrics.cycle_done(conn.label, cycle)))
+            problems.append(_written(lambda: self.metrics.cycle_done(conn.label, cycle, conn.daemon.config.secs)))
         if cycle is not None:
             problems.append(_written(lambda: statefile.write(conn.state_path, conn.uri, cycle)))
         problem = "; ".join(p for p in problems if p) or None

@@ -10,7 +10,8 @@ from .observe import Observation
 from .policy import Decision, cap_kib
 from .units import mib
 
-COLUMNS = ("DOMAIN", "ACTUAL_MiB", "USABLE_MiB", "USABLE%", "BAND", "FLOOR_MiB", "MAX_MiB", "NEXT", "WHY")
+COLUMNS = ("DOMAIN", "ACTUAL_MiB", "USABLE_MiB", "USABLE%", "BAND", "FLOOR_MiB", "MAX_MiB", "BALLOON", "NEXT", "WHY")
+FEATURES = (("autodeflate", "autodeflate"), ("fpr", "free_page_reporting"))  # (as the table shows it, row key)
 
 
 def _mib_text(value: Optional[int]) -> str:
@@ -18,7 +19,7 @@ def _mib_text(value: Optional[int]) -> str:
 
 
 def row_dict(obs: Observation, settings: DomainSettings, decision: Decision) -> Dict[str, Any]:
-    s = obs.stats
+    s, facts = obs.stats, obs.facts
     pct = None if s.usable_kib is None or not s.actual_kib else s.usable_kib * 100 // s.actual_kib
     cap = cap_kib(s, settings)
     return {
@@ -29,12 +30,23 @@ def row_dict(obs: Observation, settings: DomainSettings, decision: Decision) -> 
         "band_pct": [settings.minimal, settings.maximal],
         "floor_mib": mib(settings.critical_kib),
         "maximum_mib": None if cap is None else mib(cap),
+        # the balloon device and its features; None: the domain XML could not be read
+        "balloon": None if facts is None else facts.balloon_model or "absent",
+        "autodeflate": None if facts is None else facts.autodeflate,
+        "free_page_reporting": None if facts is None else facts.free_page_reporting,
         "last_update": s.last_update,
         "next": decision.action,
         "target_mib": None if decision.target_kib is None else mib(decision.target_kib),
         "code": decision.code,
         "why": decision.reason,
     }
+
+
+def balloon_cell(d: Dict[str, Any]) -> str:
+    """`virtio,autodeflate,fpr`: the device model and the features it has on; `-` when not known."""
+    if d["balloon"] is None:
+        return "-"
+    return ",".join([d["balloon"], *(flag for flag, key in FEATURES if d[key])])
 
 
 def render_json(rows: Sequence[Dict[str, Any]]) -> str:
@@ -55,7 +67,7 @@ def render_table(rows: Sequence[Dict[str, Any]]) -> str:
         lines.append((
             d["domain"], _mib_text(d["actual_mib"]), _mib_text(d["usable_mib"]),
             "-" if d["usable_pct"] is None else f"{d['usable_pct']}%",
-            f"{low:g}-{high:g}%", str(d["floor_mib"]), _mib_text(d["maximum_mib"]),
+            f"{low:g}-{high:g}%", str(d["floor_mib"]), _mib_text(d["maximum_mib"]), balloon_cell(d),
             *((d.get("last", "-"),) if with_last else ()), next_action, d["why"],
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns) - 1)]

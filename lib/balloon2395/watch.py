@@ -15,10 +15,11 @@ from typing import Any, Dict, List, Optional
 
 from . import PROG, config as cfg, statefile
 from .daemon import Cycle
+from .decide import decide_all
 from .host import HostReader
 from .lock import InstanceLock, LockError, default_dir
 from .observe import Collector
-from .policy import History, Limits, decide_all
+from .policy import History, Limits
 from .status import render_json, render_table
 from .units import mib
 from .virsh import VirshError, default_uri
@@ -183,6 +184,7 @@ def render_explain(config: cfg.Config, v: View, now: Dict[str, Any], last: Optio
         f"headroom {_size(settings['headroom_kib'])}, "
         f"max shrink {_size(settings['max_shrink_kib'])}, shares {settings['shares']}"
         + (", excluded" if settings["exclude"] else ""),
+        "  " + _balloon(now),
         "  host: " + ("not watched" if host is None else
                       f"available {_size(host['available_kib'])}, reserve {_size(host['reserve_kib'])}"
                       + (", PSI pressure" if host["pressure"] else "")),
@@ -199,6 +201,18 @@ def render_explain(config: cfg.Config, v: View, now: Dict[str, Any], last: Optio
         lines.append(f"last change: {last_decision(last)}")
     lines.append(f"next decision (a cycle now): {_decision(now)}")
     return "\n".join(lines)
+
+
+def _balloon(d: Dict[str, Any]) -> str:
+    """`balloon: virtio, autodeflate on, free page reporting off`"""
+    if d["balloon"] is None:
+        return "balloon: not known (its domain XML could not be read)"
+    return (f"balloon: {d['balloon']}, autodeflate {_on_off(d['autodeflate'])}, "
+            f"free page reporting {_on_off(d['free_page_reporting'])}")
+
+
+def _on_off(on: bool) -> str:
+    return "on" if on else "off"
 
 
 def _decision(d: Dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 from xml.sax.saxutils import escape, quoteattr
 
 from .guest_channel import GuestChannel, GuestError, GuestTimeout, Reply
@@ -143,8 +143,12 @@ class Guest:
             return f"<memballoon {attrs}><stats period='{int(self.stats_period)}'/></memballoon>"
         return f"<memballoon {attrs}/>"
 
+    def boot_files(self) -> Dict[str, Path]:
+        """The kernel and initrd the domain boots directly: prepare.sh's (debian_guest.py has its own)."""
+        return assets()
+
     def xml(self) -> str:
-        a = assets()
+        a = self.boot_files()
         metadata = f"  <metadata>{self.metadata_xml}</metadata>\n" if self.metadata_xml else ""
         return f"""<domain type='qemu'>
   <name>{escape(self.name)}</name>
@@ -320,6 +324,23 @@ class Guest:
             return stats if stats.get("actual") == kib else None
         return wait_for(check, timeout, what=f"{self.name} actual == {kib} KiB")
 
+    def rss_kib(self) -> int:
+        """What the guest costs the host: its QEMU process's resident set (domstats balloon.rss)."""
+        return int(self.domstats()["balloon.rss"])
+
+    def steady_rss_kib(self, timeout: float = 60.0, every: float = 1.0, slack_kib: int = 1024) -> int:
+        """The RSS once two reads `every` seconds apart agree within `slack_kib`: QEMU has discarded
+        what a balloon move gave it, or a hog's pages are all faulted in. Not for free page reporting,
+        whose passes come 2 s apart."""
+        last: List[int] = []
+
+        def check() -> Optional[int]:
+            now = self.rss_kib()
+            steady = bool(last) and abs(now - last[-1]) <= slack_kib
+            last.append(now)
+            return now if steady else None
+        return wait_for(check, timeout, interval=every, what=f"{self.name} RSS steady")
+
     # ------------------------------------------------------------ console
     def console_text(self) -> str:
         try:
@@ -430,6 +451,8 @@ class GuestFactory:
     """Creates guests named ``b2395e2e-<token>-<label>`` in a private temp
     dir and removes all of them (and the dir) on cleanup()."""
 
+    guest_class: Type[Guest] = Guest
+
     def __init__(self, token: Optional[str] = None, base_dir: Optional[str] = None,
                  uri: str = URI, keep_logs: Optional[bool] = None):
         self.token = token or secrets.token_hex(3)
@@ -448,7 +471,7 @@ class GuestFactory:
         """A Guest object (not yet defined); cleaned up with the factory."""
         self._n += 1
         wd = self.workdir / f"{self._n}-{dir_name(label)[:20]}"
-        g = Guest(name or self.name_for(label), wd, uri=self.uri, **opts)
+        g = self.guest_class(name or self.name_for(label), wd, uri=self.uri, **opts)
         self.guests.append(g)
         return g
 

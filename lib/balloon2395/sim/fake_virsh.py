@@ -9,6 +9,7 @@ State file (path in $FAKE_VIRSH_STATE):
                 "driver": true (guest has the balloon driver; false: no guest stats, setmem a no-op),
                 "stuck": true (stats flow but setmem never takes effect),
                 "balloon": "virtio"|"none", "os": libosinfo id or null, "hyperv": bool,
+                "autodeflate", "free_page_reporting": bool, the balloon's features (off by default),
                 "settings": {attribute: value} of our metadata,
                 "stats": {"usable": KiB, "available": ..., ...},
                 "last_update": epoch s, or "age": seconds before now,
@@ -39,6 +40,7 @@ GUEST_STATS = ("swap_in", "swap_out", "major_fault", "minor_fault", "unused", "a
                "last_update", "disk_caches", "hugetlb_pgalloc", "hugetlb_pgfail")
 LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
 SETTINGS_NS = "https://balloon-2395.example/ns/1"
+BALLOON_SWITCHES = (("autodeflate", "autodeflate"), ("free_page_reporting", "freePageReporting"))
 
 
 class Fail(Exception):
@@ -104,7 +106,8 @@ def render_dumpxml(dom: dict) -> str:
     features += "  </features>\n"
     model = dom.get("balloon", "virtio")
     period = dom.get("period", 0)
-    balloon = f"    <memballoon model='{model}'>\n"
+    switches = "".join(f" {attribute}='on'" for key, attribute in BALLOON_SWITCHES if dom.get(key))
+    balloon = f"    <memballoon model='{model}'{switches}>\n"
     if period:
         balloon += f"      <stats period='{period}'/>\n"
     balloon += "    </memballoon>\n"

@@ -34,6 +34,8 @@ def _rows(sim: Simulation) -> Sequence[Sequence[str]]:
         s, settings = g.state, sim.config.for_domain(g.name)
         last = sim.last_change.get(g.name)
         action = "-" if last is None else f"{last[1].action} {logs.change_sizes(last[1])} at {last[0]:.0f}s"
+        if g.lost_at_s is not None:
+            action = f"lost to the host's OOM killer at {g.lost_at_s:.0f}s"
         rows.append((g.name, str(mib(s.actual_kib)), f"{usable_kib(g.plan.spec, s) * 100 // s.actual_kib}%",
                      f"{settings.minimal:g}-{settings.maximal:g}%", str(s.oom_kills), action))
     return rows
@@ -63,7 +65,8 @@ class _TableView:
         mem = sim.host.memory()
         lines = _table(COLUMNS, _rows(sim)) + [
             f"t={sim.host.elapsed_s:.0f}s  host: guests {mib(mem.guests_kib)} MiB, "
-            f"available {mib(mem.available_kib)} of {mib(mem.total_kib)} MiB"]
+            f"available {mib(mem.available_kib)} of {mib(mem.total_kib)} MiB"
+            + (f", swapping {mib(mem.swapped_kib)} MiB" if mem.swapped_kib else "")]
         self.erase()
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()

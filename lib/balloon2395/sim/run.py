@@ -2,7 +2,8 @@
 
 `Daemon(config, SimVirsh(host), clock)` is the daemon's own code path:
 parsing, observing, the policy and setmem are the real ones; only the virsh
-process and the clock are the simulator's.
+process and the clock are the simulator's. The baselines (BASELINES) run the
+same guests with no daemon at all.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from .scenario import Scenario
 from .virsh import SimVirsh
 
 STARVED_PCT = 5  # usable under this share of actual: the guest is out of memory in all but name
+# Policies that are no daemon: "none" leaves the guests alone, "fpr" too, with free page reporting on in every guest.
+BASELINES = ("none", "fpr")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Sample:
     swapped_kib: int
     cache_kib: int
     oom_kills: int  # so far
+    rss_kib: int = 0  # what it costs the host: the guest pages QEMU has backed (0 once lost; 0 when not given)
 
     @property
     def used_kib(self) -> int:
@@ -50,10 +54,14 @@ class GuestResult:
     band: Tuple[float, float]  # minimal, maximal usable %
     oom_kills: int
     oom_kills_beyond_max: int  # of those, demand beyond the maximum plus swap: no daemon could help
-    starved_s: float  # usable under STARVED_PCT % of actual, or swapping in
+    oom_deflations: int  # times its balloon deflated on OOM instead of a kill
+    lost_at_s: Optional[float]  # when the host's OOM killer killed its QEMU
+    # usable under STARVED_PCT % of actual, swapping in, or faulting pages in while the host swaps
+    starved_s: float
     swap_in_kib: int
     setmem_calls: int
-    avg_actual_kib: int
+    avg_actual_kib: int  # a lost guest counts as its maximum from its loss on, as for avg_rss_kib
+    avg_rss_kib: int  # time average of its RSS; a lost guest counts as its maximum from its loss on: it saved nothing
     # time average of the smallest size that leaves `headroom` usable above what the guest
     # used in this run (and respects the floor): no policy that keeps the headroom goes lower
     avg_least_actual_kib: int
@@ -68,43 +76,67 @@ class RunResult:
     seed: int
     duration_s: float
     guests: Tuple[GuestResult, ...]
+    host_total_kib: int
+    host_swap_s: float  # time the host's own use and the guests' RSS were more than its RAM
+    guests_lost: int  # to the host's OOM killer
 
 
 class _Tracker:
-    """One guest's running measures, updated every tick."""
+    """One guest's running measures, updated every tick. While the model leaves the guest as it was, its
+    measures stay too: the ticks are counted, and added up when it moves (flush)."""
 
-    __slots__ = ("settings", "maximum_kib", "state", "low", "least_actual_kib", "starved_ticks", "actual_sum",
-                 "least_actual_sum", "need_since", "need_spans", "series")
+    __slots__ = ("settings", "maximum_kib", "state", "low", "actual_kib", "rss_kib", "usable_kib", "least_actual_kib",
+                 "still_ticks", "starved_ticks", "actual_sum", "least_actual_sum", "rss_sum", "need_since",
+                 "need_spans", "series")
 
     def __init__(self, settings: DomainSettings, maximum_kib: int) -> None:
         self.settings, self.maximum_kib = settings, maximum_kib
         self.state: Optional[GuestState] = None
         self.low = False
-        self.least_actual_kib = 0
-        self.starved_ticks = self.actual_sum = self.least_actual_sum = 0
+        self.actual_kib = self.rss_kib = self.least_actual_kib = 0  # this state's, counted for each still tick
+        self.usable_kib = 0
+        self.still_ticks = self.starved_ticks = self.actual_sum = self.least_actual_sum = self.rss_sum = 0
         self.need_since: Optional[int] = None  # tick usable fell below the band's minimum
         self.need_spans: List[Tuple[int, int]] = []
         self.series: List[Sample] = []
 
-    def observe(self, tick: int, g: SimGuest) -> None:
-        s = g.state
-        swapping_in = False
-        if s is not self.state:  # the model hands back the same object when nothing moved
-            swapping_in = self.state is not None and s.swap_in_kib > self.state.swap_in_kib
-            usable = usable_kib(g.plan.spec, s)
-            self.low = usable * 100 < STARVED_PCT * s.actual_kib
-            least = max(s.actual_kib - usable + self.settings.headroom_kib, self.settings.critical_kib)
-            self.least_actual_kib = min(least, self.maximum_kib)
-            need = usable * 100 // s.actual_kib < self.settings.minimal
-            if need and self.need_since is None:
-                self.need_since = tick
-            elif not need and self.need_since is not None:
-                self.need_spans.append((self.need_since, tick))
-                self.need_since = None
-            self.state = s
-        self.starved_ticks += self.low or swapping_in
-        self.actual_sum += s.actual_kib
-        self.least_actual_sum += self.least_actual_kib
+    def observe(self, tick: int, g: SimGuest, host_swapping: bool) -> None:
+        s, before = g.state, self.state
+        if s is before:  # the model hands back the same object when nothing moved
+            self.still_ticks += 1
+            return
+        self.flush()
+        self.state, self.still_ticks = s, 1
+        if g.lost_at_s is not None:  # its loss saves the host nothing: it counts as holding its maximum
+            self.low, self.usable_kib = False, usable_kib(g.plan.spec, s)
+            self.actual_kib = self.rss_kib = self.least_actual_kib = self.maximum_kib
+            return
+        self._judge(tick, g, s)
+        if before is not None and not self.low:
+            # swapping in, or faulting pages in on a host that swaps: each new page waits for the host's disk
+            self.starved_ticks += (s.swap_in_kib > before.swap_in_kib
+                                   or (host_swapping and s.touched_kib > before.touched_kib))
+
+    def flush(self) -> None:
+        """The still ticks' measures into the sums."""
+        ticks, self.still_ticks = self.still_ticks, 0
+        self.starved_ticks += ticks * self.low
+        self.actual_sum += ticks * self.actual_kib
+        self.rss_sum += ticks * self.rss_kib
+        self.least_actual_sum += ticks * self.least_actual_kib
+
+    def _judge(self, tick: int, g: SimGuest, s: GuestState) -> None:
+        self.usable_kib = usable = usable_kib(g.plan.spec, s)
+        self.low = usable * 100 < STARVED_PCT * s.actual_kib
+        self.actual_kib, self.rss_kib = s.actual_kib, s.touched_kib
+        least = max(s.actual_kib - usable + self.settings.headroom_kib, self.settings.critical_kib)
+        self.least_actual_kib = min(least, self.maximum_kib)
+        need = usable * 100 // s.actual_kib < self.settings.minimal
+        if need and self.need_since is None:
+            self.need_since = tick
+        elif not need and self.need_since is not None:
+            self.need_spans.append((self.need_since, tick))
+            self.need_since = None
 
     def relief_s(self, bursts: List[Tuple[float, float]], now_tick: int) -> Tuple[float, ...]:
         spans = self.need_spans + ([(self.need_since, now_tick)] if self.need_since is not None else [])
@@ -121,12 +153,15 @@ class _Tracker:
 
 class Simulation:
     def __init__(self, scenario: Scenario, config: Config, seed: int = 0, epoch: float = EPOCH) -> None:
+        if config.policy == "fpr":
+            scenario = _reporting(scenario)
         self.scenario, self.config, self.seed = scenario, config, seed
         self.host = SimHost(scenario, seed, epoch)
         # The simulated host is the host: read it through virsh, never this machine's /proc.
         watched = config if config.host_memory == "off" else replace(config, host_memory="virsh")
         self.daemon = Daemon(watched, SimVirsh(self.host), clock=lambda: self.host.now)
         self.cycle_ticks = max(1, round(config.secs * TICKS_PER_S))
+        self.daemon_runs = config.policy not in BASELINES
         self.trackers = [_Tracker(config.for_domain(g.name), g.plan.spec.maximum_kib) for g in self.host.guests]
         self.last_change: Dict[str, Tuple[float, Decision]] = {}  # guest -> (virtual s, the change)
 
@@ -135,8 +170,8 @@ class Simulation:
         host = self.host
         host.step()
         for g, tracker in zip(host.guests, self.trackers):
-            tracker.observe(host.tick, g)
-        if host.tick % self.cycle_ticks == 0:
+            tracker.observe(host.tick, g, host.swapping)
+        if self.daemon_runs and host.tick % self.cycle_ticks == 0:
             for decision in self.daemon.cycle() or ():
                 if decision.changes:
                     self.last_change[decision.name] = (host.elapsed_s, decision)
@@ -146,30 +181,42 @@ class Simulation:
     def _sample(self) -> None:
         t = self.host.elapsed_s
         for g, tracker in zip(self.host.guests, self.trackers):
-            s, spec = g.state, g.plan.spec
-            demand = spec.base_anon_kib + g.plan.workload_kib(t, self.seed)
-            tracker.series.append(Sample(int(t), s.actual_kib, s.target_kib, usable_kib(spec, s), demand,
-                                         s.anon_kib, s.swapped_kib, s.cache_kib, s.oom_kills))
+            s = g.state
+            demand = g.plan.spec.base_anon_kib + g.plan.workload_kib(t, self.seed)
+            # usable: the tracker judged this tick's state
+            tracker.series.append(Sample(int(t), s.actual_kib, s.target_kib, tracker.usable_kib, demand,
+                                         s.anon_kib, s.swapped_kib, s.cache_kib, s.oom_kills, s.touched_kib))
 
     def result(self) -> RunResult:
         host, ticks = self.host, max(1, self.host.tick)
         guests = []
         for g, tracker in zip(host.guests, self.trackers):
+            tracker.flush()
             settings = tracker.settings
             guests.append(GuestResult(
                 name=g.name, maximum_kib=g.plan.spec.maximum_kib, band=(settings.minimal, settings.maximal),
                 oom_kills=g.state.oom_kills, oom_kills_beyond_max=g.state.oom_kills_beyond_max,
+                oom_deflations=g.state.oom_deflations, lost_at_s=g.lost_at_s,
                 starved_s=tracker.starved_ticks / TICKS_PER_S,
                 swap_in_kib=g.state.swap_in_kib, setmem_calls=g.setmems, avg_actual_kib=tracker.actual_sum // ticks,
-                avg_least_actual_kib=tracker.least_actual_sum // ticks,
+                avg_rss_kib=tracker.rss_sum // ticks, avg_least_actual_kib=tracker.least_actual_sum // ticks,
                 relief_s=tracker.relief_s(g.plan.trace.bursts(host.elapsed_s), host.tick),
                 series=tuple(tracker.series)))
-        return RunResult(self.scenario.name, self.config.policy, self.seed, host.elapsed_s, tuple(guests))
+        return RunResult(self.scenario.name, self.config.policy, self.seed, host.elapsed_s, tuple(guests),
+                         host_total_kib=self.scenario.host.total_kib, host_swap_s=host.swap_ticks / TICKS_PER_S,
+                         guests_lost=len(host.guests) - len(host.running))
+
+
+def _reporting(scenario: Scenario) -> Scenario:
+    """The scenario with free page reporting on in every guest."""
+    plans = tuple(replace(p, spec=replace(p.spec, free_page_reporting=True)) for p in scenario.guests)
+    return replace(scenario, guests=plans)
 
 
 def run_scenario(scenario: Scenario, policy: str = "step", seed: int = 0, duration_s: Optional[float] = None,
                  config: Optional[Config] = None) -> RunResult:
-    """The scenario from start to end (its own duration unless given) under one policy; no wall time spent waiting."""
+    """The scenario from start to end (its own duration unless given) under one policy, or a baseline
+    (BASELINES); no wall time spent waiting."""
     sim = Simulation(scenario, replace(config or Config(), policy=policy), seed)
     ticks = round((scenario.duration_s if duration_s is None else duration_s) * TICKS_PER_S)
     while sim.host.tick < ticks:

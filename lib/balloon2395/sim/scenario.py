@@ -7,6 +7,7 @@ reported as one line naming the file and the key.
 from __future__ import annotations
 
 import bisect
+import math
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -14,15 +15,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import ConfigError, read_file
+from ..resources import scenario_dir
 from ..units import parse_size_kib
 from .model import MIB, GuestSpec, HostSpec, boot
 
-SCENARIO_DIR = Path(__file__).resolve().parents[3] / "examples" / "scenarios"
+SCENARIO_DIR = scenario_dir()
 DEFAULT_SCENARIO = "demo"
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h)?\s*$")
 _UNIT_S = {None: 1, "s": 1, "m": 60, "h": 3600}
-_GUEST_KEYS = ("name", "current", "maximum", "swap", "base", "cache", "stats_period", "noise", "hot", "repeat",
-               "workload")
+_GUEST_KEYS = ("name", "current", "maximum", "touched", "swap", "base", "cache", "stats_period", "noise", "hot",
+               "deflate_on_oom", "free_page_reporting", "repeat", "workload")
+_HOST_KEYS = ("total", "own", "cache", "swap")
 _STEP_KEYS = ("at", "anon", "cache", "over", "rate")
 
 
@@ -32,7 +35,7 @@ class ScenarioError(Exception):
 
 @dataclass(frozen=True)
 class Ramp:
-    """A level moving linearly from `from_kib` at `start_s` to `to_kib` at `end_s`, then staying."""
+    """A level moving linearly, in whole MiB, from `from_kib` at `start_s` to `to_kib` at `end_s`, then staying."""
 
     start_s: float
     end_s: float
@@ -47,7 +50,16 @@ def _level(ramps: Sequence[Ramp], starts: Sequence[float], t: float) -> int:
     r = ramps[i]
     if t >= r.end_s:
         return r.to_kib
-    return r.from_kib + int((r.to_kib - r.from_kib) * (t - r.start_s) / (r.end_s - r.start_s))
+    # in whole MiB: between two, a slow ramp leaves the guest, and so the simulator's work, alone
+    return r.from_kib + int((r.to_kib - r.from_kib) * (t - r.start_s) / (r.end_s - r.start_s) / MIB) * MIB
+
+
+def _steady_until(ramps: Sequence[Ramp], starts: Sequence[float], t: float) -> float:
+    """Until when the level at `t` holds: `t` itself inside a ramp, else the next ramp's start."""
+    i = bisect.bisect_right(starts, t) - 1
+    if i >= 0 and t < ramps[i].end_s:
+        return t
+    return starts[i + 1] if i + 1 < len(starts) else math.inf
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,13 @@ class Trace:
     def cache_kib(self, t: float) -> int:
         return _level(self.cache, self._cache_starts, self._local(t))
 
+    def steady_until(self, t: float) -> float:
+        """Until when anon_kib and cache_kib keep their values at `t` (`t` itself while one moves)."""
+        local = self._local(t)
+        until = min(_steady_until(self.anon, self._anon_starts, local),
+                    _steady_until(self.cache, self._cache_starts, local), self.repeat_s or math.inf)
+        return t - local + until
+
     def bursts(self, until_s: float) -> List[Tuple[float, float]]:
         """(start, end) of every rise in anonymous demand before `until_s`, repeats included."""
         rises = [(r.start_s, r.end_s) for r in self.anon if r.to_kib > r.from_kib]
@@ -93,6 +112,7 @@ class GuestPlan:
     trace: Trace = Trace()
     noise_kib: int = 0
     hot: bool = True
+    touched_kib: Optional[int] = None  # RSS at the start; None: all of current_kib
 
     @property
     def name(self) -> str:
@@ -104,6 +124,13 @@ class GuestPlan:
             return self.trace.anon_kib(t)
         draw = zlib.crc32(f"{seed}/{self.name}/{int(t)}".encode()) / 2 ** 32
         return self.trace.anon_kib(t) + int(self.noise_kib * draw)
+
+    def inputs(self, t: float, seed: int) -> Tuple[int, int, float]:
+        """(workload_kib, the trace's page cache, until when both keep these values) at `t`."""
+        until = self.trace.steady_until(t)
+        if self.noise_kib:
+            until = min(until, math.floor(t) + 1)
+        return self.workload_kib(t, seed), self.trace.cache_kib(t), until
 
 
 @dataclass(frozen=True)
@@ -152,6 +179,13 @@ def _rate(value: Any, where: str) -> float:
     if kib <= 0:
         raise _fail(where, f"must be more than 0, got {value!r}")
     return float(kib)
+
+
+def _bool(raw: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise _fail(f"{where}.{key}", f"expected true or false, got {value!r}")
+    return value
 
 
 def _int(value: Any, where: str, lo: int, hi: int) -> int:
@@ -243,14 +277,10 @@ def _guest(raw: Any, where: str) -> GuestPlan:
         raise _fail(f"{where}.current", f"above maximum ({current // MIB} > {maximum // MIB} MiB)")
     optional = {"swap": "swap_kib", "base": "base_anon_kib", "cache": "boot_cache_kib"}
     spec = GuestSpec(name, maximum, **{field: _size(raw[key], f"{where}.{key}")
-                                        for key, field in optional.items() if key in raw})
-    try:
-        boot(spec, current)
-    except ValueError as exc:
-        raise _fail(f"{where}.current", str(exc)) from None
-    hot = raw.get("hot", True)
-    if not isinstance(hot, bool):
-        raise _fail(f"{where}.hot", f"expected true or false, got {hot!r}")
+                                        for key, field in optional.items() if key in raw},
+                     deflate_on_oom=_bool(raw, "deflate_on_oom", where, False),
+                     free_page_reporting=_bool(raw, "free_page_reporting", where, False))
+    touched = _touched(raw, spec, current, where)
     repeat = _seconds(raw["repeat"], f"{where}.repeat") if "repeat" in raw else None
     if repeat == 0:
         raise _fail(f"{where}.repeat", "must be more than 0")
@@ -258,7 +288,19 @@ def _guest(raw: Any, where: str) -> GuestPlan:
         spec=spec, current_kib=current,
         stats_period_s=_int(raw.get("stats_period", 1), f"{where}.stats_period", 0, 3600),
         trace=_trace(raw.get("workload"), repeat, f"{where}.workload"),
-        noise_kib=_size(raw.get("noise", 0), f"{where}.noise"), hot=hot)
+        noise_kib=_size(raw.get("noise", 0), f"{where}.noise"), hot=_bool(raw, "hot", where, True),
+        touched_kib=touched)
+
+
+def _touched(raw: Mapping[str, Any], spec: GuestSpec, current_kib: int, where: str) -> Optional[int]:
+    """The guest's RSS at the start (None: all of its size), once its size is known to hold the guest."""
+    touched = _size(raw["touched"], f"{where}.touched") if "touched" in raw else None
+    for key, kib in (("current", None), ("touched", touched)):
+        try:
+            boot(spec, current_kib, kib)
+        except ValueError as exc:
+            raise _fail(f"{where}.{key}", str(exc)) from None
+    return touched
 
 
 def parse(data: Any, name: str, path: str) -> Scenario:
@@ -267,11 +309,11 @@ def parse(data: Any, name: str, path: str) -> Scenario:
         data = _mapping(data, "scenario", ("duration", "host", "guests"))
         if "host" not in data:
             raise _fail("scenario", "needs 'host' (total, own)")
-        host = _mapping(data["host"], "host", ("total", "own", "cache"))
+        host = _mapping(data["host"], "host", _HOST_KEYS)
         if "total" not in host:
             raise _fail("host", "needs 'total'")
         host_spec = HostSpec(_size(host["total"], "host.total"), _size(host.get("own", "1GiB"), "host.own"),
-                             _size(host.get("cache", 0), "host.cache"))
+                             _size(host.get("cache", 0), "host.cache"), _size(host.get("swap", 0), "host.swap"))
         if host_spec.own_kib >= host_spec.total_kib:
             raise _fail("host.own", "must be below host.total")
         guests = data.get("guests")

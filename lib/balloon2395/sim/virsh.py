@@ -53,13 +53,15 @@ def _domain(number: int, g: SimGuest) -> _Recorded:
         "name": g.name, "uuid": g.uuid, "id": number, "state": "running", "actual_kib": g.state.actual_kib,
         "maximum_kib": g.plan.spec.maximum_kib, "period": g.period_s, "balloon": "virtio", "stats": stats,
         "last_update": s.last_update, "boot_update": s.last_update, "rss_kib": g.state.touched_kib,
+        "autodeflate": g.plan.spec.deflate_on_oom, "free_page_reporting": g.plan.spec.free_page_reporting,
     })
 
 
 def answer(host: SimHost, command: str, args: List[str]) -> Tuple[str, str, int]:
-    """(stdout, stderr, exit status) of `virsh COMMAND ARGS...` on the simulated host, now."""
+    """(stdout, stderr, exit status) of `virsh COMMAND ARGS...` on the simulated host, now. A guest
+    lost to the host's OOM killer is gone, as a domain whose QEMU died is; the others keep their ids."""
     mem = host.memory()
-    state = {"domains": [_domain(i + 1, g) for i, g in enumerate(host.guests)],
+    state = {"domains": [_domain(i + 1, g) for i, g in enumerate(host.guests) if g.lost_at_s is None],
              "host": {"total_kib": mem.total_kib, "free_kib": mem.free_kib, "buffers_kib": 0,
                       "cached_kib": mem.cache_kib}}
     stdout, stderr, code, _ = FakeHost(state).call(command, args)

@@ -1,0 +1,53 @@
+"""One cycle's decisions: every domain through the safety checks (policy.py), the configured policy
+over the domains that passed, and `bounded()` over whatever it proposed. Pure, as policy.py is."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from .config import DomainSettings
+from .host import HostMemory
+from .observe import Observation
+from .peers import PEERS
+from .policy import (
+    HOLD,
+    Candidate,
+    Decision,
+    History,
+    HostView,
+    Limits,
+    Policy,
+    Proposal,
+    bounded,
+    candidate,
+    each,
+    step,
+    target_fitted,
+)
+
+POLICIES: Dict[str, Policy] = {"step": each(step), "target": target_fitted, **PEERS}
+
+
+def decide(obs: Observation, settings: DomainSettings, history: History, now: float,
+           limits: Limits = Limits(), policy: str = "step") -> Decision:
+    """One domain alone, the host not watched."""
+    return decide_all([obs], {obs.name: settings}, {obs.name: history}, None, now, limits, policy)[0]
+
+
+def decide_all(observations: Sequence[Observation], settings: Mapping[str, DomainSettings],
+               histories: Mapping[str, History], host: Optional[HostMemory], now: float,
+               limits: Limits = Limits(), policy: str = "target") -> List[Decision]:
+    """Every domain's decision: the safety checks, then the policy over the candidates, then
+    `bounded()` over what it proposed."""
+    checked = [candidate(obs, settings[obs.name], histories.get(obs.name, History()), now, limits)
+               for obs in observations]
+    candidates = tuple(c for c in checked if isinstance(c, Candidate))
+    proposals = POLICIES[policy](HostView(candidates, host, now))
+    decisions = []
+    for obs, item in zip(observations, checked):
+        if isinstance(item, Candidate):
+            proposal = proposals.get(item.name) or Proposal(HOLD, None, "in-band", f"no change proposed by {policy}")
+            item = Decision(item.name, proposal.action, proposal.code, proposal.reason, item.figures.actual_kib,
+                            proposal.target_kib, item.history)
+        decisions.append(bounded(item, obs.stats, settings[obs.name]))
+    return decisions

@@ -1,0 +1,200 @@
+"""bench/real.py's pure parts (issue 16 point 2): a scenario's trace as agent calls, the sizes of the real
+guests, real samples measured as the simulator's, and the sim-vs-real difference rows. No real guest."""
+
+from __future__ import annotations
+
+import pytest
+
+from balloon2395.config import Config
+from balloon2395.sim.run import RunResult, Sample, run_scenario
+from balloon2395.sim.scenario import load, parse
+from balloon2395_testkit.guest_channel import GuestError
+from balloon2395_testkit.real_replay import (
+    CACHE_FILES_MIB,
+    MIB,
+    STEP_MIB,
+    Holder,
+    guest_result,
+    levels,
+    perform,
+    relief_s,
+    scaled,
+    sizing,
+    starved_s,
+)
+from conftest import bench_module
+
+GIB_MIB = 1024
+
+
+def scenario(maximum: str = "1GiB", guests: int = 1, **guest):
+    raw = {"duration": "2m", "host": {"total": "8GiB"},
+           "guests": [dict({"name": f"g{i}", "current": maximum, "maximum": maximum}, **guest)
+                      for i in range(guests)]}
+    return parse(raw, "t", "t.yaml")
+
+
+def s(t: int, actual_mib: int, usable_mib: int, swap_in_mib: int = 0, rss_mib: int = 0) -> Sample:
+    return Sample(t, actual_mib * MIB, actual_mib * MIB, usable_mib * MIB, 0, 0, swap_in_mib * MIB, 0, 0,
+                  rss_mib * MIB)
+
+
+# --------------------------------------------------------------------- the trace as agent calls
+def test_a_rise_is_held_in_new_hogs_and_a_fall_frees_the_newest_first():
+    h = Holder()
+    assert h.actions(100, 0) == [("hog", "w1", 100)]
+    assert h.actions(300, 0) == [("hog", "w2", 200)]
+    assert h.actions(0, 0) == [("free", "w2", 0), ("free", "w1", 0)]
+    assert h.anon_mib == 0
+
+
+def test_a_partial_fall_frees_hogs_then_holds_the_rest_again():
+    h = Holder()
+    h.actions(100, 0)
+    h.actions(300, 0)
+    assert h.actions(150, 0) == [("free", "w2", 0), ("hog", "w3", 50)]
+    assert h.anon_mib == 150
+
+
+def test_moves_smaller_than_a_step_wait():
+    h = Holder()
+    h.actions(100, 0)
+    assert h.actions(100 + STEP_MIB - 1, 0) == []
+    assert h.actions(100 + STEP_MIB, 0) == [("hog", "w2", STEP_MIB)]
+
+
+def test_a_small_level_is_held_from_nothing_and_freed_to_nothing():
+    h = Holder()
+    assert h.actions(STEP_MIB - 1, 0) == [("hog", "w1", STEP_MIB - 1)]
+    assert h.actions(0, 0) == [("free", "w1", 0)]
+
+
+def test_the_page_cache_is_read_to_its_level_and_dropped_when_it_falls():
+    h = Holder()
+    assert h.actions(0, 200) == [("cache", "", 200)]
+    assert h.actions(0, 100) == [("uncache", "", 0), ("cache", "", 100)]
+    assert h.actions(0, 0) == [("uncache", "", 0)]
+
+
+def test_a_service_guest_holds_its_memory_as_redis_data():
+    h = Holder(service=True)
+    assert h.actions(200, 0) == [("redis", "", 200)]
+    assert h.actions(300, 0) == [("redis", "", 300)]
+    assert h.actions(0, 0) == [("redis_flush", "", 0)]
+
+
+class Dying:
+    """A guest whose hogs the OOM killer takes."""
+
+    def hog(self, name, mib, timeout=0.0):
+        raise GuestError(f"{name} killed")
+
+
+def test_a_hog_the_oom_killer_took_is_no_longer_held():
+    h = Holder()
+    action = h.actions(200, 0)[0]
+    perform(Dying(), action, h)
+    assert h.anon_mib == 0
+
+
+def test_a_hog_that_holds_its_memory_stays_held():
+    class Fine:
+        def hog(self, name, mib, timeout=0.0):
+            return mib
+
+    h = Holder()
+    perform(Fine(), h.actions(200, 0)[0], h)
+    assert h.anon_mib == 200
+
+
+def test_levels_keep_the_page_cache_within_the_images_files():
+    plan = scenario(workload=[{"at": 0, "cache": "+2GiB"}, {"at": 10, "anon": "+300MiB"}]).guests[0]
+    assert levels(plan, 20) == (300, CACHE_FILES_MIB)
+
+
+# --------------------------------------------------------------------- sizes
+def test_guests_that_fit_keep_their_sizes():
+    sizes, warnings = sizing(scenario(swap="256MiB"), host_free_mib=20000)
+    assert (sizes[0].current_mib, sizes[0].max_mib, sizes[0].swap_mib, sizes[0].factor) == (1024, 1024, 256, 1.0)
+    assert warnings == []
+
+
+def test_a_guest_beyond_the_cap_is_scaled_with_a_warning():
+    sizes, warnings = sizing(scenario("4GiB", swap="1GiB"), host_free_mib=20000)
+    assert (sizes[0].max_mib, sizes[0].swap_mib, sizes[0].factor) == (1024, 256, 0.25)
+    assert "scaled by 0.25" in warnings[0]
+
+
+def test_guests_share_the_hosts_free_memory():
+    sizes, warnings = sizing(scenario(guests=4), host_free_mib=4096)
+    assert [z.max_mib for z in sizes] == [512] * 4
+    assert len(warnings) == 4
+
+
+def test_no_room_for_the_guests_is_an_error():
+    with pytest.raises(ValueError):
+        sizing(scenario(guests=8), host_free_mib=3000)
+
+
+def test_the_simulated_scenario_is_scaled_as_the_real_guests_are():
+    sc = scenario("4GiB", workload=[{"at": 0, "anon": "+2GiB"}])
+    sizes, _ = sizing(sc, host_free_mib=20000)
+    plan = scaled(sc, sizes).guests[0]
+    assert (plan.spec.maximum_kib, plan.trace.anon_kib(10)) == (GIB_MIB * MIB, 512 * MIB)
+
+
+# --------------------------------------------------------------------- figures
+def test_starved_seconds_count_low_usable_and_swapping_in():
+    samples = [s(0, 1000, 500), s(1, 1000, 40), s(2, 1000, 500, swap_in_mib=10), s(3, 1000, 500, swap_in_mib=10)]
+    assert starved_s(samples) == 2.0
+
+
+def test_relief_is_the_time_from_a_bursts_end_until_usable_is_back_in_the_band():
+    samples = [s(t, 1000, 100 if 10 <= t < 14 else 400) for t in range(20)]
+    assert relief_s(samples, 25.0, [(8.0, 10.0)]) == (4.0,)
+
+
+def test_a_fall_that_lags_the_bursts_end_is_that_bursts():
+    samples = [s(t, 1000, 100 if 13 <= t < 16 else 400) for t in range(30)]
+    assert relief_s(samples, 25.0, [(8.0, 10.0)]) == (6.0,)
+
+
+def test_a_fall_long_after_the_burst_is_not_its():
+    samples = [s(t, 1000, 100 if 25 <= t < 28 else 400) for t in range(40)]
+    assert relief_s(samples, 25.0, [(8.0, 10.0)]) == (0.0,)
+
+
+def test_relief_is_zero_when_usable_never_fell():
+    samples = [s(t, 1000, 400) for t in range(20)]
+    assert relief_s(samples, 25.0, [(8.0, 10.0)]) == (0.0,)
+
+
+def test_real_samples_make_control_rows_like_the_simulators():
+    control = bench_module("control")
+    plan = scenario().guests[0]
+    settings = Config().for_domain(plan.name)
+    samples = [s(0, 1024, 700, rss_mib=900), s(1, 512, 200, rss_mib=600)]
+    g = guest_result(plan, 1024 * MIB, settings, samples, oom_kills=1, setmem_calls=3, duration_s=2)
+    real = control.row(RunResult("t", "target", 0, 2.0, (g,), 8 * GIB_MIB * MIB, 0.0, 0))
+    assert (real["kills"], real["setmem_calls"], real["reclaimed_gib_avg"], real["host_saved_gib"]) == (
+        1, 3, 0.25, 0.27)
+
+
+def test_the_difference_row_is_real_minus_simulated_per_column():
+    real = bench_module("real")
+    sim = run_scenario(load("real-quick"), "target", 0, 60)
+    rows = real.rows_for(sim, sim)
+    assert [r["policy"] for r in rows] == ["target sim", "target real", "target diff"]
+    assert rows[2]["setmem_calls"] == 0 and rows[2]["scenario"] == "real-quick"
+
+
+def test_the_difference_of_a_missing_figure_is_missing():
+    real = bench_module("real")
+    sim = run_scenario(load("real-quick"), "target", 0, 30)
+    rows = real.rows_for(sim, sim)
+    assert rows[2]["relief_p50_s"] is None
+
+
+def test_peers_run_at_their_cadence_on_both_sides():
+    config, flags = bench_module("real").config_for("proxmox")
+    assert (config.secs, flags) == (10.0, ("--secs", "10"))
