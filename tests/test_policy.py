@@ -385,11 +385,11 @@ def test_invariants_of_a_cycle(cycle):
 def test_the_invariant_strategies_reach_grow_shrink_and_hold():
     """Guards the guard: strategies that ended every example in skip or wait would check nothing.
     Over a seeded sample (the same every run) of what the invariant tests draw, each of grow,
-    shrink and hold is a large share of all decisions. At least 100 examples: hypothesis's first,
-    simplest ones dominate a smaller sample."""
+    shrink and hold is a large share of all decisions. A fixed 200 examples, whatever profile is loaded:
+    hypothesis's first, simplest ones dominate a smaller sample."""
     seen = Counter()
 
-    @settings(derandomize=True, max_examples=max(settings.default.max_examples, 100))
+    @settings(derandomize=True, max_examples=200, database=None)
     @given(domains(), cycles())
     def sample(case, cycle):
         # the peers' rules act only on a host's figures, which decide() does not give
