@@ -17,7 +17,7 @@ from .config import DomainSettings
 from .domain_xml import DomainFacts
 from .host import HostMemory
 from .observe import Observation
-from .units import mib
+from .units import PAGE_KIB, mib
 from .virsh_output import BalloonStats
 
 GROW, SHRINK, HOLD, WAIT, SKIP = "grow", "shrink", "hold", "wait", "skip"
@@ -39,7 +39,6 @@ PAGED_HOLD_S = 600  # after the guest paged its working set back in, no shrink f
 URGENT_RESERVE_SHARE = 0.5
 RAN_OUT_DECAY_PER_S = 0.9999  # half-life ~2 h: an OOM kill is dearer than a burst kept in headroom
 RAN_OUT_MIN_KIB = 64 * 1024  # with less usable, ordinary page faults could look like running out
-PAGE_KIB = 4
 RECENT_REPORTS = 5  # History.recent: at a 10 s cycle, the 50 s MoM's StatAvg spans by default
 
 

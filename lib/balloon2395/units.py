@@ -6,6 +6,7 @@ import math
 import re
 
 KIB_PER_MIB = 1024
+PAGE_KIB = 4  # a guest page: fault counters count these
 
 _UNITS_KIB = {
     "k": 1, "kib": 1, "kb": 1,

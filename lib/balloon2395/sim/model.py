@@ -20,8 +20,9 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence, Tuple
 
+from ..units import PAGE_KIB
+
 MIB = 1024  # KiB
-PAGE_KIB = 4
 CACHE_FLOOR_KIB = 16 * MIB  # mapped binaries and libraries: dropping them would only thrash
 BALLOON_KIB_S = 1024 * MIB  # virtio balloon (in|de)flation on KVM runs at about 1 GiB/s
 SWAP_KIB_S = 100 * MIB  # swap device throughput, shared by swap-in and swap-out
