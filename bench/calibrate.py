@@ -45,6 +45,7 @@ from balloon2395_testkit.calibration_compare import Comparison, Doc  # noqa: E40
 from balloon2395_testkit.calibration_replay import replay  # noqa: E402
 from balloon2395_testkit.calibration_report import render  # noqa: E402
 from balloon2395_testkit.daemon_process import DAEMON  # noqa: E402
+from balloon2395_testkit.guests import exit_on_sigterm  # noqa: E402
 from balloon2395_testkit.prepared import check_prerequisites  # noqa: E402
 from balloon2395_testkit.waiting import HarnessError  # noqa: E402
 
@@ -106,6 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if reason:
         print(f"{PROG_NAME}: cannot replay on a real guest: {reason}", file=sys.stderr)
         return 2
+    exit_on_sigterm()
 
     log_dir = Path(tempfile.mkdtemp(prefix="balloon-2395-calibrate-"))
     started = time.monotonic()

@@ -17,10 +17,11 @@ guest with free page reporting on). Per (scenario, policy, seed), summed over th
   swap_in_mib        MiB swapped in inside the guests
   reclaimed_gib_avg  memory the balloons held back (maximum - actual), time average, GiB
   host_saved_gib     host memory the guests left free: maximum - QEMU RSS (what the guest touched, less
-                     what the balloon or free page reporting gave back), time average, GiB; a lost
-                     guest counts as its maximum from then on
-  headroom_bound_gib the most a policy could have held back while leaving each guest its `headroom`
-                     usable (and its floor), given the memory the guest used in this run
+                     what the balloon or free page reporting gave back, and QEMU's own memory), time
+                     average, GiB; a lost guest counts as its maximum and QEMU's own from then on
+  headroom_bound_gib the most a policy could have saved the host while leaving each guest its `headroom`
+                     usable (and its floor), given the memory the guest used in this run (maximum - that
+                     least size, all touched, - QEMU's own memory)
   host_swap_s        seconds the host was swapping (the guests' RSS beyond its RAM)
   setmem_calls       setmem calls the daemon made
   relief_p50_s/p95_s after the end of each rise in a workload's demand, seconds until the guest's
@@ -83,7 +84,7 @@ def row(result: RunResult) -> Dict[str, Any]:
         "swap_in_mib": sum(g.swap_in_kib for g in guests) // 1024,
         "reclaimed_gib_avg": round(sum(g.maximum_kib - g.avg_actual_kib for g in guests) / KIB_PER_GIB, 2),
         "host_saved_gib": round(sum(g.maximum_kib - g.avg_rss_kib for g in guests) / KIB_PER_GIB, 2),
-        "headroom_bound_gib": round(sum(g.maximum_kib - g.avg_least_actual_kib for g in guests) / KIB_PER_GIB, 2),
+        "headroom_bound_gib": round(sum(g.maximum_kib - g.avg_least_rss_kib for g in guests) / KIB_PER_GIB, 2),
         "host_swap_s": round(result.host_swap_s, 1),
         "setmem_calls": sum(g.setmem_calls for g in guests),
         "relief_p50_s": percentile(reliefs, 50), "relief_p95_s": percentile(reliefs, 95),

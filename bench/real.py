@@ -3,6 +3,7 @@
 
     sudo .venv/bin/python bench/real.py [--quick] [--scenario NAME|PATH ...] [--policy NAME ...]
                                         [--duration S] [--json] [--out DIR]
+    .venv/bin/python bench/real.py --against FILE [--json]
 
 For each scenario (default: real-idle, real-burst, real-cache, real-redis, about 29 minutes; --quick:
 real-quick under `target` only, about 3 minutes) and each policy (default: step and target; the
@@ -18,6 +19,11 @@ side has no host swap and no lost guests (0), oom_beyond_max is not known (0), s
 daemon log's change lines. PNGs: bench/out/SCENARIO.real.png (each guest's actual, used, page cache,
 QEMU RSS and the band over time, real and simulated, per policy) when matplotlib is installed.
 
+--against FILE boots nothing: it runs the simulator now for each run an earlier `--json` output recorded
+and prints it beside that real run (how the simulator's constants are calibrated: docs/simulator.md).
+After the table, a line per scenario and policy says whether the simulator is calibrated to the real
+run: the same OOM kills, returned and saved memory and starved seconds within 15 %.
+
 Needs root, libvirt and the Debian image (sudo .ci/debian-image); exits 2 with the reason otherwise.
 Only domains it creates (b2395e2e-deb*) are touched, and removed after.
 """
@@ -30,6 +36,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -44,7 +51,16 @@ from balloon2395.sim.run import RunResult, run_scenario  # noqa: E402
 from balloon2395.sim.scenario import Scenario, ScenarioError, load  # noqa: E402
 from balloon2395_testkit.daemon_process import DAEMON  # noqa: E402
 from balloon2395_testkit.debian_guest import not_ready  # noqa: E402
-from balloon2395_testkit.real_replay import MIB, differences, replay, scaled, sizing  # noqa: E402
+from balloon2395_testkit.guests import exit_on_sigterm  # noqa: E402
+from balloon2395_testkit.real_replay import (  # noqa: E402
+    MIB,
+    Sizing,
+    calibration_misses,
+    differences,
+    replay,
+    scaled,
+    sizing,
+)
 from control import row, table  # noqa: E402
 
 PROG_NAME = "real.py"
@@ -60,6 +76,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--policy", action="append", choices=sorted(POLICIES), metavar="NAME",
                         help="this policy or peer (repeatable; default: step and target)")
     parser.add_argument("--duration", type=float, metavar="S", help="seconds per run (default: each scenario's)")
+    parser.add_argument("--against", metavar="FILE",
+                        help="boot nothing: the simulator now beside the real runs an earlier --json output recorded")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"), metavar="DIR", help="where the PNGs go")
     return parser.parse_args(argv)
@@ -78,11 +96,10 @@ def host_mib() -> Tuple[int, int]:
     return int(info["MemTotal"].split()[0]) // MIB, int(info["MemAvailable"].split()[0]) // MIB
 
 
-def rows_for(sim: RunResult, real: RunResult) -> List[Dict[str, Any]]:
-    """The simulator's row, the real one and their difference, labelled by policy."""
-    sim_row, real_row = row(sim), row(real)
-    sim_row["policy"], real_row["policy"] = f"{sim.policy} sim", f"{real.policy} real"
-    return [sim_row, real_row, differences(dict(real_row, policy=real.policy), sim_row)]
+def rows_for(sim: Dict[str, Any], real: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The simulator's row, the real one and their difference (control.py's rows), labelled by policy."""
+    policy = real["policy"]
+    return [dict(sim, policy=f"{policy} sim"), dict(real, policy=f"{policy} real"), differences(real, sim)]
 
 
 def run_one(scenario: Scenario, policy: str, duration_s: float, log_dir: Path) -> Tuple[RunResult, RunResult, Dict]:
@@ -95,7 +112,7 @@ def run_one(scenario: Scenario, policy: str, duration_s: float, log_dir: Path) -
     sim = run_scenario(replayed, policy, 0, duration_s, config)
     real, notes = replay(replayed, sizes, policy, duration_s, config.for_domain, flags, total_mib * MIB, log_dir,
                          lambda line: print(f"{PROG_NAME}: {scenario.name}: {line}", file=sys.stderr, flush=True))
-    notes["warnings"] = warnings
+    notes.update(warnings=warnings, duration_s=duration_s, sizes=[asdict(s) for s in sizes])
     return sim, real, notes
 
 
@@ -153,17 +170,53 @@ def plots(results: List[Tuple[RunResult, RunResult]], out: str) -> None:
         print(f"{PROG_NAME}: wrote {path}", file=sys.stderr)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
+def recorded(path: str) -> List[Tuple[Scenario, str, float, Dict[str, Any]]]:
+    """An earlier --json output's runs: (the scenario as it was replayed, policy, duration, the real row)."""
     try:
-        scenarios = [load(n) for n in args.scenario or ([QUICK] if args.quick else DEFAULT_SET)]
-    except ScenarioError as exc:
-        print(f"{PROG_NAME}: {exc}", file=sys.stderr)
-        return 2
+        doc = json.loads(Path(path).read_text())
+        reals = {(r["scenario"], r["policy"]): r for r in doc["rows"]}
+        runs = []
+        for note in doc["notes"]:
+            scenario = scaled(load(note["scenario"]), [Sizing(**s) for s in note["sizes"]])
+            real = dict(reals[(note["scenario"], f"{note['policy']} real")], policy=note["policy"])
+            runs.append((scenario, note["policy"], note["duration_s"], real))
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: not what bench/real.py --json writes ({type(exc).__name__}: {exc})") from None
+    return runs
+
+
+def against(path: str) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """The simulator run now beside the real runs recorded in `path`: no guest is booted."""
+    rows, notes = [], []
+    for scenario, policy, duration_s, real in recorded(path):
+        config, _ = config_for(policy)
+        rows += rows_for(row(run_scenario(scenario, policy, 0, duration_s, config)), real)
+        notes.append({"scenario": scenario.name, "policy": policy})
+    return rows, notes
+
+
+def calibration(rows: List[Dict[str, Any]]) -> List[str]:
+    """A line per (scenario, policy): whether the simulator is calibrated to the real run."""
+    out = []
+    for sim, real in zip(rows[0::3], rows[1::3]):
+        policy = real["policy"].rsplit(" ", 1)[0]
+        misses = calibration_misses(real, sim)
+        out.append(f"calibration {real['scenario']}/{policy}: " + ("; ".join(misses) if misses else
+                   "kills equal; returned, saved and starved within 15 %"))
+    return out
+
+
+class NotReady(Exception):
+    """This machine cannot boot the real guests."""
+
+
+def replay_all(args: argparse.Namespace) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]],
+                                                   List[Tuple[RunResult, RunResult]]]:
+    scenarios = [load(n) for n in args.scenario or ([QUICK] if args.quick else DEFAULT_SET)]
     reason = not_ready() or (None if os.access(DAEMON, os.X_OK) else f"{DAEMON} is not executable")
     if reason:
-        print(f"{PROG_NAME}: cannot replay on real guests: {reason}", file=sys.stderr)
-        return 2
+        raise NotReady(reason)
+    exit_on_sigterm()
     policies = args.policy or (["target"] if args.quick else ["step", "target"])
     log_dir = Path(tempfile.mkdtemp(prefix="balloon-2395-real-"))
     started = time.monotonic()
@@ -172,19 +225,42 @@ def main(argv: Optional[List[str]] = None) -> int:
         for policy in policies:
             sim, real, note = run_one(scenario, policy, args.duration or scenario.duration_s, log_dir)
             results.append((sim, real))
-            rows += rows_for(sim, real)
+            rows += rows_for(row(sim), dict(row(real), policy=policy))
             notes.append(dict(note, scenario=scenario.name, policy=policy))
             if args.json:
                 notes[-1]["series"] = series(real)
+    print(f"{PROG_NAME}: {len(results)} runs in {time.monotonic() - started:.0f} s; daemon logs in {log_dir}",
+          file=sys.stderr)
+    return rows, notes, results
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    results: List[Tuple[RunResult, RunResult]] = []
+    try:
+        if args.against:
+            rows, notes = against(args.against)
+        else:
+            rows, notes, results = replay_all(args)
+    except (ScenarioError, OSError, ValueError) as exc:
+        print(f"{PROG_NAME}: {exc}", file=sys.stderr)
+        return 2
+    except NotReady as exc:
+        print(f"{PROG_NAME}: cannot replay on real guests: {exc}", file=sys.stderr)
+        return 2
     elapsed = time.monotonic() - started
     if args.json:
-        print(json.dumps({"elapsed_s": round(elapsed, 1), "rows": rows, "notes": notes}, indent=2))
+        print(json.dumps({"elapsed_s": round(elapsed, 1), "rows": rows, "notes": notes,
+                          "calibration": calibration(rows)}, indent=2))
     else:
         print(table(rows))
+        for line in calibration(rows):
+            print(line)
         for note in notes:
             print(json.dumps(note))
-    print(f"{PROG_NAME}: {len(results)} runs in {elapsed:.0f} s; daemon logs in {log_dir}", file=sys.stderr)
-    plots(results, args.out)
+    if results:
+        plots(results, args.out)
     return 0
 
 

@@ -199,6 +199,15 @@ def test_the_summary_reads_the_idle_the_held_and_the_end_sizes():
 def test_the_summary_of_a_run_without_samples_has_no_figures():
     s = summary(run_of([]), PLAN)
     assert s["idle_actual_mib"] is s["lowest_usable_pct_ramp"] is s["peak_actual_mib"] is s["end_actual_mib"] is None
+    assert (s["returned_gib"], s["starved_s"]) == (None, 0)
+
+
+def test_returned_and_starved_are_the_control_benchmarks_weighted_by_how_long_each_sample_stood():
+    # 512 MiB of 1024 held back for 1.5 s, 768 MiB for the last sample's 0.5 s; under 5 % usable for 1.5 s
+    points = [point(0, 512, 4), point(1.5, 256, 50)]
+    s = summary(run_of(points), PLAN)
+    assert s["returned_gib"] == round((512 * 1.5 + 768 * 0.5) / 2 / 1024, 2)
+    assert s["starved_s"] == 1.5
 
 
 def test_the_real_balloon_speed_is_read_from_the_samples_after_each_change():

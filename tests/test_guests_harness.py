@@ -5,7 +5,10 @@ daemon's config, and prepare.sh's daemon records."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import xml.etree.ElementTree as ET
@@ -280,3 +283,29 @@ def test_the_asset_cache_can_be_moved(monkeypatch, tmp_path):
 def test_the_e2e_guests_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("BALLOON_E2E_SKIP", "1")
     assert check_prerequisites() == "BALLOON_E2E_SKIP is set"
+
+
+SIGTERMED = """
+import atexit, sys, time
+sys.path.insert(0, {lib!r})
+from balloon2395_testkit.guests import exit_on_sigterm
+exit_on_sigterm()
+atexit.register(lambda: open({marker!r}, "w").write("cleaned up"))
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_benchmark_ended_by_sigterm_still_runs_its_cleanup(tmp_path):
+    """bench/real.py and bench/calibrate.py: their guests and daemon go with them (atexit, `with`)."""
+    marker = tmp_path / "marker"
+    code = SIGTERMED.format(lib=str(Path(__file__).resolve().parent.parent / "lib"), marker=str(marker))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert marker.read_text() == "cleaned up"

@@ -99,6 +99,16 @@ def test_simulate_until_stable(used, start, maximum, headroom):
         assert actual <= max(target_size_kib(obs.stats, s), s.critical_kib) + 32 * MIB or usable * 100 // actual <= 35
 
 
+# A Debian guest whose idle daemons wake swaps in a few pages at a time (up to 500 KiB in a second seen):
+# that is no shortage. One short of memory swaps in MiBs a second.
+@pytest.mark.parametrize("swapped_in_kib, action", [(4, HOLD), (500, HOLD), (3 * 1024, GROW)])
+def test_only_swap_in_at_a_paging_rate_grows_a_guest_in_its_band(swapped_in_kib, action):
+    seen = History(seen_update=int(NOW) - 2, seen_swap_in_kib=10_000, seen_major_fault=0)
+    o = Observation(stats(1024, 300, swap_in_kib=10_000 + swapped_in_kib, major_fault=0), LINUX, uuid="u")
+    d = decide(o, DEFAULTS, seen, NOW, Limits(), "target")
+    assert (d.action, d.code == "paging") == (action, action == GROW)
+
+
 # ------------------------------------------------------------------ the host
 
 def obs(name, actual, usable, maximum=8192, **extra):

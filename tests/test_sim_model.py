@@ -14,6 +14,8 @@ from balloon2395.sim.model import (
     BALLOON_KIB_S,
     FPR_DELAY_S,
     MIB,
+    TCG_FAULT_KIB_S,
+    TCG_QEMU_OWN_KIB,
     GuestSpec,
     GuestState,
     HostSpec,
@@ -22,6 +24,7 @@ from balloon2395.sim.model import (
     capacity_kib,
     host_mem,
     report,
+    rss_kib,
     set_target,
     usable_kib,
 )
@@ -150,7 +153,7 @@ def test_the_workload_restarts_from_nothing_after_an_oom_kill():
 
 def test_host_accounting():
     spec = GuestSpec("g", 4 * GIB)
-    guests = [boot(spec, 2 * GIB), boot(spec, 3 * GIB)]
+    guests = [(spec, boot(spec, 2 * GIB)), (spec, boot(spec, 3 * GIB))]
     mem = host_mem(HostSpec(16 * GIB, 2 * GIB, 4 * GIB), guests)
     assert mem.guests_kib == 5 * GIB and mem.rss_kib == 5 * GIB
     assert mem.own_kib + mem.rss_kib + mem.cache_kib + mem.free_kib == mem.total_kib
@@ -162,8 +165,25 @@ def test_host_accounting():
 def test_the_host_holds_the_guests_rss_not_their_size():
     spec = GuestSpec("g", 4 * GIB)
     fresh = boot(spec, 2 * GIB, touched_kib=1 * GIB)
-    mem = host_mem(HostSpec(16 * GIB, 2 * GIB), [fresh])
+    mem = host_mem(HostSpec(16 * GIB, 2 * GIB), [(spec, fresh)])
     assert (mem.guests_kib, mem.rss_kib, mem.free_kib) == (2 * GIB, 1 * GIB, 13 * GIB)
+
+
+def test_an_emulated_guest_costs_its_host_qemus_own_memory_too():
+    spec, emulated = GuestSpec("g", 4 * GIB), GuestSpec("g", 4 * GIB, emulated=True)
+    state = boot(spec, 2 * GIB, touched_kib=1 * GIB)
+    assert (rss_kib(spec, state), rss_kib(emulated, state)) == (1 * GIB, 1 * GIB + TCG_QEMU_OWN_KIB)
+    mem = host_mem(HostSpec(16 * GIB, 2 * GIB), [(spec, state), (emulated, state)])
+    assert mem.rss_kib == 2 * GIB + TCG_QEMU_OWN_KIB and mem.free_kib == 12 * GIB - TCG_QEMU_OWN_KIB
+
+
+def test_an_emulated_guest_faults_new_memory_in_no_faster_than_tcg_does():
+    spec, emulated = GuestSpec("g", 4 * GIB), GuestSpec("g", 4 * GIB, emulated=True)
+    fast, slow = (settle(s, boot(s, 4 * GIB), 1 * GIB, seconds=2) for s in (spec, emulated))
+    assert fast.anon_kib == spec.base_anon_kib + 1 * GIB
+    assert slow.anon_kib == emulated.base_anon_kib + 2 * TCG_FAULT_KIB_S
+    later = settle(emulated, slow, 1 * GIB, seconds=GIB / TCG_FAULT_KIB_S)
+    assert later.anon_kib == emulated.base_anon_kib + 1 * GIB  # it gets there, later
 
 
 # The real guests the RSS and deflate-on-oom figures follow (QEMU 7.2, Linux 6.1, 512 MiB maximum, busybox:

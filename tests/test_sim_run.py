@@ -12,7 +12,7 @@ from balloon2395.config import Config, DomainSettings
 from balloon2395.decide import POLICIES
 from balloon2395.policy import HOLD, Proposal, each
 from balloon2395.sim.live import _rows as live_rows
-from balloon2395.sim.model import MIB
+from balloon2395.sim.model import MIB, TCG_QEMU_OWN_KIB
 from balloon2395.sim.run import BASELINES, Simulation, run_scenario
 from balloon2395.sim.scenario import load
 from conftest import ROOT, bench_module, run_cli
@@ -61,8 +61,17 @@ def test_the_headroom_bound_is_the_guests_own_use_plus_headroom_or_the_floor(tin
     idle = run_scenario(load(str(tiny)), policy="target", config=config).guests[0]
     used = {s.used_kib for s in idle.series}
     assert len(used) == 1  # the idle guest's use never moves, so its bound is one figure
-    assert idle.avg_least_actual_kib == max(used.pop() + headroom_mib * MIB, floor_mib * MIB)
-    assert idle.avg_actual_kib >= idle.avg_least_actual_kib  # target keeps the headroom from the start
+    assert idle.avg_least_rss_kib == max(used.pop() + headroom_mib * MIB, floor_mib * MIB)
+    assert idle.avg_actual_kib >= idle.avg_least_rss_kib  # target keeps the headroom from the start
+
+
+def test_an_emulated_guest_costs_its_host_qemus_own_memory_in_its_rss_and_its_bound(tmp_path):
+    kvm, tcg = tmp_path / "kvm.yaml", tmp_path / "tcg.yaml"
+    kvm.write_text(TINY)
+    tcg.write_text(TINY.replace("own: 1GiB}", "own: 1GiB, accel: tcg}"))
+    (idle_kvm, _), (idle_tcg, _) = (run_scenario(load(str(p)), policy="none").guests for p in (kvm, tcg))
+    assert idle_tcg.avg_rss_kib - idle_kvm.avg_rss_kib == TCG_QEMU_OWN_KIB
+    assert idle_tcg.avg_least_rss_kib - idle_kvm.avg_least_rss_kib == TCG_QEMU_OWN_KIB
 
 
 # `big` takes 1700 MiB at t=1 s (at once, or over `over`): its RSS grows from 1 GiB to about 1956 MiB, and the

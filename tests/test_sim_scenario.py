@@ -160,6 +160,10 @@ def test_noise_is_the_same_for_the_same_seed_and_never_below_the_trace(tmp_path)
      "RSS below what the guest's kernel, services and cache use"),
     ("host: {total: 8GiB, swap: -1GiB}\nguests: [{name: a, current: 1GiB, maximum: 2GiB}]", "host.swap",
      "must not be negative"),
+    ("host: {total: 8GiB, accel: hvf}\nguests: [{name: a, current: 1GiB, maximum: 2GiB}]", "host.accel",
+     "expected one of kvm, tcg, got 'hvf'"),
+    ("host: {total: 8GiB, accel: [tcg]}\nguests: [{name: a, current: 1GiB, maximum: 2GiB}]", "host.accel",
+     "expected one of kvm, tcg, got ['tcg']"),
 ])
 def test_mistakes_are_one_line_naming_the_file_and_the_key(tmp_path, text, where, problem):
     path = write(tmp_path, text)
@@ -175,3 +179,10 @@ def test_unknown_names_list_the_known_ones_and_bad_yaml_says_where(tmp_path):
     with pytest.raises(ScenarioError, match="s.yaml: file: not valid YAML at line 3"):
         load(write(tmp_path, "host: {total: 8GiB}\nguests: [\n"))
     assert (SCENARIO_DIR / "README.md").is_file()
+
+
+@pytest.mark.parametrize("accel, emulated", [(None, False), ("kvm", False), ("tcg", True)])
+def test_the_host_says_whether_its_guests_are_emulated(tmp_path, accel, emulated):
+    line = "host: {total: 8GiB}" if accel is None else f"host: {{total: 8GiB, accel: {accel}}}"
+    scenario = load(write(tmp_path, line + "\nguests: [{name: a, current: 1GiB, maximum: 2GiB}]"))
+    assert scenario.guests[0].spec.emulated is emulated

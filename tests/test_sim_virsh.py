@@ -194,3 +194,18 @@ def test_the_executable_serves_the_real_daemon(tmp_path, scenario_file):
     assert [g["period_s"] for g in state["guests"]] == [1, 1]
     missing = subprocess.run([sim_virsh, "list"], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert missing.returncode == 1 and STATE_ENV in missing.stderr
+
+
+@pytest.mark.parametrize("accel, gap_s", [("kvm", 1.0), ("tcg", 1.8)])
+def test_an_emulated_guest_answers_each_stats_request_late(tmp_path, accel, gap_s):
+    """QEMU asks again a period after the last answer: 1 s under KVM, 1 s + TCG_REPORT_DELAY_S emulated."""
+    path = tmp_path / "one.yaml"
+    path.write_text(f"host: {{total: 8GiB, accel: {accel}}}\nguests: [{{name: g, current: 1GiB, maximum: 2GiB}}]\n")
+    host = SimHost(load(str(path)))
+    guest, reported = host.guests[0], []
+    for _ in range(10 * TICKS_PER_S):
+        before = guest.stats
+        host.step()
+        if guest.stats is not before:
+            reported.append(host.tick)
+    assert {b - a for a, b in zip(reported, reported[1:])} == {round(gap_s * TICKS_PER_S)}

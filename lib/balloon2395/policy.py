@@ -31,6 +31,9 @@ DEADBAND_KIB = 32 * 1024  # target policy: smaller moves are churn, not control
 # Major faults also come from reading files; only a rate like this, with usable not
 # plentiful, says the guest is paging its working set back in.
 MAJOR_FAULTS_PER_S = 100
+# A guest whose idle daemons wake up swaps a few of their pages back in (up to 500 KiB/s seen on Debian 12
+# guests with swappiness 60); one short of memory swaps in MiBs a second.
+SWAP_IN_KIB_PER_S = 1024
 GROW_PAD_KIB = 64 * 1024  # a grow leaves this above the headroom, so the next 1 MiB is no new grow
 BURST_DECAY_PER_S = 0.999  # a burst is remembered for tens of minutes (half-life ~12 min)
 PAGED_HOLD_S = 600  # after the guest paged its working set back in, no shrink for this long
@@ -270,16 +273,17 @@ def target_fitted(view: HostView) -> Dict[str, Proposal]:
 
 
 def _signals(figures: Figures, settings: DomainSettings, history: History) -> Signals:
-    """Swap-in or a major-fault rate rising since the last fresh report; swap in use; bursts."""
+    """Swap-in or major faults at a paging rate since the last fresh report; swap in use; bursts."""
     swapped = max((figures.swap_out_kib or 0) - (figures.swap_in_kib or 0), 0)
     burst = int(max(history.burst_kib, history.ran_out_kib))
     lately = history.paged_at is not None and figures.last_update - history.paged_at < PAGED_HOLD_S
     if history.seen_update is None or figures.last_update <= history.seen_update:
         return Signals(False, swapped, burst, lately)
+    elapsed = figures.last_update - history.seen_update
     paging = (figures.swap_in_kib is not None and history.seen_swap_in_kib is not None
-              and figures.swap_in_kib > history.seen_swap_in_kib)
+              and (figures.swap_in_kib - history.seen_swap_in_kib) / elapsed > SWAP_IN_KIB_PER_S)
     if not paging and figures.major_fault is not None and history.seen_major_fault is not None:
-        rate = (figures.major_fault - history.seen_major_fault) / (figures.last_update - history.seen_update)
+        rate = (figures.major_fault - history.seen_major_fault) / elapsed
         paging = rate > MAJOR_FAULTS_PER_S and usable_pct(figures) <= settings.maximal
     return Signals(paging, swapped, burst, lately or paging)
 

@@ -8,6 +8,8 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+from balloon2395.sim.run import STARVED_PCT
+
 from .calibration import MIB, SAMPLE_S, Plan, Run
 
 Doc = Dict[str, Any]  # JSON-shaped: what --json prints and the text report reads
@@ -39,6 +41,27 @@ def _median(values: Sequence[float]) -> Optional[float]:
     return round(statistics.median(values), 2) if values else None
 
 
+def _spans(run: Run) -> List[float]:
+    """How long each point stood: until the next one (the last, one sampling period)."""
+    times = [p.t for p in run.points]
+    return [b - a for a, b in zip(times, times[1:])] + [SAMPLE_S] if times else []
+
+
+def returned_gib(run: Run, plan: Plan) -> Optional[float]:
+    """bench/control.py's RETURNED_GiB for this guest: what its balloon held back (maximum - actual), time
+    average."""
+    spans = _spans(run)
+    if not spans:
+        return None
+    held = sum((plan.max_mib * MIB - p.actual_kib) * s for p, s in zip(run.points, spans))
+    return round(held / sum(spans) / MIB ** 2, 2)
+
+
+def starved_s(run: Run) -> float:
+    """bench/control.py's STARVED_S for this swapless guest: seconds with usable under STARVED_PCT % of actual."""
+    return round(sum(s for p, s in zip(run.points, _spans(run)) if p.pct < STARVED_PCT), 1)
+
+
 def summary(run: Run, plan: Plan) -> Doc:
     """One run's figures: idle, through the ramp and the hold, at the end, and its counts."""
     idle = run.before(plan.ramp_start_s)
@@ -63,6 +86,8 @@ def summary(run: Run, plan: Plan) -> Doc:
         "end_actual_mib": _mib(end.actual_kib) if end else None,
         "oom_kills": run.oom_kills,
         "oom_at_s": run.oom_at,
+        "returned_gib": returned_gib(run, plan),
+        "starved_s": starved_s(run),
         "setmem_calls": run.setmem_calls,
         "grows": grows,
         "shrinks": len(run.changes) - grows,

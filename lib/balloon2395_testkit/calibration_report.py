@@ -24,6 +24,8 @@ SUMMARY_LINES: Tuple[Tuple[str, Optional[str], bool], ...] = (
     ("used holding the workload (MiB)", "held_used_mib", True),
     ("size at the end (MiB)", "end_actual_mib", True),
     ("OOM kills", "oom_kills", False),
+    ("returned: maximum - actual, time average (GiB)", "returned_gib", False),
+    ("starved: usable under 5% of actual (s)", "starved_s", False),
     ("setmem calls", "setmem_calls", False),
     ("  grows / shrinks", None, False),
 )

@@ -26,6 +26,8 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
 import time
 import weakref
@@ -421,6 +423,12 @@ class Guest:
         """Run busybox sh code in the guest (single line); returns its output."""
         return self.command("sh", code, timeout=timeout, check=check).text
 
+
+
+def exit_on_sigterm() -> None:
+    """For a program that boots guests: SIGTERM ends it as sys.exit does, so its `with` blocks and the
+    atexit cleanup remove every guest it booted instead of leaving them running."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 class _Registry:
     """Guests defined by this process, destroyed at interpreter exit if the

@@ -18,7 +18,18 @@ import zlib
 from dataclasses import asdict, replace
 from typing import List, Optional
 
-from .model import GuestState, HostMem, Stats, advance, boot, host_mem, report, set_target
+from .model import (
+    TCG_REPORT_DELAY_S,
+    GuestState,
+    HostMem,
+    Stats,
+    advance,
+    boot,
+    host_mem,
+    report,
+    rss_kib,
+    set_target,
+)
 from .scenario import GuestPlan, Scenario, load
 
 TICKS_PER_S = 10
@@ -59,6 +70,16 @@ class SimGuest:
     @state.setter
     def state(self, state: GuestState) -> None:
         self._state, self.settled = state, False
+
+    @property
+    def report_ticks(self) -> int:
+        """Ticks between two reports: QEMU asks again a period after the guest's last answer, and an emulated
+        guest answers late."""
+        return round((self.period_s + (TCG_REPORT_DELAY_S if self.plan.spec.emulated else 0)) * TICKS_PER_S)
+
+    @property
+    def rss_kib(self) -> int:
+        return rss_kib(self.plan.spec, self._state)
 
     def set_target(self, kib: int) -> None:
         self.state = set_target(self.state, kib)
@@ -107,10 +128,10 @@ class SimHost:
         moved = False
         for g in self.running:
             moved = g.move(t, dt, self.seed) or moved
-            if g.period_s and (self.tick - g.phase) % (g.period_s * TICKS_PER_S) == 0:
+            if g.period_s and (self.tick - g.phase) % g.report_ticks == 0:
                 g.stats = report(g.plan.spec, g.state, self.now)
         if moved or self.guests_rss_kib is None:
-            self.guests_rss_kib = sum(g.state.touched_kib for g in self.running)
+            self.guests_rss_kib = sum(g.rss_kib for g in self.running)
         self._host_oom(self.guests_rss_kib)
 
     def _host_oom(self, rss_kib: int) -> None:
@@ -121,8 +142,8 @@ class SimHost:
         self.swapping = need > spec.total_kib
         self.swap_ticks += self.swapping
         while need > spec.total_kib + spec.swap_kib:
-            victim = max(self.running, key=lambda g: g.state.touched_kib)
-            need -= victim.state.touched_kib
+            victim = max(self.running, key=lambda g: g.rss_kib)
+            need -= victim.rss_kib
             victim.lose(self.elapsed_s)
             self.running.remove(victim)
             self.guests_rss_kib = None
@@ -134,7 +155,7 @@ class SimHost:
             self.step()
 
     def memory(self) -> HostMem:
-        return host_mem(self.scenario.host, [g.state for g in self.running])
+        return host_mem(self.scenario.host, [(g.plan.spec, g.state) for g in self.running])
 
     def to_json(self) -> dict:
         return {"scenario": self.scenario.path, "seed": self.seed, "epoch": self.epoch, "tick": self.tick,

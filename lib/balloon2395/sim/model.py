@@ -8,10 +8,11 @@ resident anonymous memory, page cache and free memory. The balloon holds
 demand beyond memory + swap gets the workload OOM-killed, unless the balloon
 deflates on OOM.
 
-What a guest costs its host is its RSS: the guest pages QEMU has backed
-(`touched`). Every page outside the free memory is touched; free pages are
-touched or not. The balloon takes touched free pages back from the host;
-free page reporting returns the guest's touched free pages by itself.
+What a guest costs its host is its QEMU's RSS: the guest pages QEMU has backed
+(`touched`), and QEMU's own memory (known under software emulation only).
+Every page outside the free memory is touched; free pages are touched or not.
+The balloon takes touched free pages back from the host; free page reporting
+returns the guest's touched free pages by itself.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ READ_KIB_S = 200 * MIB  # how fast a workload fills the page cache
 # mm/page_reporting.c: a reporting pass runs 2 s after pages are freed, and reports all free pages then
 FPR_DELAY_S = 2.0
 OOM_DEFLATE_KIB = 1 * MIB  # virtio_balloon's VIRTIO_BALLOON_OOM_NR_PAGES: what one OOM notification releases
+# Software emulation (TCG: the real guests of bench/real.py and bench/calibrate.py, on machines without KVM)
+# differs from KVM in three figures the model needs, fitted to those guests
+# (docs/simulator.md#calibration-the-simulator-against-real-guests): QEMU's own resident memory beside the
+# guest's pages, mostly its translation cache (bounded at 64 MiB for those guests); how fast a workload can
+# fault new memory in; how late a busy guest answers QEMU's stats request. Under KVM none is measured here:
+# QEMU's own memory is left out, faults and answers are immediate.
+TCG_QEMU_OWN_KIB = 140 * MIB
+TCG_FAULT_KIB_S = 50 * MIB
+TCG_REPORT_DELAY_S = 0.8  # a busy emulated guest answers QEMU's stats request this late
 
 
 def _min_free_kib(lowmem_kib: int) -> int:
@@ -49,6 +59,7 @@ class GuestSpec:
     slab_kib: int = 16 * MIB  # reclaimable slab (dentries, inodes)
     deflate_on_oom: bool = False  # <memballoon autodeflate='on'>: under OOM the guest takes balloon pages back
     free_page_reporting: bool = False  # <memballoon freePageReporting='on'>: free pages go back to the host
+    emulated: bool = False  # QEMU runs it under software emulation (TCG), not KVM
     reserved_kib: int = field(init=False)  # never in MemTotal: firmware, kernel image, struct pages
     kernel_kib: int = field(init=False)  # unreclaimable: page tables, stacks, unreclaimable slab
     min_free_kib: int = field(init=False)
@@ -66,6 +77,11 @@ class GuestSpec:
                             ("high_wmark_kib", min_free + 2 * gap),
                             ("cache_floor_kib", min(CACHE_FLOOR_KIB, self.boot_cache_kib))):
             object.__setattr__(self, name, value)
+
+    @property
+    def qemu_own_kib(self) -> int:
+        """QEMU's own memory beside the guest's pages: known under software emulation only."""
+        return TCG_QEMU_OWN_KIB if self.emulated else 0
 
     @property
     def fixed_kib(self) -> int:
@@ -146,6 +162,11 @@ def usable_kib(spec: GuestSpec, s: GuestState) -> int:
 def capacity_kib(spec: GuestSpec, actual_kib: int) -> int:
     """The most anonymous memory a guest of this size can hold, resident or swapped: beyond it, OOM."""
     return actual_kib - spec.fixed_kib - spec.cache_floor_kib - spec.min_free_kib + spec.swap_kib
+
+
+def rss_kib(spec: GuestSpec, s: GuestState) -> int:
+    """What the guest costs its host: the guest pages QEMU has backed, and QEMU's own memory."""
+    return s.touched_kib + spec.qemu_own_kib
 
 
 def set_target(s: GuestState, target_kib: int) -> GuestState:
@@ -286,6 +307,8 @@ def advance(spec: GuestSpec, s: GuestState, dt: float, workload_kib: int, cache_
     touching its memory, so swapped pages come back (or thrash when there is no room)."""
     killed = min(s.killed_kib, workload_kib)  # a restarted workload builds up again from nothing
     demand = spec.base_anon_kib + workload_kib - killed
+    if spec.emulated:  # an emulated guest faults its new memory in no faster than TCG_FAULT_KIB_S
+        demand = min(demand, s.anon_kib + s.swapped_kib + int(TCG_FAULT_KIB_S * dt))
     cache_goal = spec.boot_cache_kib + cache_kib
     if (s.actual_kib == s.target_kib and killed == s.killed_kib and demand == s.anon_kib + s.swapped_kib
             and not (hot and s.swapped_kib) and not s.fpr_wait_s and not s.oom_deflating
@@ -325,11 +348,11 @@ class HostMem:
     swapped_kib: int  # what the host's RAM cannot hold of its own use and the guests' RSS: in its swap
 
 
-def host_mem(spec: HostSpec, guests: Sequence[GuestState]) -> HostMem:
+def host_mem(spec: HostSpec, guests: Sequence[Tuple[GuestSpec, GuestState]]) -> HostMem:
     """The host holding its own use and the guests' RSS (the guests still running)."""
-    rss = sum(g.touched_kib for g in guests)
+    rss = sum(rss_kib(g, s) for g, s in guests)
     room = spec.total_kib - spec.own_kib - rss
     cache = min(spec.cache_kib, max(0, room))
     free = max(0, room - cache)
-    return HostMem(spec.total_kib, spec.own_kib, sum(g.actual_kib for g in guests), rss, cache, free,
+    return HostMem(spec.total_kib, spec.own_kib, sum(s.actual_kib for _, s in guests), rss, cache, free,
                    free + cache, max(0, -room))

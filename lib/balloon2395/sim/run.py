@@ -22,6 +22,8 @@ from .scenario import Scenario
 from .virsh import SimVirsh
 
 STARVED_PCT = 5  # usable under this share of actual: the guest is out of memory in all but name
+# swapping in faster than this starves the guest; slower is idle daemons waking (policy.SWAP_IN_KIB_PER_S)
+STARVED_SWAP_IN_KIB_S = 1024
 # Policies that are no daemon: "none" leaves the guests alone, "fpr" too, with free page reporting on in every guest.
 BASELINES = ("none", "fpr")
 
@@ -61,10 +63,11 @@ class GuestResult:
     swap_in_kib: int
     setmem_calls: int
     avg_actual_kib: int  # a lost guest counts as its maximum from its loss on, as for avg_rss_kib
-    avg_rss_kib: int  # time average of its RSS; a lost guest counts as its maximum from its loss on: it saved nothing
-    # time average of the smallest size that leaves `headroom` usable above what the guest
-    # used in this run (and respects the floor): no policy that keeps the headroom goes lower
-    avg_least_actual_kib: int
+    # time average of its QEMU's RSS; a lost guest counts as its maximum and QEMU's own from its loss on
+    avg_rss_kib: int
+    # time average of the smallest RSS of a guest that keeps `headroom` usable above what it used in this
+    # run (and respects the floor): that size, all touched, and QEMU's own memory
+    avg_least_rss_kib: int
     relief_s: Tuple[float, ...]  # per burst: from its end until usable is back at the band's minimum
     series: Tuple[Sample, ...]
 
@@ -85,17 +88,17 @@ class _Tracker:
     """One guest's running measures, updated every tick. While the model leaves the guest as it was, its
     measures stay too: the ticks are counted, and added up when it moves (flush)."""
 
-    __slots__ = ("settings", "maximum_kib", "state", "low", "actual_kib", "rss_kib", "usable_kib", "least_actual_kib",
-                 "still_ticks", "starved_ticks", "actual_sum", "least_actual_sum", "rss_sum", "need_since",
+    __slots__ = ("settings", "maximum_kib", "state", "low", "actual_kib", "rss_kib", "usable_kib", "least_rss_kib",
+                 "still_ticks", "starved_ticks", "actual_sum", "least_rss_sum", "rss_sum", "need_since",
                  "need_spans", "series")
 
     def __init__(self, settings: DomainSettings, maximum_kib: int) -> None:
         self.settings, self.maximum_kib = settings, maximum_kib
         self.state: Optional[GuestState] = None
         self.low = False
-        self.actual_kib = self.rss_kib = self.least_actual_kib = 0  # this state's, counted for each still tick
+        self.actual_kib = self.rss_kib = self.least_rss_kib = 0  # this state's, counted for each still tick
         self.usable_kib = 0
-        self.still_ticks = self.starved_ticks = self.actual_sum = self.least_actual_sum = self.rss_sum = 0
+        self.still_ticks = self.starved_ticks = self.actual_sum = self.least_rss_sum = self.rss_sum = 0
         self.need_since: Optional[int] = None  # tick usable fell below the band's minimum
         self.need_spans: List[Tuple[int, int]] = []
         self.series: List[Sample] = []
@@ -109,12 +112,13 @@ class _Tracker:
         self.state, self.still_ticks = s, 1
         if g.lost_at_s is not None:  # its loss saves the host nothing: it counts as holding its maximum
             self.low, self.usable_kib = False, usable_kib(g.plan.spec, s)
-            self.actual_kib = self.rss_kib = self.least_actual_kib = self.maximum_kib
+            self.actual_kib = self.maximum_kib
+            self.rss_kib = self.least_rss_kib = self.maximum_kib + g.plan.spec.qemu_own_kib
             return
         self._judge(tick, g, s)
         if before is not None and not self.low:
             # swapping in, or faulting pages in on a host that swaps: each new page waits for the host's disk
-            self.starved_ticks += (s.swap_in_kib > before.swap_in_kib
+            self.starved_ticks += (s.swap_in_kib - before.swap_in_kib > STARVED_SWAP_IN_KIB_S / TICKS_PER_S
                                    or (host_swapping and s.touched_kib > before.touched_kib))
 
     def flush(self) -> None:
@@ -123,14 +127,14 @@ class _Tracker:
         self.starved_ticks += ticks * self.low
         self.actual_sum += ticks * self.actual_kib
         self.rss_sum += ticks * self.rss_kib
-        self.least_actual_sum += ticks * self.least_actual_kib
+        self.least_rss_sum += ticks * self.least_rss_kib
 
     def _judge(self, tick: int, g: SimGuest, s: GuestState) -> None:
         self.usable_kib = usable = usable_kib(g.plan.spec, s)
         self.low = usable * 100 < STARVED_PCT * s.actual_kib
-        self.actual_kib, self.rss_kib = s.actual_kib, s.touched_kib
+        self.actual_kib, self.rss_kib = s.actual_kib, g.rss_kib
         least = max(s.actual_kib - usable + self.settings.headroom_kib, self.settings.critical_kib)
-        self.least_actual_kib = min(least, self.maximum_kib)
+        self.least_rss_kib = min(least, self.maximum_kib) + g.plan.spec.qemu_own_kib
         need = usable * 100 // s.actual_kib < self.settings.minimal
         if need and self.need_since is None:
             self.need_since = tick
@@ -185,7 +189,8 @@ class Simulation:
             demand = g.plan.spec.base_anon_kib + g.plan.workload_kib(t, self.seed)
             # usable: the tracker judged this tick's state
             tracker.series.append(Sample(int(t), s.actual_kib, s.target_kib, tracker.usable_kib, demand,
-                                         s.anon_kib, s.swapped_kib, s.cache_kib, s.oom_kills, s.touched_kib))
+                                         s.anon_kib, s.swapped_kib, s.cache_kib, s.oom_kills,
+                                         0 if g.lost_at_s is not None else g.rss_kib))
 
     def result(self) -> RunResult:
         host, ticks = self.host, max(1, self.host.tick)
@@ -199,7 +204,7 @@ class Simulation:
                 oom_deflations=g.state.oom_deflations, lost_at_s=g.lost_at_s,
                 starved_s=tracker.starved_ticks / TICKS_PER_S,
                 swap_in_kib=g.state.swap_in_kib, setmem_calls=g.setmems, avg_actual_kib=tracker.actual_sum // ticks,
-                avg_rss_kib=tracker.rss_sum // ticks, avg_least_actual_kib=tracker.least_actual_sum // ticks,
+                avg_rss_kib=tracker.rss_sum // ticks, avg_least_rss_kib=tracker.least_rss_sum // ticks,
                 relief_s=tracker.relief_s(g.plan.trace.bursts(host.elapsed_s), host.tick),
                 series=tuple(tracker.series)))
         return RunResult(self.scenario.name, self.config.policy, self.seed, host.elapsed_s, tuple(guests),

@@ -25,7 +25,8 @@ _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h)?\s*$")
 _UNIT_S = {None: 1, "s": 1, "m": 60, "h": 3600}
 _GUEST_KEYS = ("name", "current", "maximum", "touched", "swap", "base", "cache", "stats_period", "noise", "hot",
                "deflate_on_oom", "free_page_reporting", "repeat", "workload")
-_HOST_KEYS = ("total", "own", "cache", "swap")
+_HOST_KEYS = ("total", "own", "cache", "swap", "accel")
+ACCELS = ("kvm", "tcg")  # how QEMU runs the guests: hardware virtualisation, or software emulation
 _STEP_KEYS = ("at", "anon", "cache", "over", "rate")
 
 
@@ -264,7 +265,7 @@ def _step(raw: Any, where: str, after_s: float) -> Tuple[float, Optional[float],
     return at, over, rate, values
 
 
-def _guest(raw: Any, where: str) -> GuestPlan:
+def _guest(raw: Any, where: str, emulated: bool) -> GuestPlan:
     raw = _mapping(raw, where, _GUEST_KEYS)
     for key in ("name", "current", "maximum"):
         if key not in raw:
@@ -279,7 +280,7 @@ def _guest(raw: Any, where: str) -> GuestPlan:
     spec = GuestSpec(name, maximum, **{field: _size(raw[key], f"{where}.{key}")
                                         for key, field in optional.items() if key in raw},
                      deflate_on_oom=_bool(raw, "deflate_on_oom", where, False),
-                     free_page_reporting=_bool(raw, "free_page_reporting", where, False))
+                     free_page_reporting=_bool(raw, "free_page_reporting", where, False), emulated=emulated)
     touched = _touched(raw, spec, current, where)
     repeat = _seconds(raw["repeat"], f"{where}.repeat") if "repeat" in raw else None
     if repeat == 0:
@@ -316,10 +317,13 @@ def parse(data: Any, name: str, path: str) -> Scenario:
                              _size(host.get("cache", 0), "host.cache"), _size(host.get("swap", 0), "host.swap"))
         if host_spec.own_kib >= host_spec.total_kib:
             raise _fail("host.own", "must be below host.total")
+        accel = host.get("accel", "kvm")
+        if accel not in ACCELS:
+            raise _fail("host.accel", f"expected one of {', '.join(ACCELS)}, got {accel!r}")
         guests = data.get("guests")
         if not isinstance(guests, list) or not guests:
             raise _fail("guests", "expected a non-empty list of guests")
-        plans = tuple(_guest(g, f"guests[{i}]") for i, g in enumerate(guests))
+        plans = tuple(_guest(g, f"guests[{i}]", accel == "tcg") for i, g in enumerate(guests))
         names = [p.name for p in plans]
         for i, n in enumerate(names):
             if n in names[:i]:

@@ -52,7 +52,7 @@ def _domain(number: int, g: SimGuest) -> _Recorded:
     return _Recorded(g, {
         "name": g.name, "uuid": g.uuid, "id": number, "state": "running", "actual_kib": g.state.actual_kib,
         "maximum_kib": g.plan.spec.maximum_kib, "period": g.period_s, "balloon": "virtio", "stats": stats,
-        "last_update": s.last_update, "boot_update": s.last_update, "rss_kib": g.state.touched_kib,
+        "last_update": s.last_update, "boot_update": s.last_update, "rss_kib": g.rss_kib,
         "autodeflate": g.plan.spec.deflate_on_oom, "free_page_reporting": g.plan.spec.free_page_reporting,
     })
 
