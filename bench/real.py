@@ -80,7 +80,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="boot nothing: the simulator now beside the real runs an earlier --json output recorded")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"), metavar="DIR", help="where the PNGs go")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.against and (args.quick or args.scenario or args.policy or args.duration):
+        parser.error("--against runs what the file recorded: no --quick, --scenario, --policy or --duration")
+    return args
 
 
 def config_for(policy: str) -> Tuple[Config, Tuple[str, ...]]:

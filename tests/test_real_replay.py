@@ -295,3 +295,9 @@ def test_against_a_file_that_is_not_a_recording_exits_2_naming_it(tmp_path, caps
     assert bench_module("real").main(["--against", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"real.py: {path}: not what bench/real.py --json writes") and problem in err
+
+
+def test_against_takes_its_runs_from_the_file_and_no_others(capsys):
+    with pytest.raises(SystemExit) as caught:
+        bench_module("real").main(["--against", str(RECORDED), "--scenario", "real-idle"])
+    assert caught.value.code == 2 and "--against runs what the file recorded" in capsys.readouterr().err
