@@ -24,8 +24,9 @@ and prints it beside that real run (how the simulator's constants are calibrated
 After the table, a line per scenario and policy says whether the simulator is calibrated to the real
 run: the same OOM kills, returned and saved memory and starved seconds within 15 %.
 
-Needs root, libvirt and the Debian image (sudo .ci/debian-image); exits 2 with the reason otherwise.
-Only domains it creates (b2395e2e-deb*) are touched, and removed after.
+Needs root, libvirt running (sudo tests/e2e/prepare.sh starts it) and the Debian image (sudo
+.ci/debian-image); exits 2 with the reason otherwise. Only domains it creates (b2395e2e-deb*) are
+touched, and removed after, also when it ends on SIGTERM.
 """
 
 from __future__ import annotations
