@@ -54,6 +54,7 @@ from balloon2395_testkit.daemon_process import DAEMON  # noqa: E402
 from balloon2395_testkit.debian_guest import not_ready  # noqa: E402
 from balloon2395_testkit.guests import exit_on_sigterm  # noqa: E402
 from balloon2395_testkit.real_replay import (  # noqa: E402
+    CALIBRATED_WITHIN,
     MIB,
     Sizing,
     calibration_misses,
@@ -206,7 +207,7 @@ def calibration(rows: List[Dict[str, Any]]) -> List[str]:
         policy = real["policy"].rsplit(" ", 1)[0]
         misses = calibration_misses(real, sim)
         out.append(f"calibration {real['scenario']}/{policy}: " + ("; ".join(misses) if misses else
-                   "kills equal; returned, saved and starved within 15 %"))
+                   f"kills equal; returned, saved and starved within {CALIBRATED_WITHIN * 100:g} %"))
     return out
 
 

@@ -282,18 +282,19 @@ def differences(real: Dict[str, object], sim: Dict[str, object]) -> Dict[str, ob
 
 
 CALIBRATED_WITHIN = 0.15  # issue 16: the simulator within 15 % of the real guests' returned, saved and starved
-# below the real figures' own resolution no difference counts: a 1 s sample, the table's 0.01 GiB
-RESOLUTION = {"reclaimed_gib_avg": 0.01, "host_saved_gib": 0.01, "starved_s": SAMPLE_S}
-MEASURES = (("reclaimed_gib_avg", "returned GiB"), ("host_saved_gib", "saved GiB"), ("starved_s", "starved s"))
+# (row key, label, resolution): below the real figures' own resolution no difference counts (a 1 s sample,
+# the table's 0.01 GiB)
+MEASURES = (("reclaimed_gib_avg", "returned GiB", 0.01), ("host_saved_gib", "saved GiB", 0.01),
+            ("starved_s", "starved s", SAMPLE_S))
 
 
 def calibration_misses(real: Dict[str, Any], sim: Dict[str, Any]) -> List[str]:
     """Where the simulator's row is not calibrated to the real one: OOM kills must match exactly, returned and
     saved memory and starved seconds be within CALIBRATED_WITHIN of the real figure."""
     out = [] if real["kills"] == sim["kills"] else [f"kills {sim['kills']} simulated, {real['kills']} real"]
-    for key, label in MEASURES:
+    for key, label, resolution in MEASURES:
         r, s = real[key], sim[key]
-        if round(abs(s - r), 2) > max(CALIBRATED_WITHIN * abs(r), RESOLUTION[key]):  # the rows' figures are rounded
+        if round(abs(s - r), 2) > max(CALIBRATED_WITHIN * abs(r), resolution):  # the rows' figures are rounded
             off = f"{(s - r) / r:+.0%}" if r else "real 0"
             out.append(f"{label} {s} simulated, {r} real ({off})")
     return out
