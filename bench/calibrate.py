@@ -37,7 +37,7 @@ from typing import List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lib"))
 
-from balloon2395.config import Config  # noqa: E402
+from balloon2395.config import Config, DomainSettings  # noqa: E402
 from balloon2395.decide import POLICIES  # noqa: E402
 from balloon2395.sim.scenario import Scenario, ScenarioError, load  # noqa: E402
 from balloon2395_testkit.calibration import Plan, model_facts, simulate  # noqa: E402
@@ -97,7 +97,8 @@ def compare(scenario: Scenario, plan: Plan, policy: str, args: argparse.Namespac
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    config = Config()
+    # as the real daemon runs in the replay (balloon2395_testkit.daemon_process): no burst wait in a run of minutes
+    config = Config(defaults=DomainSettings(burst_wait_s=0))
     try:
         scenario, plan = planned(args, config)
     except ScenarioError as exc:

@@ -2,15 +2,15 @@
 """Control-quality benchmark: every policy, the peers and the baselines over every scenario, in
 virtual time, deterministic for a seed.
 
-    .venv/bin/python bench/control.py [--json] [--seed N ...] [--scenario NAME|PATH ...] [--duration S]
+    .venv/bin/python bench/control.py [--json | --markdown] [--seed N ...] [--scenario NAME|PATH ...] [--duration S]
                                       [--policy NAME ...] [--jobs N] [--out DIR]
 
 Runs: this daemon's policies (step, target), the peers' rules ported from their sources
 (proxmox, mom: at their own 10 s cadence) and two baselines without a daemon: none, and fpr (every
 guest with free page reporting on). Per (scenario, policy, seed), summed over the scenario's guests:
-  kills              guests' workloads OOM-killed inside plus guests lost to the host's OOM killer
-  oom_kills          OOM kills in the guests
   guests_lost        guests (whole QEMUs) the host's OOM killer killed: the worst outcome
+  oom_kills          OOM kills in the guests
+  kills              (JSON only) the two added up, as bench/real.py's recordings have it
   oom_beyond_max     of oom_kills, kills of a workload that wanted more than its domain's maximum memory
                      plus swap: no balloon could have prevented them
   starved_s          guest-seconds with usable under 5% of actual, or swapping in
@@ -26,7 +26,8 @@ guest with free page reporting on). Per (scenario, policy, seed), summed over th
   setmem_calls       setmem calls the daemon made
   relief_p50_s/p95_s after the end of each rise in a workload's demand, seconds until the guest's
                      usable is back at the band's minimum (0 when it never fell below)
-After the table, a line per scenario says whether `target` is beaten there (see `beaten`). It also
+After the table, a line per scenario says whether `target` is beaten there (see `beaten`: harm is compared
+lexicographically, guests lost, then OOM kills, then starved seconds; memory saved only after). It also
 draws bench/out/SCENARIO.png: each guest's actual, QEMU RSS, used and the band over time, per policy
 (with matplotlib, from ./install.sh --bench).
 """
@@ -52,16 +53,24 @@ from balloon2395.config import Config  # noqa: E402
 from balloon2395.decide import POLICIES  # noqa: E402
 from balloon2395.peers import CYCLE_S, PEERS  # noqa: E402
 from balloon2395.sim.run import BASELINES, RunResult, run_scenario  # noqa: E402
-from balloon2395.sim.scenario import Scenario, ScenarioError, load, names  # noqa: E402
+from balloon2395.sim.scenario import ScenarioError, load, names  # noqa: E402
 
 KEYS = ("scenario", "policy", "seed", "kills", "oom_kills", "guests_lost", "oom_beyond_max", "starved_s",
         "swap_in_mib", "reclaimed_gib_avg", "host_saved_gib", "headroom_bound_gib", "host_swap_s", "setmem_calls",
         "relief_p50_s", "relief_p95_s")
-HEADINGS = ("SCENARIO", "POLICY", "SEED", "KILLS", "OOM", "LOST", "OOM_BEYOND_MAX", "STARVED_S", "SWAP_IN_MiB",
+# The table shows a lost guest and an OOM kill inside one apart, the worst harm first; `kills` (their sum)
+# stays in the JSON rows only, for the real runs recorded with it (bench/real.py).
+SHOWN = ("scenario", "policy", "seed", "guests_lost", "oom_kills", "oom_beyond_max", "starved_s", "swap_in_mib",
+         "reclaimed_gib_avg", "host_saved_gib", "headroom_bound_gib", "host_swap_s", "setmem_calls",
+         "relief_p50_s", "relief_p95_s")
+HEADINGS = ("SCENARIO", "POLICY", "SEED", "LOST", "OOM_KILLS", "OOM_BEYOND_MAX", "STARVED_S", "SWAP_IN_MiB",
             "RETURNED_GiB", "HOST_SAVED_GiB", "HEADROOM_BOUND_GiB", "HOST_SWAP_S", "SETMEM",
             "RELIEF_P50_S", "RELIEF_P95_S")
+# Harm, worst first: a whole guest lost outweighs any number of processes killed inside guests, which
+# outweighs any number of starved seconds; memory saved counts only between runs of equal harm.
+HARM = (("guests_lost", "guests lost"), ("oom_kills", "OOM kills"), ("starved_s", "starved s"))
 KIB_PER_GIB = 1024 ** 2
-ROOMY_SAVED_SHARE = 0.9  # on a roomy host, target must save this share of the headroom bound
+BOUND_SAVED_SHARE = 0.9  # where no policy kills, target must save this share of the headroom bound
 
 
 def percentile(values: Sequence[float], pct: float) -> Optional[float]:
@@ -98,34 +107,51 @@ def _run(job: Tuple[str, str, int, Optional[float]]) -> RunResult:
     return run_scenario(load(path), policy, seed, duration_s, config)
 
 
-def roomy(scenario: Scenario) -> bool:
-    """The host can hold every guest at its maximum beside its own use."""
-    return scenario.host.total_kib - scenario.host.own_kib >= sum(g.spec.maximum_kib for g in scenario.guests)
-
-
-def beaten(rows: List[Dict[str, Any]], is_roomy: bool) -> List[str]:
-    """How `target` is beaten among the rows of one scenario and seed: more kills than any peer or
-    baseline; with as few, both more starved seconds and less host memory saved than one of them; on a
-    roomy host, less than ROOMY_SAVED_SHARE of the headroom bound saved."""
+def beaten(rows: List[Dict[str, Any]]) -> List[str]:
+    """How `target` is beaten among the rows of one scenario and seed: a peer or baseline with less harm,
+    compared lexicographically (guests lost, then OOM kills, then starved seconds); or with as little harm
+    and more host memory saved; or, where no policy kills, less than BOUND_SAVED_SHARE of the headroom
+    bound saved."""
     mine = next(r for r in rows if r["policy"] == "target")
-    others = [r for r in rows if r["policy"] in PEERS or r["policy"] in BASELINES]
-    out = [f"{r['policy']} has fewer kills ({r['kills']} < {mine['kills']})" for r in others
-           if r["kills"] < mine["kills"]]
-    out += [f"{r['policy']} starves less ({r['starved_s']} < {mine['starved_s']} s) and saves more "
-            f"({r['host_saved_gib']} > {mine['host_saved_gib']} GiB)" for r in others
-            if r["kills"] == mine["kills"] and r["starved_s"] < mine["starved_s"]
-            and r["host_saved_gib"] > mine["host_saved_gib"]]
-    if is_roomy and mine["host_saved_gib"] < ROOMY_SAVED_SHARE * mine["headroom_bound_gib"]:
-        out.append(f"saves {mine['host_saved_gib']} GiB < {ROOMY_SAVED_SHARE:.0%} of the bound "
-                   f"{mine['headroom_bound_gib']} GiB on a roomy host")
+    out = []
+    for r in (r for r in rows if r["policy"] in PEERS or r["policy"] in BASELINES):
+        worse = next(((key, what) for key, what in HARM if r[key] != mine[key]), None)
+        if worse is not None and r[worse[0]] < mine[worse[0]]:
+            out.append(f"{r['policy']} has fewer {worse[1]} ({r[worse[0]]} < {mine[worse[0]]})")
+        elif worse is None and r["host_saved_gib"] > mine["host_saved_gib"]:
+            out.append(f"{r['policy']} does as little harm and saves more "
+                       f"({r['host_saved_gib']} > {mine['host_saved_gib']} GiB)")
+    nobody_kills = all(r["guests_lost"] == 0 and r["oom_kills"] == 0 for r in rows)
+    if nobody_kills and mine["host_saved_gib"] < BOUND_SAVED_SHARE * mine["headroom_bound_gib"]:
+        out.append(f"saves {mine['host_saved_gib']} GiB < {BOUND_SAVED_SHARE:.0%} of the bound "
+                   f"{mine['headroom_bound_gib']} GiB where no policy kills")
     return out
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
-    cells = [HEADINGS] + [tuple("-" if r[k] is None else str(r[k]) for k in KEYS) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(KEYS))]
+    cells = [HEADINGS] + [tuple("-" if r[k] is None else str(r[k]) for k in SHOWN) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(SHOWN))]
     return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
                      for line in cells)
+
+
+MARKDOWN = (("scenario", "scenario"), ("seed", "seed"), ("policy", "policy"), ("guests_lost", "lost"),
+            ("oom_kills", "OOM kills"), ("starved_s", "starved s"), ("swap_in_mib", "swap-in MiB"),
+            ("reclaimed_gib_avg", "returned GiB"), ("host_saved_gib", "host saved GiB"),
+            ("headroom_bound_gib", "headroom bound GiB"), ("host_swap_s", "host swap s"), ("setmem_calls", "setmem"))
+
+
+def markdown(rows: List[Dict[str, Any]]) -> str:
+    """The table docs/simulator.md shows: a lost guest and OOM kills apart, the worst harm first."""
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(h for _, h in MARKDOWN) + " | relief p50 / p95 s |",
+             "|---|---:|---|" + "---:|" * (len(MARKDOWN) - 2)]
+    for r in sorted(rows, key=lambda r: (r["scenario"], r["seed"])):
+        cells = [cell(r[k]) for k, _ in MARKDOWN] + [f"{cell(r['relief_p50_s'])} / {cell(r['relief_p95_s'])}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def plot(results: List[RunResult], out_dir: Path) -> Path:
@@ -168,7 +194,7 @@ def plot(results: List[RunResult], out_dir: Path) -> Path:
     return path
 
 
-def verdicts(rows: List[Dict[str, Any]], scenarios: Dict[str, Scenario]) -> List[str]:
+def verdicts(rows: List[Dict[str, Any]]) -> List[str]:
     """A line per scenario and seed where `target` ran beside others: beaten, and how, or not."""
     out = []
     keys = sorted({(r["scenario"], r["seed"]) for r in rows})
@@ -176,7 +202,7 @@ def verdicts(rows: List[Dict[str, Any]], scenarios: Dict[str, Scenario]) -> List
         group = [r for r in rows if (r["scenario"], r["seed"]) == (name, seed)]
         if len(group) < 2 or not any(r["policy"] == "target" for r in group):
             continue
-        how = beaten(group, roomy(scenarios[name]))
+        how = beaten(group)
         out.append(f"{name} seed {seed}: target " + ("is beaten: " + "; ".join(how) if how else "is not beaten"))
     return out
 
@@ -184,7 +210,9 @@ def verdicts(rows: List[Dict[str, Any]], scenarios: Dict[str, Scenario]) -> List
 def _parser() -> argparse.ArgumentParser:
     every = list(POLICIES) + list(BASELINES)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    out.add_argument("--markdown", action="store_true", help="print the table docs/simulator.md shows")
     parser.add_argument("--seed", type=int, action="append", metavar="N",
                         help="seed of the workloads (repeatable; default 0)")
     parser.add_argument("--scenario", action="append", metavar="NAME|PATH",
@@ -216,8 +244,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         results = [_run(job) for job in jobs]
     elapsed = time.monotonic() - started
     rows = [row(r) for r in results]
-    print(json.dumps(rows, indent=2) if args.json else table(rows), flush=True)
-    print("\n".join(verdicts(rows, scenarios)), file=sys.stderr if args.json else sys.stdout)
+    print(json.dumps(rows, indent=2) if args.json else markdown(rows) if args.markdown else table(rows), flush=True)
+    print("\n".join(verdicts(rows)), file=sys.stderr if args.json else sys.stdout)
     simulated_h = sum(r.duration_s * len(r.guests) for r in results) / 3600
     print(f"{len(results)} runs, {simulated_h:.0f} guest-hours simulated in {elapsed:.1f}s", file=sys.stderr)
     try:

@@ -58,6 +58,8 @@ def scenario_yaml(guests: int, hours: float) -> str:
         lines += [f"    current: {current}", f"    maximum: {maximum}", f"    swap: {swap}", "    noise: 20MiB"]
         if i % 7 == 3:
             lines.append("    stats_period: 0")  # the daemon switches it on
+        if i % 2 == 0:  # shrunk from the start; the others only once they went burst_wait without a burst
+            lines.append("    deflate_on_oom: true")
         if repeat:
             lines += [f"    repeat: {repeat}", "    workload:"] + [f"      - {s}" for s in steps]
     return "\n".join(lines) + "\n"

@@ -316,3 +316,22 @@ def daemon_logger_restored():
     """Every test starts with the daemon logger as pytest set it (see daemon_logger_kept)."""
     with daemon_logger_kept():
         yield
+
+
+# A host whose own use grows by 2 GiB from t=60 s to t=120 s, beside a guest that holds all it has and a file
+# server whose page cache fills it: without a daemon the host's OOM killer takes a whole QEMU.
+HOST_GROWS = """
+duration: 4m
+host:
+  total: 6GiB
+  own: 1GiB
+  workload:
+    - {at: 60, anon: +2GiB, over: 60}
+guests:
+  - {name: idle, current: 2GiB, maximum: 2GiB}
+  - name: files
+    current: 2GiB
+    maximum: 2GiB
+    workload:
+      - {at: 0, cache: +1TiB, rate: 100MiB/s}
+"""

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from balloon2395.config import DomainSettings
-from balloon2395.decide import decide, decide_all
+from balloon2395.decide import decide, decide_all, untouched_kib
 from balloon2395.domain_xml import DomainFacts
 from balloon2395.host import HostMemory
 from balloon2395.observe import Observation
@@ -73,13 +73,15 @@ def guest_step(actual_kib: int, target_kib: int, used_kib: int, maximum_kib: int
 @given(used=st.integers(64, 6000), start=st.integers(300, 8192), maximum=st.integers(1024, 8192),
        headroom=st.integers(0, 512))
 def test_simulate_until_stable(used, start, maximum, headroom):
-    """Replaying decisions on a guest of steady use settles in a few moves, inside the rules."""
+    """Replaying decisions on a guest of steady use that can page (it has swapped) settles in a few moves,
+    inside the rules."""
     s = DomainSettings(headroom_kib=headroom * MIB)
     actual, history, now, moves = min(start, maximum) * MIB, History(), NOW, 0
     used_kib = min(used * MIB, actual - MIB)
     for _ in range(200):
         obs = Observation(BalloonStats(name="vm", actual_kib=actual, usable_kib=actual - used_kib,
-                                       maximum_kib=maximum * MIB, last_update=int(now)), LINUX, uuid="u")
+                                       maximum_kib=maximum * MIB, last_update=int(now), swap_in_kib=0,
+                                       swap_out_kib=4), LINUX, uuid="u")
         d = decide(obs, s, history, now, Limits(), "target")
         history = d.history
         if d.action in (GROW, SHRINK):
@@ -177,3 +179,77 @@ def test_step_knows_nothing_of_the_host():
     observations = [obs("a", 2048, 100)]
     decisions = decide_all(observations, {"a": DEFAULTS}, {}, host, NOW, Limits(), "step")
     assert decisions[0].action == GROW
+
+
+# ------------------------------------------------------------------ guests that cannot page, and the host's promises
+
+QUIET_S = int(DEFAULTS.burst_wait_s)
+AUTODEFLATE = DomainFacts(uuid="u", domain_id="1", windows=None, balloon_model="virtio", stats_period_s=1,
+                          autodeflate=True)
+
+
+@pytest.mark.parametrize("history, extra, facts, action", [
+    (History(first_seen=int(NOW) - 60), {}, LINUX, HOLD),  # new: it may burst yet
+    (History(first_seen=int(NOW) - QUIET_S - 60), {}, LINUX, SHRINK),  # quiet long enough
+    (History(first_seen=int(NOW) - 3 * QUIET_S, burst_at=int(NOW) - 60), {}, LINUX, HOLD),  # burst lately
+    (History(first_seen=int(NOW) - 60), {"swap_in_kib": 0, "swap_out_kib": 4096}, LINUX, SHRINK),  # it swaps
+    (History(first_seen=int(NOW) - 60), {}, AUTODEFLATE, SHRINK),  # its balloon deflates on OOM
+])
+def test_a_guest_that_cannot_page_is_shrunk_only_once_it_shows_no_bursts(history, extra, facts, action):
+    d = decide(Observation(stats(4096, 3500, **extra), facts, uuid="u"), DEFAULTS, history, NOW, Limits(), "target")
+    assert d.action == action
+    assert (d.code == "kept-whole") == (action == HOLD)
+
+
+def test_a_burst_wait_of_0_shrinks_a_guest_that_cannot_page_at_once():
+    history = History(first_seen=int(NOW) - 60)
+    d = decide(Observation(stats(4096, 3500), LINUX, uuid="u"), DomainSettings(burst_wait_s=0), history, NOW,
+               Limits(), "target")
+    assert d.action == SHRINK
+
+
+def test_a_rise_of_used_is_remembered_as_a_burst():
+    seen = History(seen_update=int(NOW) - 1, seen_used_kib=300 * MIB, first_seen=int(NOW) - 3 * QUIET_S)
+    d = decide(Observation(stats(4096, 3500), LINUX, uuid="u"), DEFAULTS, seen, NOW, Limits(), "target")
+    assert d.history.burst_at == int(NOW) and d.code == "kept-whole"  # used rose 300 -> 596 MiB
+
+
+def test_growth_leaves_out_what_guests_were_given_and_have_not_touched():
+    host = HostMemory(total_kib=16 * GIB, available_kib=2 * GIB + 300 * MIB, reserve_kib=2 * GIB)
+    touched = run_all([obs("a", 2048, 300, rss_kib=2048 * MIB), obs("b", 2048, 100, rss_kib=2048 * MIB)], host,
+                      {"a": ROOMY_BAND, "b": ROOMY_BAND})
+    assert touched["b"].action == GROW
+    # a holds 300 MiB it may touch at any time: the host has nothing left to promise b
+    promised = run_all([obs("a", 2048, 300, rss_kib=1748 * MIB), obs("b", 2048, 100, rss_kib=2048 * MIB)], host,
+                       {"a": ROOMY_BAND, "b": ROOMY_BAND})
+    assert promised["b"].action == HOLD and promised["b"].code == "host-reserve"
+
+
+def test_a_guest_that_cannot_page_grows_before_a_needier_one_that_can():
+    host = HostMemory(total_kib=16 * GIB, available_kib=2 * GIB + 300 * MIB, reserve_kib=2 * GIB)
+    out = run_all([obs("noswap", 2048, 300), obs("swaps", 2048, 100, swap_in_kib=0, swap_out_kib=4096)], host,
+                  {"noswap": ROOMY_BAND, "swaps": ROOMY_BAND})
+    assert out["noswap"].action == GROW and out["swaps"].action == HOLD
+
+
+def test_a_guest_that_can_page_gives_to_one_that_cannot_even_in_need():
+    # both below their band, the host at its reserve; swaps is far above its fair share of 3 GiB
+    host = HostMemory(total_kib=16 * GIB, available_kib=1 * GIB, reserve_kib=2 * GIB)
+    out = run_all([obs("noswap", 1024, 50), obs("swaps", 6144, 300, swap_in_kib=0, swap_out_kib=4096)], host)
+    assert out["swaps"].action == SHRINK and out["swaps"].code == "host-reserve"
+    assert out["noswap"].action == GROW
+
+
+def test_one_that_cannot_page_keeps_what_it_uses_for_another_in_need():
+    host = HostMemory(total_kib=16 * GIB, available_kib=2 * GIB, reserve_kib=2 * GIB)
+    out = run_all([obs("needy", 1024, 50), obs("busy", 6144, 300)], host)
+    assert out["busy"].action != SHRINK  # it would be OOM-killed instead: no fewer kills, only others
+
+
+@pytest.mark.parametrize("extra, untouched", [
+    ({"rss_kib": 1024 * MIB}, 1024 * MIB),  # half of its 2 GiB never touched
+    ({"rss_kib": 3 * GIB}, 0),  # QEMU's own memory on top: nothing untouched, never less than nothing
+    ({}, 0),  # no rss reported: nothing known
+])
+def test_what_a_domain_has_not_touched_is_its_size_less_its_qemu_rss(extra, untouched):
+    assert untouched_kib([obs("a", 2048, 300, **extra)]) == untouched

@@ -230,3 +230,97 @@ def test_ksm_one_line_per_state(tmp_path):
     assert not ksm.check("refuse", remote=False, path=str(run)).running
     assert ksm.check("warn", remote=False, path=str(tmp_path / "none")).line.startswith("ksm: not available")
     assert "another host" in ksm.check("warn", remote=True, path=str(run)).line
+
+
+# ------------------------------------------------------------------ signals and exits tell the truth
+
+def _patched(host, patch, *args):
+    """balloon-2395 with `args` in a process of its own, `patch` (Python source) run first."""
+    script = f"""
+import sys
+from balloon2395 import cli, config as cfg, daemon
+{patch}
+sys.exit(cli.main({host.daemon_argv(*args)[1:]!r}))
+"""
+    return subprocess.Popen([sys.executable, "-c", script], env=host.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_once_whose_cycle_raised_exits_non_zero(fake_host):
+    host = fake_host(domain("web1", usable_mib=370))
+    patch = "def broken(self): raise RuntimeError('a bug')\ndaemon.Daemon.cycle = broken"
+    proc = _patched(host, patch, "--once")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "cycle of qemu:///system failed" in err and "RuntimeError: a bug" in err
+    assert host.lock_files() == []
+
+
+def test_a_reload_that_raises_keeps_the_daemon_its_lock_and_sigterm(fake_host, tmp_path):
+    host = fake_host(domain("web1", usable_mib=600))
+    patch = """
+loaded = cfg.load
+calls = []
+def load(*args, **kwargs):
+    calls.append(1)
+    if len(calls) > 1:
+        raise RuntimeError('a bug in the reload')
+    return loaded(*args, **kwargs)
+cfg.load = load
+"""
+    proc = _patched(host, patch, "--secs", "0.05", "--dry-run")
+    try:
+        assert wait_for(host.state_files)
+        proc.send_signal(signal.SIGHUP)
+        calls = len(host.calls())
+        assert wait_for(lambda: len(host.calls()) > calls + 10)  # cycles go on after the SIGHUP
+        second = host.run("--once")
+        assert second.returncode == 3, second.stderr  # the lock still holds
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "reload failed, keeping the running config" in err and "a bug in the reload" in err
+    assert err.rstrip().endswith("INFO stopped")
+
+
+@pytest.mark.parametrize("swap", ["truncated", "dev-null-link"])
+def test_a_config_emptied_after_the_start_is_refused_and_its_exclusions_hold(fake_host, daemons, swap):
+    host = fake_host(domain("fw", usable_mib=370))
+    host.config.write_text("policy: step\ndomains:\n  fw:\n    exclude: true\n")
+    proc = daemons(host, "--secs", "0.05")
+    assert wait_for(host.state_files)
+    if swap == "truncated":
+        host.config.write_text("")
+    else:
+        host.config.unlink()
+        host.config.symlink_to(os.devnull)
+    proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: proc.poll() is None and len(host.calls()) > 20)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    err = proc.stderr.read()
+    assert "reload failed, keeping the running config" in err
+    assert host.setmems() == []  # fw stayed excluded
+
+
+@pytest.mark.parametrize("swap", ["truncated", "dev-null-link"])
+def test_a_config_empty_at_the_start_exits_2(fake_host, swap):
+    host = fake_host(domain("fw", usable_mib=370))
+    if swap == "truncated":
+        host.config.write_text("")
+    else:
+        host.config.unlink()
+        host.config.symlink_to(os.devnull)
+    result = host.run("--once")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert host.setmems() == []
+
+
+def test_a_config_of_comments_only_means_no_settings(fake_host):
+    host = fake_host(domain("web1", usable_mib=600))
+    host.config.write_text("# nothing set: the defaults\n")
+    assert host.run("--once", "--dry-run").returncode == 0

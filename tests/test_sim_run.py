@@ -15,13 +15,13 @@ from balloon2395.sim.live import _rows as live_rows
 from balloon2395.sim.model import MIB, TCG_QEMU_OWN_KIB
 from balloon2395.sim.run import BASELINES, Simulation, run_scenario
 from balloon2395.sim.scenario import load
-from conftest import ROOT, bench_module, run_cli
+from conftest import HOST_GROWS, ROOT, bench_module, run_cli
 
 TINY = """
 duration: 2m
 host: {total: 8GiB, own: 1GiB}
 guests:
-  - {name: idle, current: 1GiB, maximum: 2GiB}
+  - {name: idle, current: 1GiB, maximum: 2GiB, deflate_on_oom: true}  # shrunk from the start
   - name: busy
     current: 1GiB
     maximum: 4GiB
@@ -205,3 +205,51 @@ def test_the_benchmark_runs_every_policy_there_is(tiny, tmp_path, monkeypatch, c
     rows = {r["policy"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(rows) == set(POLICIES) | set(BASELINES) and rows["never"]["setmem_calls"] == 0
     assert rows["never"]["reclaimed_gib_avg"] < rows["step"]["reclaimed_gib_avg"]
+
+
+# ------------------------------------------------------------------ the benchmark's verdict
+
+def bench_row(policy, lost=0, kills=0, starved=0.0, saved=5.0, bound=5.0):
+    return {"scenario": "s", "seed": 0, "policy": policy, "guests_lost": lost, "oom_kills": kills,
+            "starved_s": starved, "host_saved_gib": saved, "headroom_bound_gib": bound}
+
+
+@pytest.mark.parametrize("mine, theirs, verdict", [
+    # a lost guest outweighs any number of OOM kills
+    (bench_row("target", lost=1), bench_row("none", kills=9), "none has fewer guests lost (0 < 1)"),
+    (bench_row("target", kills=9), bench_row("none", lost=1), None),
+    # OOM kills outweigh any number of starved seconds
+    (bench_row("target", kills=1), bench_row("mom", starved=9999.0), "mom has fewer OOM kills (0 < 1)"),
+    (bench_row("target", starved=9999.0), bench_row("mom", kills=1), None),
+    # starved seconds outweigh memory saved
+    (bench_row("target", starved=5.0, saved=9.0), bench_row("proxmox", saved=1.0), "proxmox has fewer starved s"),
+    # memory saved decides between runs of equal harm
+    (bench_row("target", saved=4.0, bound=4.0), bench_row("fpr", saved=4.5), "fpr does as little harm and saves more"),
+    (bench_row("target", saved=4.5), bench_row("fpr", saved=4.0), None),
+])
+def test_the_verdict_orders_harm_lost_then_kills_then_starved_then_saved(mine, theirs, verdict):
+    how = bench_module("control").beaten([mine, theirs])
+    assert (how[0].startswith(verdict) if verdict else how == []), how
+
+
+@pytest.mark.parametrize("kills, beaten", [(0, True), (1, False)])
+def test_the_headroom_bound_counts_only_where_no_policy_kills(kills, beaten):
+    rows = [bench_row("target", saved=4.0, bound=5.0), bench_row("step", kills=kills, saved=1.0)]
+    how = bench_module("control").beaten(rows)
+    assert bool(how) == beaten and all("of the bound" in line for line in how)
+
+
+def test_the_markdown_table_shows_lost_guests_and_oom_kills_apart(tiny, tmp_path, capsys):
+    assert bench_module("control").main(["--markdown", "--scenario", str(tiny), "--duration", "30", "--jobs", "1",
+                                         "--policy", "none", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| scenario | seed | policy | lost | OOM kills | starved s |")
+    assert lines[2].startswith("| tiny | 0 | none | 0 | 0 | ")
+
+
+@pytest.mark.parametrize("policy, lost", [("none", 1), ("target", 0)])
+def test_a_host_whose_own_use_grows_loses_a_guest_unless_the_guests_give_memory_back(tmp_path, policy, lost):
+    path = tmp_path / "grows.yaml"
+    path.write_text(HOST_GROWS)
+    result = run_scenario(load(str(path)), policy=policy)
+    assert (result.guests_lost, sum(g.oom_kills for g in result.guests)) == (lost, 0)

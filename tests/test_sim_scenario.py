@@ -8,9 +8,10 @@ import pytest
 
 from balloon2395.sim.model import MIB
 from balloon2395.sim.scenario import SCENARIO_DIR, Scenario, ScenarioError, load, names
+from conftest import HOST_GROWS
 
 REQUIRED = {"idle", "steady", "ramp", "burst", "sawtooth", "cache-heavy", "mix", "demo", "calibrate", "overcommit",
-            "fleet", "burster", "burster-autodeflate", "burster-fpr"}
+            "fleet", "burster", "burster-autodeflate", "burster-fpr", "nightly", "host-grows"}
 
 
 def write(tmp_path, text: str) -> str:
@@ -25,6 +26,25 @@ def test_every_shipped_scenario_loads():
         scenario = load(name)
         assert scenario.guests and scenario.duration_s > 0
     assert len(load("mix").guests) == 8
+
+
+def test_the_hosts_own_use_follows_its_workload(tmp_path):
+    scenario = load(write(tmp_path, HOST_GROWS))
+    assert [scenario.host_own_kib(t) // MIB for t in (0, 60, 90, 120, 3600)] == [1024, 1024, 2048, 3072, 3072]
+
+
+def test_a_host_workload_of_page_cache_is_a_one_line_error(tmp_path):
+    text = HOST_GROWS.replace("anon: +2GiB", "cache: +2GiB")
+    with pytest.raises(ScenarioError, match=r"host.workload: takes 'anon' steps only"):
+        load(write(tmp_path, text))
+
+
+def test_the_nightly_guests_idle_for_three_hours_then_burst():
+    scenario = load("nightly")
+    report, cron, _ = scenario.guests
+    assert report.spec.swap_kib == 0 and cron.spec.swap_kib > 0
+    assert {g.workload_kib(t, 0) for g in (report, cron) for t in range(0, 3 * 3600, 60)} == {0}
+    assert report.workload_kib(3 * 3600 + 30, 0) == 1536 * MIB and cron.workload_kib(3 * 3600, 0) == 1024 * MIB
 
 
 def need_kib(scenario: Scenario, t: float) -> int:

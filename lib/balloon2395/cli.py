@@ -69,10 +69,17 @@ def _add_knobs(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shares", type=int, default=S, metavar="N",
                    help="target: weight of the guest's fair share under host pressure; fewer shares give "
                         "back more (default 1000)")
+    g.add_argument("--burst-wait", type=float, default=S, metavar="S", dest="burst_wait",
+                   help="target: a guest that cannot page (no swap seen, no autodeflate) is shrunk for saving "
+                        "only after this many seconds without a burst; 0: at once (default 600)")
     g.add_argument("--host-reserve", default=S, metavar="SIZE|PCT", dest="host_reserve",
                    help="target: memory the host keeps, e.g. 2GiB or 10%% (default: the larger of 10%% and 1GiB)")
     g.add_argument("--host-memory", default=S, choices=cfg.HOST_MEMORY, dest="host_memory",
-                   help="where host memory is read (default auto: /proc locally, nodememstats for a remote URI)")
+                   help="where host memory is read (default auto: /proc locally, nodememstats for a remote URI; "
+                        "cgroup: the limit and usage of --host-cgroup)")
+    g.add_argument("--host-cgroup", default=S, metavar="DIR", dest="host_cgroup",
+                   help="with --host-memory cgroup: the memory cgroup the guests run in, its limit taken as the "
+                        f"host's memory (default {cfg.DEFAULT_HOST_CGROUP})")
     g.add_argument("--host-psi", type=float, default=S, metavar="AVG10", dest="host_psi",
                    help="target: host PSI memory 'some avg10' above which the host counts as short (default off)")
     g.add_argument("--manage-windows", action=argparse.BooleanOptionalAction, default=S, dest="manage_windows",

@@ -17,6 +17,7 @@ from typing import Any, Callable, Collection, Dict, Mapping, Optional, Tuple
 import yaml
 
 from .lock import canonical_uri
+from .quoted import number, shortened, shown
 from .safefiles import Refused, read_config
 from .units import KIB_PER_MIB, parse_size_kib
 
@@ -24,14 +25,16 @@ DEFAULT_CONFIG_PATH = "/etc/balloon-2395/config.yaml"
 POLICIES = ("target", "step", "proxmox", "mom")  # decide.POLICIES, named here for the config's checks
 LOG_FORMATS = ("text", "json")
 KSM_MODES = ("warn", "refuse", "ignore")
-HOST_MEMORY = ("auto", "local", "virsh", "off")
+HOST_MEMORY = ("auto", "local", "virsh", "cgroup", "off")
+DEFAULT_HOST_CGROUP = "/sys/fs/cgroup/machine.slice"  # where systemd and libvirt put the guests' QEMUs
 _MAX_SIZE_KIB = 1024 ** 4  # 1 PiB: anything larger is a typo, not a guest
 
 
 class ConfigError(Exception):
-    """One line an operator can act on: where, which key, what is wrong."""
+    """One line an operator can act on: where, which key, what is wrong; bounded, whatever the value."""
 
     def __init__(self, key: str, problem: str, source: str = "", value: str = "") -> None:
+        key, problem, value = shortened(key, 80), shortened(problem), shortened(value, 80)
         self.key, self.problem, self.source, self.value = key, problem, source, value
         named = f"{key} {value}" if value else key
         super().__init__(f"{source + ': ' if source else ''}{named}: {problem}")
@@ -59,6 +62,8 @@ class DomainSettings:
     headroom_kib: int = 256 * KIB_PER_MIB  # target policy: usable never planned below this
     max_shrink_kib: int = 256 * KIB_PER_MIB  # target policy: the most one shrink takes
     shares: int = 1000  # weight under host pressure: fewer shares give back more
+    # target: a guest that cannot page is shrunk for saving only once it went this long without a burst
+    burst_wait_s: float = 600.0
     invalid: Optional[str] = None  # why the domain's own metadata could not be used
 
 
@@ -91,6 +96,7 @@ class Config:
     lock_dir: Optional[str] = None
     host_reserve: Optional[Tuple[str, float]] = None  # ("kib", n) or ("pct", n); None: max(10 %, 1 GiB)
     host_memory: str = "auto"
+    host_cgroup: str = DEFAULT_HOST_CGROUP  # host_memory cgroup: the memory cgroup whose limit is the host's
     host_psi: Optional[float] = None  # PSI "some avg10" above which the host counts as short
     log_format: str = "text"
     ksm: str = "warn"  # what to do when KSM runs: say what it means, refuse to start, or nothing
@@ -124,7 +130,7 @@ class Config:
             _check_band("metadata ", merged, overrides, self._band_origins(chosen))
             return merged
         except ConfigError as exc:
-            return replace(settings, invalid=str(exc))
+            return replace(settings, invalid=shortened(str(exc)))
 
     def _band_origins(self, rule: Optional[DomainRule]) -> Dict[str, str]:
         """Where the band a domain's metadata is checked against came from: its rule, else the top level."""
@@ -152,12 +158,12 @@ class Config:
 def checked_number(value: Any, lo: float, hi: float, integer: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected a number, got {_kind(value)}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # an int is finite, and may be too big for a float
         raise ValueError(f"expected a finite number, got {value}")
     if integer and int(value) != value:
         raise ValueError(f"expected a whole number, got {value}")
     if not lo <= value <= hi:
-        raise ValueError(f"must be between {lo:g} and {hi:g}, got {value:g}")
+        raise ValueError(f"must be between {lo:g} and {hi:g}, got {number(value)}")
     return int(value) if integer else float(value)
 
 
@@ -168,14 +174,14 @@ def _percent(value: Any) -> float:
 def _size(value: Any) -> int:
     kib = parse_size_kib(value)
     if kib > _MAX_SIZE_KIB:
-        raise ValueError(f"must be at most 1PiB, got {value!r}")
+        raise ValueError(f"must be at most 1PiB, got {shown(value)}")
     return kib
 
 
 def _positive_size(value: Any) -> int:
     kib = _size(value)
     if kib <= 0:
-        raise ValueError(f"must be more than 0, got {value!r}")
+        raise ValueError(f"must be more than 0, got {shown(value)}")
     return kib
 
 
@@ -188,8 +194,12 @@ def _bool(value: Any) -> bool:
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected a non-empty string, got {_kind(value)}")
-    if "\0" in value:
-        raise ValueError("must not contain a NUL byte")
+    try:
+        value.encode("utf-8")  # a non-UTF-8 argument arrives as surrogate escapes: nothing downstream takes them
+    except UnicodeEncodeError:
+        raise ValueError("must be UTF-8 text (a byte that is not was given)") from None
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise ValueError(f"must not contain control characters, got {shown(value)}")
     return value
 
 
@@ -214,9 +224,21 @@ def _uris(value: Any) -> Tuple[str, ...]:
 def _choice(choices: Tuple[str, ...]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+            raise ValueError(f"expected one of {', '.join(choices)}, got {shown(value)}")
         return value
     return check
+
+
+def _cgroup_path(value: Any) -> str:
+    """A cgroup directory as root will read it: absolute, no `..` or `.` (nor, when read, a symlink)."""
+    path = _text(value)
+    if not path.startswith("/"):
+        raise ValueError(f"expected an absolute path such as {DEFAULT_HOST_CGROUP}, got {shown(path)}")
+    if any(part in (".", "..") for part in path.split("/")):
+        raise ValueError(f"must not contain . or .. components, got {shown(path)}")
+    if any(not c.isprintable() for c in path):
+        raise ValueError(f"must not contain control characters, got {shown(path)}")
+    return path.rstrip("/") or "/"
 
 
 def _reserve(value: Any) -> Optional[Tuple[str, float]]:
@@ -227,7 +249,7 @@ def _reserve(value: Any) -> Optional[Tuple[str, float]]:
         try:
             pct = float(value.strip()[:-1])
         except ValueError:
-            raise ValueError(f"expected a size or a percentage such as 10%, got {value!r}") from None
+            raise ValueError(f"expected a size or a percentage such as 10%, got {shown(value)}") from None
         return "pct", checked_number(pct, 0, 90)
     return "kib", _size(value)
 
@@ -240,7 +262,7 @@ def _shown(key: Any) -> str:
 
 
 def _kind(value: Any) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+    return "nothing" if value is None else f"{type(value).__name__} {shown(value)}"
 
 
 # key in file/flags -> (field name, validator). Top-level keys that are also
@@ -257,6 +279,7 @@ _DOMAIN_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "headroom": ("headroom_kib", _size),
     "max_shrink": ("max_shrink_kib", _positive_size),
     "shares": ("shares", lambda v: checked_number(v, 1, 1_000_000, integer=True)),
+    "burst_wait": ("burst_wait_s", lambda v: checked_number(v, 0, 7 * 86400)),
 }
 _GLOBAL_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "secs": ("secs", lambda v: checked_number(v, 0.05, 86400)),
@@ -273,6 +296,7 @@ _GLOBAL_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "lock_dir": ("lock_dir", _optional_text),
     "host_reserve": ("host_reserve", _reserve),
     "host_memory": ("host_memory", _choice(HOST_MEMORY)),
+    "host_cgroup": ("host_cgroup", _cgroup_path),
     "host_psi": ("host_psi", lambda v: None if v is None else checked_number(v, 0, 100)),
     "log_format": ("log_format", _choice(LOG_FORMATS)),
     "ksm": ("ksm", _choice(KSM_MODES)),
@@ -322,8 +346,10 @@ def _metadata_overrides(attrs: Tuple[Tuple[str, str], ...]) -> Tuple[Tuple[str, 
             raise ConfigError(where, str(_unknown(key, _DOMAIN_KEYS)))
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, OverflowError, RecursionError):  # PyYAML's int() and float() too
             value = raw
+        if isinstance(value, (list, dict)):  # no setting takes one: said without expanding any alias in it
+            raise ConfigError(where, f"expected a number, a size or true/false, got a YAML {type(value).__name__}")
         try:
             out.append(_validate(key, _DOMAIN_KEYS, value))
         except ConfigError as exc:
@@ -443,6 +469,9 @@ def read_file(path: str) -> Dict[str, Any]:
         raise ConfigError("file", f"cannot read: {exc.strerror}", path) from None
     except Refused as exc:
         raise ConfigError("file", str(exc), path) from None
+    if not raw and os.path.abspath(path) != os.devnull:
+        # a file emptied after the start (truncated, swapped) would drop every rule, exclusions included
+        raise ConfigError("file", "is empty (a config without settings says so in a comment line)", path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -456,6 +485,8 @@ def read_file(path: str) -> Dict[str, Any]:
         raise ConfigError("file", f"not valid YAML{where}: {problem}", path) from None
     except RecursionError:
         raise ConfigError("file", "nested too deeply", path) from None
+    except (ValueError, OverflowError):  # PyYAML's int(): Python refuses one of over 4300 digits
+        raise ConfigError("file", "holds a number too long to read (thousands of digits)", path) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

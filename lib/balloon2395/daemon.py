@@ -20,7 +20,7 @@ from .host import HostMemory, HostReader
 from .journal import ChangeJournal
 from .logs import autodeflate_note, change_line, debug_block
 from .observe import Collector, Observation
-from .policy import HOLD, SKIP, WAIT, Decision, History, Limits
+from .policy import HOLD, RECENT_REPORTS, SKIP, WAIT, Decision, History, Limits
 from .virsh import VirshCommands, VirshError, VirshTimeout, default_uri
 
 log = logging.getLogger(PROG)
@@ -95,6 +95,7 @@ class Daemon:
                                    clock=clock)
         self.host = HostReader(config, virsh, config.connect or default_uri())
         self.states: Dict[str, _DomainState] = {}
+        self.host_recent: Tuple[int, ...] = ()  # the host's available memory at the last reads, oldest first
         self.outage_since: Optional[float] = None
         self.retry_s = 0.0  # wait before the next try during an outage; 0 when virsh answers
         # uuid -> when we last changed it. Unlike a state it outlives a domain missing from one read
@@ -145,8 +146,10 @@ class Daemon:
         states = {obs.name: self.states.get(obs.name) or _DomainState() for obs in observations}
         settings = self._settings_of(observations)
         host = self.host.read()
+        if host is not None:
+            self.host_recent = (self.host_recent + (host.available_kib,))[-RECENT_REPORTS:]
         decisions = decide_all(observations, settings, {n: s.history for n, s in states.items()},
-                               host, now, limits, self.config.policy)
+                               host, now, limits, self.config.policy, self.host_recent)
         outcomes = {}
         for obs, decision in zip(observations, decisions):
             state = states[obs.name]

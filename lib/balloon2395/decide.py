@@ -3,7 +3,7 @@ over the domains that passed, and `bounded()` over whatever it proposed. Pure, a
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import DomainSettings
 from .host import HostMemory
@@ -36,13 +36,13 @@ def decide(obs: Observation, settings: DomainSettings, history: History, now: fl
 
 def decide_all(observations: Sequence[Observation], settings: Mapping[str, DomainSettings],
                histories: Mapping[str, History], host: Optional[HostMemory], now: float,
-               limits: Limits = Limits(), policy: str = "target") -> List[Decision]:
+               limits: Limits = Limits(), policy: str = "target", host_recent: Tuple[int, ...] = ()) -> List[Decision]:
     """Every domain's decision: the safety checks, then the policy over the candidates, then
     `bounded()` over what it proposed."""
     checked = [candidate(obs, settings[obs.name], histories.get(obs.name, History()), now, limits)
                for obs in observations]
     candidates = tuple(c for c in checked if isinstance(c, Candidate))
-    proposals = POLICIES[policy](HostView(candidates, host, now))
+    proposals = POLICIES[policy](HostView(candidates, host, now, untouched_kib(observations), host_recent))
     decisions = []
     for obs, item in zip(observations, checked):
         if isinstance(item, Candidate):
@@ -51,3 +51,10 @@ def decide_all(observations: Sequence[Observation], settings: Mapping[str, Domai
                             proposal.target_kib, item.history)
         decisions.append(bounded(item, obs.stats, settings[obs.name]))
     return decisions
+
+
+def untouched_kib(observations: Sequence[Observation]) -> int:
+    """What the running domains were given and have not touched: each one's size less its QEMU RSS, where
+    both are known. QEMU's own memory in the RSS makes this an underestimate, never an overestimate."""
+    return sum(max(obs.stats.actual_kib - obs.stats.rss_kib, 0) for obs in observations
+               if obs.stats.actual_kib is not None and obs.stats.rss_kib is not None)

@@ -42,7 +42,9 @@ PAGED_HOLD_S = 600  # after the guest paged its working set back in, no shrink f
 URGENT_RESERVE_SHARE = 0.5
 RAN_OUT_DECAY_PER_S = 0.9999  # half-life ~2 h: an OOM kill is dearer than a burst kept in headroom
 RAN_OUT_MIN_KIB = 64 * 1024  # with less usable, ordinary page faults could look like running out
-RECENT_REPORTS = 5  # History.recent: at a 10 s cycle, the 50 s MoM's StatAvg spans by default
+RECENT_REPORTS = 10  # History.recent and HostView.host_recent: vdsm's mom.conf keeps 10 samples for StatAvg
+# A rise of used this large between two reports is a burst: what a guest that cannot page must be kept whole for.
+BURST_RISE_KIB = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,18 @@ class History:
     # (actual, MemFree) of the last RECENT_REPORTS reports a cycle saw, oldest first: for rules that
     # average over recent samples (MoM's StatAvg)
     recent: Tuple[Tuple[int, int], ...] = ()
+    # report time of the report the pending change was decided on: a stamp from the future that never
+    # moves is later than the change's wall time, but no newer than that report
+    changed_on: Optional[int] = None
+    first_seen: Optional[int] = None  # report time of the first fresh report
+    burst_at: Optional[int] = None  # report time of the last burst (a rise of BURST_RISE_KIB, or running out)
 
     def after_change(self, now: float, from_kib: int, target_kib: int) -> History:
-        return replace(self, changed_at=now, from_kib=from_kib, target_kib=target_kib)
+        """The change made now, on the report last seen: only a report newer than both confirms it."""
+        return replace(self, changed_at=now, from_kib=from_kib, target_kib=target_kib, changed_on=self.seen_update)
 
     def settled(self) -> History:
-        return replace(self, changed_at=None, from_kib=None, target_kib=None)
+        return replace(self, changed_at=None, from_kib=None, target_kib=None, changed_on=None)
 
     def pending(self) -> Optional[Tuple[float, int, int]]:
         """The setmem not yet confirmed by fresh stats: (wall time, from KiB, target KiB), or None.
@@ -100,17 +108,22 @@ class History:
 
     def saw(self, figures: Figures) -> History:
         used = figures.actual_kib - figures.usable_kib
-        burst, ran_out = self.burst_kib, self.ran_out_kib
+        burst, ran_out, burst_at = self.burst_kib, self.ran_out_kib, self.burst_at
         if self.seen_update is not None and self.seen_used_kib is not None:
             elapsed = figures.last_update - self.seen_update
-            burst = max(burst * BURST_DECAY_PER_S ** elapsed, used - self.seen_used_kib)
-            ran_out = max(ran_out * RAN_OUT_DECAY_PER_S ** elapsed, self._ran_out_kib(figures, used))
-        recent = self.recent
+            rise, lacked = used - self.seen_used_kib, self._ran_out_kib(figures, used)
+            burst = max(burst * BURST_DECAY_PER_S ** elapsed, rise)
+            ran_out = max(ran_out * RAN_OUT_DECAY_PER_S ** elapsed, lacked)
+            if rise >= BURST_RISE_KIB or lacked:
+                burst_at = figures.last_update
+        recent = tuple(self.recent)
         if figures.unused_kib is not None:
             recent = (recent + ((figures.actual_kib, figures.unused_kib),))[-RECENT_REPORTS:]
         return replace(self, seen_update=figures.last_update, seen_swap_in_kib=figures.swap_in_kib,
                        seen_major_fault=figures.major_fault, seen_used_kib=used, burst_kib=burst, recent=recent,
-                       ran_out_kib=ran_out, seen_minor_fault=figures.minor_fault, seen_usable_kib=figures.usable_kib)
+                       ran_out_kib=ran_out, seen_minor_fault=figures.minor_fault, seen_usable_kib=figures.usable_kib,
+                       first_seen=figures.last_update if self.first_seen is None else self.first_seen,
+                       burst_at=burst_at)
 
     def _ran_out_kib(self, figures: Figures, used_kib: int) -> int:
         """Twice what the guest touched since the last report, when that was (nearly) all it had usable
@@ -132,6 +145,9 @@ class Signals:
     swapped_kib: int = 0  # an estimate of what it has out in swap (swap_out - swap_in)
     burst_kib: int = 0  # how fast its used memory has jumped lately, between two reports
     paged_lately: bool = False  # paging seen within PAGED_HOLD_S: shrinking again would bring it back
+    # it has swap in use or has swapped out (or autodeflate): denied memory, it pages instead of OOM-killing
+    can_page: bool = True
+    quiet_s: float = math.inf  # since its first report or its last burst, whichever came later
 
 
 @dataclass(frozen=True)
@@ -189,6 +205,12 @@ class HostView:
     candidates: Tuple[Candidate, ...]
     host: Optional[HostMemory]
     now: float
+    # what the running domains were given and have not touched yet (size less QEMU RSS, summed): theirs to
+    # take without a setmem, so the host cannot give it again
+    untouched_kib: int = 0
+    # the host's available memory at the last reads, oldest first, this one's last: for rules that average
+    # the host over recent samples (MoM's Host.StatAvg)
+    host_recent: Tuple[int, ...] = ()
 
 
 # A policy proposes for any of the candidates; one it leaves out is held.
@@ -246,6 +268,12 @@ def target(figures: Figures, settings: DomainSettings, cap_kib: int, signals: Si
     if pct > settings.maximal and signals.paged_lately:
         return Proposal(HOLD, None, "paged-lately",
                         f"usable {pct}% > {settings.maximal:g}% but it paged within {PAGED_HOLD_S}s")
+    # Shrunk, a guest that cannot page meets its first burst beyond the headroom with an OOM kill that doing
+    # nothing avoids: it is kept whole until it has gone `burst_wait` without one.
+    if pct > settings.maximal and not signals.can_page and signals.quiet_s < settings.burst_wait_s:
+        return Proposal(HOLD, None, "kept-whole",
+                        (f"usable {pct}% > {settings.maximal:g}% but it cannot page (no swap seen, no autodeflate) "
+                         f"and has not gone {settings.burst_wait_s:g}s without a burst"))
     if pct > settings.maximal and actual - want >= DEADBAND_KIB:
         goal = max(want, actual - settings.max_shrink_kib)
         return Proposal(SHRINK, goal, "above-band", f"usable {pct}% > {settings.maximal:g}%: toward {mib(want)} MiB")
@@ -266,10 +294,14 @@ def each(rule: Callable[[Figures, DomainSettings, int, Signals], Proposal]) -> P
 def target_fitted(view: HostView) -> Dict[str, Proposal]:
     """The target rule for each domain, then fitted to what the host can give. A guest with autodeflate
     keeps no headroom for its bursts: out of memory, its balloon gives them the memory back."""
-    proposals = {c.name: target(c.figures, c.settings, c.cap_kib,
-                                replace(c.signals, burst_kib=0) if c.facts.autodeflate else c.signals)
-                 for c in view.candidates}
-    return proposals if view.host is None else fit_host(proposals, view.candidates, view.host)
+    proposals = {c.name: target(c.figures, c.settings, c.cap_kib, _paging_view(c)) for c in view.candidates}
+    return proposals if view.host is None else fit_host(proposals, view.candidates, view.host, view.untouched_kib)
+
+
+def _paging_view(c: Candidate) -> Signals:
+    """What the rules read of a candidate's signals: with autodeflate, out of memory its balloon gives the
+    memory back, so it keeps no headroom for bursts and counts as a guest that can page."""
+    return replace(c.signals, burst_kib=0, can_page=True) if c.facts.autodeflate else c.signals
 
 
 def _signals(figures: Figures, settings: DomainSettings, history: History) -> Signals:
@@ -277,15 +309,22 @@ def _signals(figures: Figures, settings: DomainSettings, history: History) -> Si
     swapped = max((figures.swap_out_kib or 0) - (figures.swap_in_kib or 0), 0)
     burst = int(max(history.burst_kib, history.ran_out_kib))
     lately = history.paged_at is not None and figures.last_update - history.paged_at < PAGED_HOLD_S
+    # swap in use, or ever swapped out: a guest without swap reports 0 for both forever
+    can_page = swapped > 0 or bool(figures.swap_out_kib)
+    rising = (history.seen_used_kib is not None
+              and figures.actual_kib - figures.usable_kib - history.seen_used_kib >= BURST_RISE_KIB)
+    stamps = (history.first_seen, history.burst_at, figures.last_update if rising else None)
+    since = max((t for t in stamps if t is not None), default=figures.last_update)
+    quiet = float(figures.last_update - since)
     if history.seen_update is None or figures.last_update <= history.seen_update:
-        return Signals(False, swapped, burst, lately)
+        return Signals(False, swapped, burst, lately, can_page, quiet)
     elapsed = figures.last_update - history.seen_update
     paging = (figures.swap_in_kib is not None and history.seen_swap_in_kib is not None
               and (figures.swap_in_kib - history.seen_swap_in_kib) / elapsed > SWAP_IN_KIB_PER_S)
     if not paging and figures.major_fault is not None and history.seen_major_fault is not None:
         rate = (figures.major_fault - history.seen_major_fault) / elapsed
         paging = rate > MAJOR_FAULTS_PER_S and usable_pct(figures) <= settings.maximal
-    return Signals(paging, swapped, burst, lately or paging)
+    return Signals(paging, swapped, burst, lately or paging, can_page, quiet)
 
 
 def cap_kib(stats: BalloonStats, settings: DomainSettings) -> Optional[int]:
@@ -397,7 +436,10 @@ def _remembered(figures: Figures, signals: Signals, history: History) -> History
 def _awaiting(figures: Figures, history: History) -> Optional[Block]:
     """The last change is not confirmed yet: the report is not newer than it."""
     pending = history.pending()
-    if pending is not None and figures.last_update <= pending[0]:
+    if pending is None:
+        return None
+    decided_on = history.changed_on if history.changed_on is not None else -math.inf
+    if figures.last_update <= pending[0] or figures.last_update <= decided_on:
         return WAIT, "pending", "waiting for stats newer than the last change"
     return None
 
@@ -458,33 +500,47 @@ def bounded(decision: Decision, stats: BalloonStats, settings: DomainSettings) -
 
 # ------------------------------------------------------------------ every domain, and the host
 
-def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], host: HostMemory) -> Dict[str, Proposal]:
-    """Growth only from what the host can spare above its reserve (the neediest first; a guest paging
-    or below its band may also have part of the reserve); below the reserve, or for what such a guest
-    still lacks, reclaim from the largest surplus first, then from guests above their fair share of the
-    host, never below a floor. What is reclaimed for guests in need goes to them in the same cycle."""
+def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], host: HostMemory,
+             untouched_kib: int = 0) -> Dict[str, Proposal]:
+    """Growth only from what the host can back: what it spares above its reserve less what its guests were
+    given and have not touched yet (guests that cannot page first, then the neediest; a guest paging or
+    below its band may also have part of the reserve). For what the host lacks of its reserve, or what such
+    a guest still lacks, reclaim: each guest's surplus over its target first (also for the host's untouched
+    promises), then from guests that can page down to their fair share (even from one in need: it pages,
+    where the other is OOM-killed), and for the host alone from the others down to theirs; never below a
+    floor. What is reclaimed for guests in need goes to them in the same cycle."""
     out = dict(proposals)
     known = {c.name: c for c in candidates if c.name in proposals}
     # PSI says tasks already stall: the host is short whatever MemAvailable says.
     spare = min(host.spare_kib, 0) if host.pressure else host.spare_kib
-    out, left, unmet = _grown(out, known, host, spare)
-    deficit = max(-left, sum(unmet.values()), host.total_kib // 100 if host.pressure else 0)
-    if deficit <= 0:
+    budget = spare - max(untouched_kib, 0)
+    out, given, unmet = _grown(out, known, host, spare, budget)
+    short = max(given - spare, host.total_kib // 100 if host.pressure else 0)
+    needed = max(short, sum(unmet.values()))
+    if max(needed, given - budget) <= 0:
         return out
-    reclaimed = _reclaim(out, known, host, deficit, keep=set(unmet))
+    reclaimed, gave = _reclaim(out, known, host, (max(needed, given - budget), needed, short), unmet)
+    # Under PSI pressure what is freed stays with the host.
+    if host.pressure:
+        return reclaimed
     freed = sum(_kept_kib(out[n], known[n].figures) - p.target_kib for n, p in reclaimed.items()
                 if p.action == SHRINK and p.target_kib is not None)
-    # Under PSI pressure what is freed stays with the host.
-    return reclaimed if host.pressure else _topped_up(reclaimed, known, unmet, freed - max(-left, 0))
+    lacking = {n: kib for n, kib in unmet.items() if n not in gave and kib >= TOLERANCE_KIB}
+    return _topped_up(reclaimed, known, lacking, freed - short)
 
 
-def _grown(out: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostMemory,
-           spare: int) -> Tuple[Dict[str, Proposal], int, Dict[str, int]]:
-    """The grows fitted to the host: (proposals, what is left above the reserve, what each urgent grow
-    still lacks)."""
-    normal_left = max(spare, 0)
-    urgent_left = normal_left if host.pressure else max(spare + int(host.reserve_kib * URGENT_RESERVE_SHARE), 0)
+def _grown(out: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostMemory, spare: int,
+           budget: int) -> Tuple[Dict[str, Proposal], int, Dict[str, int]]:
+    """The grows fitted to the host: (proposals, what they give in all, what each urgent grow still lacks,
+    0 for one given all it asked: a guest in need, whose grow the reclaim leaves alone).
+    A grow for headroom only comes from what the host can back (`budget`: its spare less what guests hold
+    untouched); an urgent one (an OOM kill or swapping is near, a sure harm) from what it has now (`spare`)
+    and part of the reserve: what it promised others is only a harm that may come, and if it does the
+    reclaim takes it back from guests that can page."""
+    normal_left = max(budget, 0)
+    urgent_left = max(spare, 0) if host.pressure else max(spare + int(host.reserve_kib * URGENT_RESERVE_SHARE), 0)
     unmet: Dict[str, int] = {}
+    given = 0
     for name, actual, target in _grows(out, known):
         urgent = out[name].code in URGENT
         give = min(target - actual, urgent_left if urgent else min(normal_left, urgent_left))
@@ -497,14 +553,14 @@ def _grown(out: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostM
         if give < target - actual:
             out[name] = out[name]._replace(target_kib=actual + give, code="host-limited",
                                            reason=f"{out[name].reason} (limited by the host's reserve)")
-        spare -= give
+        given += give
         normal_left, urgent_left = max(normal_left - give, 0), urgent_left - give
-    return out, spare, {name: kib for name, kib in unmet.items() if kib >= TOLERANCE_KIB}
+    return out, given, unmet
 
 
 def _topped_up(out: Dict[str, Proposal], known: Mapping[str, Candidate], unmet: Dict[str, int],
                freed_kib: int) -> Dict[str, Proposal]:
-    """The urgent grows given what the reclaim frees, the neediest (listed first) first."""
+    """The urgent grows given what the reclaim frees, in the order _grows listed them."""
     out = dict(out)
     for name, lacking in unmet.items():
         give = min(lacking, freed_kib)
@@ -518,10 +574,11 @@ def _topped_up(out: Dict[str, Proposal], known: Mapping[str, Candidate], unmet: 
 
 
 def _grows(proposals: Dict[str, Proposal], known: Mapping[str, Candidate]) -> List[Tuple[str, int, int]]:
-    """(name, size, target) of each grow a policy planned, the neediest (lowest usable share) first."""
+    """(name, size, target) of each grow a policy planned: guests that cannot page first (denied, they are
+    OOM-killed; the others page), then the neediest (lowest usable share)."""
     grows = [(name, known[name].figures.actual_kib, p.target_kib) for name, p in proposals.items()
              if p.action == GROW and p.target_kib is not None and name in known]
-    return sorted(grows, key=lambda grow: usable_pct(known[grow[0]].figures))
+    return sorted(grows, key=lambda grow: (_paging_view(known[grow[0]]).can_page, usable_pct(known[grow[0]].figures)))
 
 
 def _held(proposal: Proposal, but: str) -> Proposal:
@@ -529,24 +586,34 @@ def _held(proposal: Proposal, but: str) -> Proposal:
 
 
 def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostMemory,
-             deficit: int, keep: Set[str]) -> Dict[str, Proposal]:
-    """`deficit` KiB back from the candidates: from the largest surplus over its target first, then from
-    the largest excess over a fair share, never below a floor; a grow planned this cycle is undone first.
-    A guest at its fair share keeps what it uses: taking that from it too only spreads the OOM kills."""
+             deficits: Tuple[int, int, int], unmet: Mapping[str, int]) -> Tuple[Dict[str, Proposal], Set[str]]:
+    """Memory back from the candidates in three stages, each up to its deficit (harmless, for guests in need,
+    for the host): the largest surplus over its target first, from any guest not in need; then from guests
+    that can page, the largest excess over a fair share first, whether in need or not; then the same from
+    the others not in need. Never below a floor; a grow planned this cycle is undone first. A guest at
+    its fair share keeps what it uses: taking that from it too only spreads the OOM kills. Also the names
+    of guests in need that gave memory (their grow is off)."""
     floors = {name: c.settings.critical_kib for name, c in known.items()}
     fair = _fair_shares(known, host, floors)
     plan = {name: _kept_kib(proposals[name], c.figures) for name, c in known.items()
-            if proposals[name].action in (HOLD, SHRINK, GROW) and name not in keep}
-    wanted = {name: max(target_size_kib(known[name].figures, known[name].settings), floors[name]) for name in plan}
-    plan, deficit = _surpluses_taken(plan, wanted, deficit)
-    if deficit > 0:
-        plan, deficit = _surpluses_taken(plan, {name: fair[name] for name in plan}, deficit)
+            if proposals[name].action in (HOLD, SHRINK, GROW)}
+    calm = [name for name in plan if name not in unmet]
+    pageable = [name for name in plan if _paging_view(known[name]).can_page]
+    wanted = {name: max(target_size_kib(known[name].figures, known[name].settings, _paging_view(known[name])),
+                        floors[name]) for name in plan}
+    taken = 0
+    for names, goal, deficit in ((calm, wanted, deficits[0]), (pageable, fair, deficits[1]),
+                                 (calm, fair, deficits[2])):
+        plan, taken = _surpluses_taken(plan, names, goal, deficit, taken)
     why = (f"host below its reserve ({mib(host.available_kib)} MiB available, {mib(host.reserve_kib)} MiB kept)"
-           if host.spare_kib < 0 else "host memory pressure (PSI)")
+           if host.spare_kib < 0 else "host memory pressure (PSI)" if host.pressure else
+           "memory for guests that cannot page, or the host's promises")
     out = dict(proposals)
     for name, size in plan.items():
-        out[name] = _reclaimed(out[name], known[name].figures.actual_kib, size, floors[name], why)
-    return out
+        if name not in unmet or size < _kept_kib(proposals[name], known[name].figures):
+            out[name] = _reclaimed(out[name], known[name].figures.actual_kib, size, floors[name], why)
+    gave = {name for name in unmet if out[name].action == SHRINK}
+    return out, gave
 
 
 def _kept_kib(proposal: Proposal, figures: Figures) -> int:
@@ -557,15 +624,16 @@ def _kept_kib(proposal: Proposal, figures: Figures) -> int:
     return figures.actual_kib
 
 
-def _surpluses_taken(plan: Dict[str, int], wanted: Dict[str, int], deficit: int) -> Tuple[Dict[str, int], int]:
-    """The plan with the deficit taken from the largest surplus over what each wants first; what is
-    still missing."""
+def _surpluses_taken(plan: Dict[str, int], names: Sequence[str], wanted: Mapping[str, int], deficit: int,
+                     taken: int) -> Tuple[Dict[str, int], int]:
+    """The plan with up to `deficit` less what earlier stages took (`taken`) taken from these names, the
+    largest surplus over what each wants first; what all stages took so far."""
     plan = dict(plan)
-    for name in sorted(plan, key=lambda name: plan[name] - wanted[name], reverse=True):
-        take = min(max(plan[name] - wanted[name], 0), deficit)
+    for name in sorted(names, key=lambda name: plan[name] - wanted[name], reverse=True):
+        take = min(max(plan[name] - wanted[name], 0), max(deficit - taken, 0))
         plan[name] -= take
-        deficit -= take
-    return plan, deficit
+        taken += take
+    return plan, taken
 
 
 def _fair_shares(known: Mapping[str, Candidate], host: HostMemory, floors: Dict[str, int]) -> Dict[str, int]:

@@ -64,9 +64,10 @@ def read_config(path: str, euid: Optional[int] = None) -> bytes:
     can act on it) and, as root, a file someone else could rewrite or swap (unsafe_config)."""
     real = os.path.realpath(path)
     info = os.stat(real)
-    if real == os.devnull and stat.S_ISCHR(info.st_mode):
-        # exactly /dev/null, no other device: the usual way to say "no settings" (tests/test_sim_virsh.py,
-        # cron lines). Anyone may write to it, yet it always reads empty, so it is not read at all.
+    if os.path.abspath(path) == os.devnull and stat.S_ISCHR(info.st_mode):
+        # /dev/null named as such, no other device and no link to it: the usual way to say "no settings"
+        # (tests/test_sim_virsh.py, cron lines). Anyone may write to it, yet it always reads empty, so it is
+        # not read at all. A config that became a link to it was swapped: refused below, as any device.
         return b""
     if not stat.S_ISREG(info.st_mode):
         raise Refused(f"is {kind(info.st_mode)}, not a regular file")
@@ -118,6 +119,27 @@ def _untrusted(what: str, info: os.stat_result, owners: Collection[int], directo
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (directory and info.st_mode & stat.S_ISVTX):
         return f"{what} is writable by group or others (mode {stat.S_IMODE(info.st_mode):o}; chmod go-w)"
     return None
+
+
+def unsafe_dir(path: str, euid: Optional[int] = None) -> Optional[str]:
+    """Why a daemon running as root must not create or replace files in this directory (it need not exist
+    yet: then the nearest existing one above it counts), or None: a symlink on the way that someone else
+    owns, or a directory on its real path someone else could rename, swap or fill with links."""
+    if (os.geteuid() if euid is None else euid) != 0:
+        return None
+    here = os.path.abspath(path)
+    while not os.path.lexists(here):
+        here = os.path.dirname(here)
+    walked = "/"
+    for part in here.strip("/").split("/") if here != "/" else []:
+        walked = os.path.join(walked, part)
+        info = os.lstat(walked)
+        if stat.S_ISLNK(info.st_mode) and info.st_uid != 0:
+            return f"refused as root: {walked} is a symlink of uid {info.st_uid}"
+    real = os.path.realpath(here)
+    # a sticky directory such as /tmp passes: nobody else can rename or remove the daemon's files in it
+    problem = _untrusted(f"directory {real}", os.lstat(real), (0,), directory=True) or untrusted_path(real, (0,))
+    return f"refused as root: {problem}" if problem else None
 
 
 def _who(uid: int) -> str:

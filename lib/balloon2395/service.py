@@ -13,6 +13,7 @@ old config stays.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ from .daemon import Daemon
 from .host import is_remote
 from .journal import ChangeJournal, path_for as journal_path
 from .lock import AlreadyRunning, InstanceLock, LockError, default_dir
+from .safefiles import unsafe_dir
 from .virsh import VirshCommands, default_uri
 from .virsh_session import open_virsh
 
@@ -72,6 +74,10 @@ class Service:
 
     def start(self) -> None:
         """Logs, every lock, KSM, metrics, all before any virsh call; raises Failed."""
+        textfile = self.config.metrics_textfile
+        problem = textfile and unsafe_dir(os.path.dirname(os.path.abspath(textfile)))
+        if problem:
+            raise Failed(f"cannot write metrics to {textfile}: {problem}", EXIT_USAGE)
         self._logs(self.config)
         locks = [self._lock(uri) for uri in self.uris]
         try:
@@ -109,6 +115,9 @@ class Service:
         return Connection(uri, label, virsh, daemon, statefile.path_for(lock))
 
     def _logs(self, config: cfg.Config) -> None:
+        problem = config.logdir and unsafe_dir(config.logdir)
+        if problem:
+            raise Failed(f"cannot log in {config.logdir}: {problem}", EXIT_USAGE)
         try:
             logs.setup(config.logdir, config.debug, fmt=config.log_format, per_uri=len(self.uris) > 1)
         except OSError as exc:
@@ -141,9 +150,13 @@ class Service:
         failed = []
 
         def cycle(conn: Connection) -> None:
-            if conn.daemon.cycle() is None:
+            try:
+                if conn.daemon.cycle() is None:
+                    failed.append(conn.uri)
+                self._after(conn)
+            except Exception:  # a bug in the one cycle asked for: say so, and the exit status says it too
+                log.exception("cycle of %s failed", conn.uri)
                 failed.append(conn.uri)
-            self._after(conn)
 
         for at, conn in enumerate(self.connections):  # one after the other, each in a thread named for its URI
             if self.signals.stop:  # as the loop: the cycle under way was finished, no other starts
@@ -169,7 +182,10 @@ class Service:
             time.sleep(POLL_S)
             if self.signals.reload:
                 self.signals.reload = False
-                self.reload()
+                try:
+                    self.reload()
+                except Exception:  # a bug in a reload must not end the thread that takes SIGTERM
+                    log.exception("reload failed, keeping the running config")
         stop.set()  # each daemon ends its current cycle: a setmem is never cut in half
         for thread in threads:
             thread.join()

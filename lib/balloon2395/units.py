@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+from .quoted import shown
+
 KIB_PER_MIB = 1024
 PAGE_KIB = 4  # a guest page: fault counters count these
 
@@ -28,23 +30,23 @@ def parse_size_kib(value: object) -> int:
     if not isinstance(value, str):
         raise ValueError(f"expected a size such as 300, 512MiB or 2GiB, got {type(value).__name__}")
     if value.strip().startswith("-"):
-        raise ValueError(f"must not be negative, got {value!r}")
+        raise ValueError(f"must not be negative, got {shown(value)}")
     match = _SIZE.match(value)
     if not match:
-        raise ValueError(f"expected a size such as 300, 512MiB or 2GiB, got {value!r}")
+        raise ValueError(f"expected a size such as 300, 512MiB or 2GiB, got {shown(value)}")
     number, unit = match.groups()
     factor = _UNITS_KIB.get(unit.lower()) if unit else KIB_PER_MIB
     if factor is None:
-        raise ValueError(f"unknown unit {unit!r} in {value!r} (use KiB, MiB, GiB or TiB)")
+        raise ValueError(f"unknown unit {shown(unit)} in {shown(value)} (use KiB, MiB, GiB or TiB)")
     return _kib(float(number), factor, value)
 
 
-def _kib(number: float, factor: int, shown: object) -> int:
+def _kib(number: float, factor: int, raw: object) -> int:
     if number < 0:
-        raise ValueError(f"must not be negative, got {shown!r}")
-    kib = number * factor
+        raise ValueError(f"must not be negative, got {shown(raw)}")
+    kib = float(number) * factor if abs(number) < 2 ** 53 else math.inf  # a huge int: no OverflowError
     if not math.isfinite(kib):
-        raise ValueError(f"expected a finite size, got {shown!r}")
+        raise ValueError(f"expected a finite size, got {shown(raw)}")
     return int(round(kib))
 
 

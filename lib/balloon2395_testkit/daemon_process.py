@@ -23,8 +23,11 @@ class DaemonProcess:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "daemon.log"
         conf = self.dir / "config.yaml"
-        # The first matching glob wins (an exact name wins anyway): ours managed, the rest excluded.
-        conf.write_text(config + f"domains:\n  {json.dumps(managed)}: {{}}\n  '*': {{exclude: true}}\n")
+        # The first matching glob wins (an exact name wins anyway): ours managed, the rest excluded. The
+        # tests watch guests settle within a minute: without the default 10 minutes target waits to see a
+        # guest that cannot page go without bursts (tests/test_policy_target.py checks that wait).
+        wait = "" if "burst_wait:" in config else "burst_wait: 0\n"
+        conf.write_text(wait + config + f"domains:\n  {json.dumps(managed)}: {{}}\n  '*': {{exclude: true}}\n")
         self.argv: List[str] = [str(DAEMON), "--config", str(conf), "--connect", uri,
                                 "--lock-dir", str(self.dir / "lock"), *args]
         self.proc: Optional[subprocess.Popen] = None

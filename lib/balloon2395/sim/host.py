@@ -138,7 +138,7 @@ class SimHost:
         """The host's RAM and swap against its own use and the guests' RSS; beyond both, its OOM
         killer kills the QEMU with the largest RSS, until the rest fits."""
         spec = self.scenario.host
-        need = spec.own_kib + rss_kib
+        need = self.scenario.host_own_kib(self.elapsed_s) + rss_kib
         self.swapping = need > spec.total_kib
         self.swap_ticks += self.swapping
         while need > spec.total_kib + spec.swap_kib:
@@ -155,7 +155,8 @@ class SimHost:
             self.step()
 
     def memory(self) -> HostMem:
-        return host_mem(self.scenario.host, [(g.plan.spec, g.state) for g in self.running])
+        spec = replace(self.scenario.host, own_kib=self.scenario.host_own_kib(self.elapsed_s))
+        return host_mem(spec, [(g.plan.spec, g.state) for g in self.running])
 
     def to_json(self) -> dict:
         return {"scenario": self.scenario.path, "seed": self.seed, "epoch": self.epoch, "tick": self.tick,

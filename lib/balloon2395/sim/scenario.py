@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import ConfigError, read_file
+from ..quoted import shortened, shown
 from ..resources import scenario_dir
 from ..units import parse_size_kib
 from .model import MIB, GuestSpec, HostSpec, boot
@@ -25,9 +26,11 @@ _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h)?\s*$")
 _UNIT_S = {None: 1, "s": 1, "m": 60, "h": 3600}
 _GUEST_KEYS = ("name", "current", "maximum", "touched", "swap", "base", "cache", "stats_period", "noise", "hot",
                "deflate_on_oom", "free_page_reporting", "repeat", "workload")
-_HOST_KEYS = ("total", "own", "cache", "swap", "accel")
+_HOST_KEYS = ("total", "own", "cache", "swap", "accel", "workload")
 ACCELS = ("kvm", "tcg")  # how QEMU runs the guests: hardware virtualisation, or software emulation
 _STEP_KEYS = ("at", "anon", "cache", "over", "rate")
+MAX_SECONDS = 366 * 86400  # a year of virtual time: any time beyond is a typo (or .inf)
+MIN_REPEAT_S = 1.0  # the model moves in ticks of 0.1 s: a shorter period would only be ticks
 
 
 class ScenarioError(Exception):
@@ -141,12 +144,17 @@ class Scenario:
     duration_s: float
     host: HostSpec
     guests: Tuple[GuestPlan, ...]
+    # the host's own use beyond `own` over time (its `anon`): services that start, a leak, a backup
+    host_workload: Trace = Trace()
+
+    def host_own_kib(self, t: float) -> int:
+        return self.host.own_kib + self.host_workload.anon_kib(t)
 
 
 # ---------------------------------------------------------------- parsing
 
 def _fail(where: str, problem: str) -> ScenarioError:
-    return ScenarioError(f"{where}: {problem}")
+    return ScenarioError(f"{where}: {shortened(problem)}")
 
 
 def _size(value: Any, where: str) -> int:
@@ -165,33 +173,35 @@ def _signed_size(value: Any, where: str) -> Tuple[bool, int]:
 
 
 def _seconds(value: Any, where: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_SECONDS:
         return float(value)
     match = _DURATION.match(value) if isinstance(value, str) else None
-    if not match:
-        raise _fail(where, f"expected seconds such as 90, 90s, 10m or 2h, got {value!r}")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2)] if match else math.nan
+    if not 0 <= seconds <= MAX_SECONDS:  # nan, inf, a number of thousands of digits: all end here
+        raise _fail(where, f"expected seconds such as 90, 90s, 10m or 2h (at most {MAX_SECONDS // 86400:g} days), "
+                           f"got {shown(value)}")
+    return seconds
 
 
 def _rate(value: Any, where: str) -> float:
     if not isinstance(value, str) or not value.strip().endswith("/s"):
-        raise _fail(where, f"expected a size per second such as 50MiB/s, got {value!r}")
+        raise _fail(where, f"expected a size per second such as 50MiB/s, got {shown(value)}")
     kib = _size(value.strip()[:-2], where)
     if kib <= 0:
-        raise _fail(where, f"must be more than 0, got {value!r}")
+        raise _fail(where, f"must be more than 0, got {shown(value)}")
     return float(kib)
 
 
 def _bool(raw: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
     value = raw.get(key, default)
     if not isinstance(value, bool):
-        raise _fail(f"{where}.{key}", f"expected true or false, got {value!r}")
+        raise _fail(f"{where}.{key}", f"expected true or false, got {shown(value)}")
     return value
 
 
 def _int(value: Any, where: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _fail(where, f"expected a whole number from {lo} to {hi}, got {value!r}")
+        raise _fail(where, f"expected a whole number from {lo} to {hi}, got {shown(value)}")
     return value
 
 
@@ -272,7 +282,7 @@ def _guest(raw: Any, where: str, emulated: bool) -> GuestPlan:
             raise _fail(where, f"needs '{key}'")
     name = raw["name"]
     if not isinstance(name, str) or not name.strip():
-        raise _fail(f"{where}.name", f"expected a non-empty string, got {name!r}")
+        raise _fail(f"{where}.name", f"expected a non-empty string, got {shown(name)}")
     current, maximum = _size(raw["current"], f"{where}.current"), _size(raw["maximum"], f"{where}.maximum")
     if current > maximum:
         raise _fail(f"{where}.current", f"above maximum ({current // MIB} > {maximum // MIB} MiB)")
@@ -283,6 +293,8 @@ def _guest(raw: Any, where: str, emulated: bool) -> GuestPlan:
                      free_page_reporting=_bool(raw, "free_page_reporting", where, False), emulated=emulated)
     touched = _touched(raw, spec, current, where)
     repeat = _seconds(raw["repeat"], f"{where}.repeat") if "repeat" in raw else None
+    if repeat is not None and repeat < MIN_REPEAT_S:
+        raise _fail(f"{where}.repeat", f"must be at least {MIN_REPEAT_S:g}s, got {shown(raw['repeat'])}")
     if repeat == 0:
         raise _fail(f"{where}.repeat", "must be more than 0")
     return GuestPlan(
@@ -304,22 +316,31 @@ def _touched(raw: Mapping[str, Any], spec: GuestSpec, current_kib: int, where: s
     return touched
 
 
+def _host(data: Mapping[str, Any]) -> Tuple[HostSpec, Trace, str]:
+    """The host's spec, its own workload and how QEMU runs its guests."""
+    if "host" not in data:
+        raise _fail("scenario", "needs 'host' (total, own)")
+    host = _mapping(data["host"], "host", _HOST_KEYS)
+    if "total" not in host:
+        raise _fail("host", "needs 'total'")
+    host_spec = HostSpec(_size(host["total"], "host.total"), _size(host.get("own", "1GiB"), "host.own"),
+                         _size(host.get("cache", 0), "host.cache"), _size(host.get("swap", 0), "host.swap"))
+    if host_spec.own_kib >= host_spec.total_kib:
+        raise _fail("host.own", "must be below host.total")
+    host_workload = _trace(host.get("workload"), None, "host.workload")
+    if host_workload.cache:
+        raise _fail("host.workload", "takes 'anon' steps only: the host's page cache is host.cache")
+    accel = host.get("accel", "kvm")
+    if accel not in ACCELS:
+        raise _fail("host.accel", f"expected one of {', '.join(ACCELS)}, got {shown(accel)}")
+    return host_spec, host_workload, accel
+
+
 def parse(data: Any, name: str, path: str) -> Scenario:
     """A Scenario from loaded YAML; errors start with `path`."""
     try:
         data = _mapping(data, "scenario", ("duration", "host", "guests"))
-        if "host" not in data:
-            raise _fail("scenario", "needs 'host' (total, own)")
-        host = _mapping(data["host"], "host", _HOST_KEYS)
-        if "total" not in host:
-            raise _fail("host", "needs 'total'")
-        host_spec = HostSpec(_size(host["total"], "host.total"), _size(host.get("own", "1GiB"), "host.own"),
-                             _size(host.get("cache", 0), "host.cache"), _size(host.get("swap", 0), "host.swap"))
-        if host_spec.own_kib >= host_spec.total_kib:
-            raise _fail("host.own", "must be below host.total")
-        accel = host.get("accel", "kvm")
-        if accel not in ACCELS:
-            raise _fail("host.accel", f"expected one of {', '.join(ACCELS)}, got {accel!r}")
+        host_spec, host_workload, accel = _host(data)
         guests = data.get("guests")
         if not isinstance(guests, list) or not guests:
             raise _fail("guests", "expected a non-empty list of guests")
@@ -333,7 +354,7 @@ def parse(data: Any, name: str, path: str) -> Scenario:
             raise _fail("duration", "must be more than 0")
     except ScenarioError as exc:
         raise ScenarioError(f"{path}: {exc}") from None
-    return Scenario(name, path, duration, host_spec, plans)
+    return Scenario(name, path, duration, host_spec, plans, host_workload)
 
 
 def names() -> List[str]:
