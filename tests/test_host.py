@@ -311,3 +311,61 @@ def test_a_zero_nodememstats_total_is_an_error_too(logged):
 
 def test_off_reads_nothing():
     assert reader(Files(), host_memory="off").read() is None
+
+
+# ---------------------------------------------------------------- the host's swap: whether out of RAM it swaps or kills
+
+def with_swap(free_kib: int) -> Files:
+    return Files(**{"/proc/meminfo": meminfo() + f"SwapTotal:      {8 * GIB} kB\nSwapFree:       {free_kib} kB\n"})
+
+
+def test_a_local_hosts_free_swap_is_meminfos():
+    host = reader(with_swap(3 * GIB)).read()
+    assert host is not None and host.swap_free_kib == 3 * GIB
+
+
+def test_a_local_host_without_a_swapfree_line_has_its_swap_unknown_and_cannot_swap():
+    host = reader(Files()).read()
+    assert host is not None and host.swap_free_kib is None and not host.can_swap
+
+
+def test_through_nodememstats_the_swap_is_unknown():
+    text = (f"total  :             {MACHINE_TOTAL} KiB\nfree   :              {GIB} KiB\n"
+            "buffers:                    0 KiB\ncached :                    0 KiB\n")
+    host = reader(Files(), uri="qemu+ssh://other/system", virsh=NodeVirsh(text)).read()
+    assert host is not None and host.swap_free_kib is None and not host.can_swap
+
+
+@pytest.mark.parametrize("swap_max,swap_current,expected", [
+    ("max", 0, 3 * GIB),  # no swap limit: the machine's
+    (str(1 * GIB * 1024), 256 * MIB * 1024, 768 * MIB),  # the cgroup's limit leaves less
+    ("0", 0, 0),  # no swap for this cgroup, whatever the machine has
+])
+def test_a_v2_cgroups_swap_is_the_machines_less_its_swap_limit(tmp_path, swap_max, swap_current, expected):
+    path = v2(tmp_path / "cg")
+    (path / "memory.swap.max").write_text(swap_max + "\n")
+    (path / "memory.swap.current").write_text(f"{swap_current}\n")
+    host = cgroup_reader(path, with_swap(3 * GIB)).read()
+    assert host is not None and host.swap_free_kib == expected
+
+
+def test_a_v1_cgroups_memsw_counts_memory_and_swap_together(tmp_path):
+    # limit 1 GiB of memory, 1.5 GiB of memory + swap: 512 MiB of swap, 100 MiB of it used
+    path = v1(tmp_path / "cg")
+    (path / "memory.memsw.limit_in_bytes").write_text(f"{1536 * MIB * 1024}\n")
+    (path / "memory.memsw.usage_in_bytes").write_text(f"{(600 + 100) * MIB * 1024}\n")
+    host = cgroup_reader(path, with_swap(3 * GIB)).read()
+    assert host is not None and host.swap_free_kib == 412 * MIB
+
+
+def test_a_cgroup_without_swap_accounting_swaps_into_the_machines(tmp_path):
+    host = cgroup_reader(v1(tmp_path / "cg"), with_swap(3 * GIB)).read()
+    assert host is not None and host.swap_free_kib == 3 * GIB
+
+
+def test_garbage_in_a_swap_file_is_one_warning_and_no_host(tmp_path, logged):
+    path = v2(tmp_path / "cg")
+    (path / "memory.swap.max").write_text("lots\n")
+    (path / "memory.swap.current").write_text("0\n")
+    assert cgroup_reader(path, with_swap(3 * GIB)).read() is None
+    assert len(messages(logged, logging.WARNING)) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -9,7 +10,13 @@ import sys
 
 import pytest
 
+from balloon2395 import config as cfg
 from conftest import ROOT, domain
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+NEEDS_SYSTEMD_ANALYZE = pytest.mark.skipif(SYSTEMD_ANALYZE is None,
+                                           reason="systemd-analyze not installed (Debian: the systemd package)")
+MOST_EXPOSURE = 3.0  # issue 24, class 9: `systemd-analyze security` scored the unit 5.6 MEDIUM before
 
 
 def _checkout(path):
@@ -47,7 +54,8 @@ def test_systemd_install_keeps_an_edited_config_and_uninstall_removes_what_it_in
     text = unit.read_text()
     assert f"ExecStart={checkout}/balloon-2395 --lock-dir /run/balloon-2395\n" in text
     for line in ("Environment=LC_ALL=C", "RuntimeDirectory=balloon-2395", "Restart=on-failure",
-                 "After=libvirtd.service virtqemud.service", "ExecReload=/bin/kill -HUP $MAINPID"):
+                 "After=libvirtd.service virtqemud.service", "ExecReload=/bin/kill -HUP $MAINPID",
+                 "Type=notify\n", "NotifyAccess=main\n", "WatchdogSec=", "UMask=0077\n", "ProtectSystem=strict\n"):
         assert line in text
     assert config.read_text() == (ROOT / "examples/config.yaml").read_text()
     assert "systemd is not managing this root" in first.stdout  # BALLOON_ROOT: systemctl is never called
@@ -85,3 +93,79 @@ def test_cron_line_still_starts_the_daemon_as_the_original(fake_host, tmp_path):
                             env=host.env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "grow web1" in (tmp_path / "log/balloon-2395/balloon-2395.log").read_text()
+
+
+# --------------------------------------------------------------------- the packaged defaults (issue 24, class 9)
+def _deb_files(tmp_path):
+    """What the .deb installs from this checkout: the conffile (debian/balloon-2395.install) and the unit
+    debian/rules makes, made by debian/rules itself in a copy (the checkout gains no build file)."""
+    work = tmp_path / "deb"
+    work.mkdir()
+    for name in ("debian", "examples"):
+        shutil.copytree(ROOT / name, work / name)
+    if shutil.which("make") is None:
+        pytest.skip("make not installed: debian/rules cannot make the unit")
+    made = subprocess.run(["make", "-s", "-f", "debian/rules", "execute_after_dh_auto_build"], cwd=work,
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    installs = [line.split() for line in (ROOT / "debian/balloon-2395.install").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    conffiles = [work / source for source, target in installs if target.rstrip("/") == "etc/balloon-2395"]
+    assert [c.name for c in conffiles] == ["config.yaml"]
+    return conffiles[0], work / "debian/balloon-2395.service"
+
+
+def _installed(tmp_path):
+    """What `install.sh --systemd` writes: the config and the unit."""
+    root = tmp_path / "root"
+    result = _install(_checkout(tmp_path / "checkout"), root, "--systemd")
+    assert result.returncode == 0, result.stderr
+    return root / "etc/balloon-2395/config.yaml", root / "etc/systemd/system/balloon-2395.service"
+
+
+def _is_the_defaults(path):
+    loaded, defaults = cfg.load(str(path), {}), cfg.build({})
+    assert loaded.rules == ()  # no active per-domain rule: no guest excluded, capped or banded by example
+    assert dataclasses.replace(loaded, band_from=defaults.band_from) == defaults
+
+
+def test_the_config_install_sh_installs_is_the_defaults_with_no_domain_rules(tmp_path):
+    config, _ = _installed(tmp_path)
+    _is_the_defaults(config)
+
+
+def test_the_debs_conffile_is_the_defaults_with_no_domain_rules(tmp_path):
+    config, _ = _deb_files(tmp_path)
+    _is_the_defaults(config)
+
+
+def test_the_configs_commented_domain_rules_are_valid_once_uncommented(tmp_path):
+    text = (ROOT / "examples/config.yaml").read_text()
+    block = text[text.index("# domains:\n"):]
+    lines = [line[2:] for line in block.splitlines() if line.startswith("# ")]
+    assert lines[0] == "domains:" and all(line.startswith("  ") for line in lines[1:])
+    uncommented = tmp_path / "config.yaml"
+    uncommented.write_text(text.replace(block, "\n".join(lines) + "\n"))
+    rules = cfg.load(str(uncommented), {}).rules
+    assert [rule.pattern for rule in rules] == ["db-*", "build-*", "appliance-firewall"]
+    assert dict(rules[2].overrides) == {"exclude": True}
+
+
+def _exposure(unit):
+    result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", str(unit)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    overall = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
+    assert len(overall) == 1, result.stdout
+    return float(overall[0].split(":")[1].split()[0])
+
+
+@NEEDS_SYSTEMD_ANALYZE
+@pytest.mark.parametrize("made_by", ["example", "install.sh", "debian/rules"])
+def test_the_unit_scores_at_most_3_in_systemd_analyze_security(tmp_path, made_by):
+    unit = {"example": lambda: ROOT / "examples/balloon-2395.service",
+            "install.sh": lambda: _installed(tmp_path)[1],
+            "debian/rules": lambda: _deb_files(tmp_path)[1]}[made_by]()
+    text = unit.read_text()
+    assert "Type=notify\n" in text and "WatchdogSec=" in text and "NotifyAccess=main\n" in text
+    assert _exposure(unit) <= MOST_EXPOSURE

@@ -134,12 +134,23 @@ def test_growth_only_from_what_the_host_can_spare_neediest_first():
     assert out["a"].action == HOLD and out["a"].code == "host-reserve"
 
 
-def test_a_guest_below_its_band_may_grow_into_half_the_reserve():
-    host = HostMemory(total_kib=16 * GIB, available_kib=2 * GIB + 300 * MIB, reserve_kib=2 * GIB)
+def test_a_guest_below_its_band_may_grow_into_half_the_reserve_of_a_host_that_can_swap():
+    host = HostMemory(total_kib=16 * GIB, available_kib=2 * GIB + 300 * MIB, reserve_kib=2 * GIB,
+                      swap_free_kib=4 * GIB)
     wide = DomainSettings(minimal=3, headroom_kib=2 * GIB)
     out = run_all([obs("a", 2048, 300), obs("b", 2048, 40)], host, {"a": wide, "b": wide})
     assert out["b"].action == GROW and out["b"].target_kib - 2048 * MIB == 300 * MIB + 1 * GIB
     assert out["a"].action == HOLD and out["a"].code == "host-reserve"  # it only lacks headroom
+
+
+@pytest.mark.parametrize("swap_free_kib", [None, 0, 1 * GIB])  # not known, none, less than the reserve
+def test_a_host_that_cannot_swap_keeps_all_of_its_reserve(swap_free_kib):
+    # out of RAM such a host kills a whole QEMU: the guest's OOM kill is the lesser harm
+    host = HostMemory(total_kib=16 * GIB, available_kib=2 * GIB + 300 * MIB, reserve_kib=2 * GIB,
+                      swap_free_kib=swap_free_kib)
+    wide = DomainSettings(minimal=3, headroom_kib=2 * GIB)
+    out = run_all([obs("a", 2048, 300), obs("b", 2048, 40)], host, {"a": wide, "b": wide})
+    assert out["b"].action == GROW and out["b"].target_kib - 2048 * MIB == 300 * MIB
 
 
 def test_below_the_reserve_reclaim_from_surplus_first():
@@ -150,9 +161,12 @@ def test_below_the_reserve_reclaim_from_surplus_first():
     assert out["tight"].action == HOLD
 
 
+SWAP = 4 * GIB  # a host with this much free swap swaps when out of RAM: its OOM killer waits
+
+
 def test_then_from_the_guests_above_their_fair_share_weighted_by_shares():
     # the guests can have 6 GiB: gold's share is 4.8 GiB, bronze's 1.2 GiB
-    host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=2 * GIB)
+    host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=2 * GIB, swap_free_kib=SWAP)
     per = {"gold": DomainSettings(shares=4000), "bronze": DomainSettings(shares=1000)}
     out = run_all([obs("gold", 4096, 1200), obs("bronze", 4096, 1200)], host, per)
     assert out["gold"].action == HOLD
@@ -172,6 +186,40 @@ def test_fair_shares_never_go_below_a_floor():
     floor = DomainSettings(critical_kib=2 * GIB)
     out = run_all([obs("a", 4096, 1200), obs("b", 2200, 100)], host, {"a": floor, "b": floor})
     assert out["a"].action == SHRINK and out["a"].target_kib == 2 * GIB
+
+
+# three guests in need that cannot page (no swap): each wants more, none has a surplus
+IN_NEED = [("a", 4096, 200), ("b", 4096, 200), ("c", 6144, 200)]
+
+
+def test_a_host_about_to_kill_a_qemu_takes_even_what_one_guest_uses():
+    host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=2 * GIB, swap_free_kib=0)
+    out = run_all([obs(*g) for g in IN_NEED], host)
+    assert [n for n, d in out.items() if d.action == SHRINK] == ["c"]  # one guest pays, the one with most
+    assert 6144 * MIB - out["c"].target_kib == 4 * GIB  # what the host lacks and a reserve more, at once
+    assert "cannot swap" in out["c"].reason
+
+
+def test_a_host_that_can_swap_takes_nothing_a_guest_uses():
+    host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=2 * GIB, swap_free_kib=SWAP)
+    out = run_all([obs(*g) for g in IN_NEED], host)
+    assert all(d.action != SHRINK for d in out.values())  # it swaps: slower guests, no process killed
+
+
+def test_a_host_only_a_little_below_its_reserve_takes_nothing_a_guest_uses():
+    host = HostMemory(total_kib=16 * GIB, available_kib=1536 * MIB, reserve_kib=2 * GIB, swap_free_kib=0)
+    out = run_all([obs(*g) for g in IN_NEED], host)
+    assert all(d.action != SHRINK for d in out.values())
+
+
+def test_shrinks_under_way_count_before_a_guest_pays():
+    # c's shrink 8 GiB -> 4 GiB is under way (no report since): the host gets those 4 GiB back
+    host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=2 * GIB, swap_free_kib=0)
+    shrinking = History(changed_at=NOW, from_kib=8 * GIB, target_kib=4 * GIB, changed_on=int(NOW))
+    observations = [obs("a", 4096, 200), obs("b", 4096, 200), obs("c", 8192, 200)]
+    decisions = decide_all(observations, {o.name: DEFAULTS for o in observations}, {"c": shrinking}, host, NOW,
+                           Limits(), "target")
+    assert [d.action for d in decisions] == [HOLD, HOLD, "wait"]
 
 
 def test_step_knows_nothing_of_the_host():

@@ -15,7 +15,7 @@ import pytest
 from balloon2395 import config as cfg, logs
 from balloon2395.safefiles import unsafe_config
 from balloon2395.virsh import Virsh
-from conftest import LIB, ROOT, domain, run_cli
+from conftest import LIB, ROOT, domain, run_cli, wait_for
 
 SOURCES = sorted((LIB / "balloon2395").rglob("*.py"))
 AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="the config ownership rule applies to root only")
@@ -341,3 +341,28 @@ def test_cli_on_a_fifo_config_exits_2_at_once(fake_host, tmp_path, command):
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"balloon-2395: {fifo}: file: is a FIFO, not a regular file"]
     assert host.calls() == []
+
+
+def test_under_the_units_umask_what_status_and_node_exporter_read_stays_readable(fake_host, tmp_path):
+    """The unit's UMask=0077 (issue 24, class 9): files the daemon shares get their modes explicitly."""
+    host = fake_host(domain("web1", usable_mib=600))
+    host.lock_dir.mkdir(mode=0o755)  # as RuntimeDirectoryMode=0755 makes /run/balloon-2395
+    os.chmod(host.lock_dir, 0o755)
+    (tmp_path / "logs").mkdir(mode=0o750)  # ReadWritePaths=-/var/log/balloon-2395: made beforehand
+    config = host.config.read_text() + f"metrics:\n  textfile: {tmp_path / 'b2395.prom'}\n"
+    host.config.write_text(config)
+    proc = subprocess.Popen(host.daemon_argv("--secs", "0.05", "--logdir", str(tmp_path / "logs")), env=host.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, umask=0o077)
+    try:
+        metrics = tmp_path / "b2395.prom"
+        assert wait_for(lambda: host.state_files() and host.lock_files() and metrics.exists()), \
+            proc.stderr.read() if proc.poll() is not None else "no state file"
+        modes = {path.name.split(".", 1)[1]: stat.S_IMODE(path.stat().st_mode)
+                 for path in host.state_files() + host.lock_files() + [metrics]}
+        assert modes == {"state.json": 0o644, "pid": 0o644, "prom": 0o644}, modes
+        log_file = tmp_path / "logs" / "balloon-2395.log"
+        assert stat.S_IMODE(log_file.stat().st_mode) == 0o600  # at most LOG_MODE (0640): the umask narrows it
+    finally:
+        if proc.poll() is None:  # only what this test started, by its pid
+            proc.terminate()
+            proc.wait(timeout=20)

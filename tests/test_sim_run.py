@@ -253,3 +253,19 @@ def test_a_host_whose_own_use_grows_loses_a_guest_unless_the_guests_give_memory_
     path.write_text(HOST_GROWS)
     result = run_scenario(load(str(path)), policy=policy)
     assert (result.guests_lost, sum(g.oom_kills for g in result.guests)) == (lost, 0)
+
+
+@pytest.mark.parametrize("scenario, policy, lost", [
+    ("pressure-staggered", "none", 1), ("pressure-staggered", "target", 0),
+    ("pressure-together", "none", 1), ("pressure-together", "target", 0),
+])
+def test_a_host_that_cannot_swap_loses_no_guest_to_target(scenario, policy, lost):
+    # target pays with OOM kills inside guests on pressure-together instead: someone has to
+    assert run_scenario(load(scenario), policy=policy).guests_lost == lost
+
+
+def test_the_simulated_host_shows_its_swap_as_a_local_hosts_meminfo():
+    sim = Simulation(load("overcommit"), Config(policy="target"))
+    host = sim.daemon.host.read()
+    assert host is not None and host.swap_free_kib == 2 * 1024 * MIB and host.can_swap
+    assert load("pressure-together").host.swap_kib == 0

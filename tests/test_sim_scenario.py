@@ -206,3 +206,13 @@ def test_the_host_says_whether_its_guests_are_emulated(tmp_path, accel, emulated
     line = "host: {total: 8GiB}" if accel is None else f"host: {{total: 8GiB, accel: {accel}}}"
     scenario = load(write(tmp_path, line + "\nguests: [{name: a, current: 1GiB, maximum: 2GiB}]"))
     assert scenario.guests[0].spec.emulated is emulated
+
+
+def test_a_scenario_may_set_the_reserve_the_daemon_keeps(tmp_path):
+    assert load(write(tmp_path, HOST_GROWS.replace("host:\n", "host:\n  reserve: 10%\n"))).reserve == ("pct", 10.0)
+    assert load(write(tmp_path, HOST_GROWS)).reserve is None
+
+
+def test_a_bad_reserve_is_a_one_line_error_naming_the_key(tmp_path):
+    with pytest.raises(ScenarioError, match=r"host.reserve: expected a size or a percentage"):
+        load(write(tmp_path, HOST_GROWS.replace("host:\n", "host:\n  reserve: lots%\n")))

@@ -7,6 +7,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional
 
 from . import PROG, __version__, config as cfg, logs, watch
+from .quoted import escaped
 from .service import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, serve
 
 COMMANDS = ("run", "status", "explain", "check-config")
@@ -151,7 +152,7 @@ def _flags(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    print(escaped(f"{PROG}: {message}"), file=sys.stderr)  # it may quote a name or virsh's stderr
     return code
 
 

@@ -241,7 +241,7 @@ def _cgroup_path(value: Any) -> str:
     return path.rstrip("/") or "/"
 
 
-def _reserve(value: Any) -> Optional[Tuple[str, float]]:
+def parse_reserve(value: Any) -> Optional[Tuple[str, float]]:
     """A size, or a percentage of the host's memory ("10%")."""
     if value is None:
         return None
@@ -294,7 +294,7 @@ _GLOBAL_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "policy": ("policy", _choice(POLICIES)),
     "dry_run": ("dry_run", _bool),
     "lock_dir": ("lock_dir", _optional_text),
-    "host_reserve": ("host_reserve", _reserve),
+    "host_reserve": ("host_reserve", parse_reserve),
     "host_memory": ("host_memory", _choice(HOST_MEMORY)),
     "host_cgroup": ("host_cgroup", _cgroup_path),
     "host_psi": ("host_psi", lambda v: None if v is None else checked_number(v, 0, 100)),

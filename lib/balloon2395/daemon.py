@@ -89,11 +89,12 @@ class _DomainState:
 
 class Daemon:
     def __init__(self, config: Config, virsh: VirshCommands, clock: Callable[[], float] = time.time,
-                 journal: Optional[ChangeJournal] = None) -> None:
-        self.config, self.virsh, self.clock = config, virsh, clock
+                 journal: Optional[ChangeJournal] = None, host_files: Optional[Callable[[str], str]] = None) -> None:
+        """`host_files` reads the host's /proc files in place of this machine's (the simulated host's)."""
+        self.config, self.virsh, self.clock, self.host_files = config, virsh, clock, host_files
         self.collector = Collector(virsh, config.stats_period, wants_stats=self._managed, setup=not config.dry_run,
                                    clock=clock)
-        self.host = HostReader(config, virsh, config.connect or default_uri())
+        self.host = self._host_reader(config)
         self.states: Dict[str, _DomainState] = {}
         self.host_recent: Tuple[int, ...] = ()  # the host's available memory at the last reads, oldest first
         self.outage_since: Optional[float] = None
@@ -241,7 +242,13 @@ class Daemon:
         self._settings = {}
         self.collector.stats_period_s = config.stats_period
         self.collector.setup = not config.dry_run
-        self.host = HostReader(config, self.virsh, config.connect or default_uri())
+        self.host = self._host_reader(config)
+
+    def _host_reader(self, config: Config) -> HostReader:
+        uri = config.connect or default_uri()
+        if self.host_files is None:
+            return HostReader(config, self.virsh, uri)
+        return HostReader(config, self.virsh, uri, read=self.host_files)
 
     def run(self, stop: threading.Event, before: Callable[[], None] = lambda: None,
             after: Callable[[], None] = lambda: None) -> None:

@@ -42,7 +42,8 @@ def decide_all(observations: Sequence[Observation], settings: Mapping[str, Domai
     checked = [candidate(obs, settings[obs.name], histories.get(obs.name, History()), now, limits)
                for obs in observations]
     candidates = tuple(c for c in checked if isinstance(c, Candidate))
-    proposals = POLICIES[policy](HostView(candidates, host, now, untouched_kib(observations), host_recent))
+    proposals = POLICIES[policy](HostView(candidates, host, now, untouched_kib(observations), host_recent,
+                                          shrinking_kib(observations, histories)))
     decisions = []
     for obs, item in zip(observations, checked):
         if isinstance(item, Candidate):
@@ -58,3 +59,13 @@ def untouched_kib(observations: Sequence[Observation]) -> int:
     both are known. QEMU's own memory in the RSS makes this an underestimate, never an overestimate."""
     return sum(max(obs.stats.actual_kib - obs.stats.rss_kib, 0) for obs in observations
                if obs.stats.actual_kib is not None and obs.stats.rss_kib is not None)
+
+
+def shrinking_kib(observations: Sequence[Observation], histories: Mapping[str, History]) -> int:
+    """What the shrinks not yet confirmed will still give back: each such domain's size less the target."""
+    total = 0
+    for obs in observations:
+        pending = histories[obs.name].pending() if obs.name in histories else None
+        if pending is not None and obs.stats.actual_kib is not None and pending[2] < pending[1]:
+            total += max(obs.stats.actual_kib - pending[2], 0)
+    return total

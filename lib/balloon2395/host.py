@@ -33,10 +33,19 @@ class HostMemory:
     available_kib: int
     reserve_kib: int
     pressure: bool = False  # PSI says tasks already stall on memory
+    # The host's free swap (None: not known, as through nodememstats). Out of RAM, a host with less free swap
+    # than its reserve does not swap for long: its OOM killer kills a whole QEMU.
+    swap_free_kib: Optional[int] = None
 
     @property
     def spare_kib(self) -> int:
         return self.available_kib - self.reserve_kib
+
+    @property
+    def can_swap(self) -> bool:
+        """Out of RAM, the host would swap (slow guests) rather than kill a QEMU (a guest lost); not known
+        reads as no."""
+        return self.swap_free_kib is not None and self.swap_free_kib >= self.reserve_kib
 
 
 def is_remote(uri: str) -> bool:
@@ -160,7 +169,7 @@ class HostReader:
         if self.source == "off":
             return None
         try:
-            total, available, psi_path = self._totals()
+            total, available, swap_free, psi_path = self._totals()
             if total <= 0:
                 raise ValueError(f"host total memory is {total} KiB")
         except _READ_ERRORS as exc:
@@ -174,22 +183,23 @@ class HostReader:
             log.info("host memory readable again (%s)", self._what())
             self._failing = False
         available = max(0, min(available, total))
-        return HostMemory(total, available, self.config.host_reserve_kib(total), self._pressure(psi_path))
+        return HostMemory(total, available, self.config.host_reserve_kib(total), self._pressure(psi_path),
+                          None if swap_free is None else max(swap_free, 0))
 
     def _what(self) -> str:
         return f"cgroup {self.config.host_cgroup}" if self.source == "cgroup" else self.source
 
-    def _totals(self) -> Tuple[int, int, Optional[str]]:
-        """(total KiB, available KiB, the PSI file that goes with them or None)."""
+    def _totals(self) -> Tuple[int, int, Optional[int], Optional[str]]:
+        """(total KiB, available KiB, free swap KiB or None, the PSI file that goes with them or None)."""
         if self.source == "local":
-            total, available = self._local()
-            return total, available, PSI
+            info = parse_meminfo(self.read_file(MEMINFO))
+            return info["MemTotal"], info["MemAvailable"], info.get("SwapFree"), PSI
         if self.source == "cgroup":
             if self.remote:
                 raise ValueError("the cgroup is this host's, the URI names another host")
             return self._cgroup()
-        total, available = self._nodememstats()
-        return total, available, None
+        total, available = self._nodememstats()  # virsh says nothing of the host's swap
+        return total, available, None, None
 
     def _pressure(self, path: Optional[str]) -> bool:
         """PSI above host_psi. The PSI file is optional (a kernel without PSI, psi=0, a container): when it
@@ -215,20 +225,17 @@ class HostReader:
             self._psi_failing = False
         return avg10 is not None and avg10 > threshold
 
-    def _local(self) -> Tuple[int, int]:
-        info = parse_meminfo(self.read_file(MEMINFO))
-        return info["MemTotal"], info["MemAvailable"]
-
     def _nodememstats(self) -> Tuple[int, int]:
         stats = parse_nodememstats(self.virsh.nodememstats())
         return stats["total"], stats["free"] + stats.get("buffers", 0) + stats.get("cached", 0)
 
-    def _cgroup(self) -> Tuple[int, int, Optional[str]]:
+    def _cgroup(self) -> Tuple[int, int, Optional[int], Optional[str]]:
         """The cgroup's limit as the host's total (never above MemTotal: "max", or v1's huge number, means
         the machine's); available: limit - usage + the inactive file pages the cgroup could reclaim, never
         above the machine's MemAvailable (a limit above what the machine has free cannot be given).
         cgroup v2 (memory.max, memory.current, memory.stat inactive_file, memory.pressure) or v1
-        (memory.limit_in_bytes, memory.usage_in_bytes, memory.stat total_inactive_file, /proc's PSI)."""
+        (memory.limit_in_bytes, memory.usage_in_bytes, memory.stat total_inactive_file, /proc's PSI). Free
+        swap: the machine's, less where the cgroup limits its swap (v2 memory.swap.max, v1 memory.memsw.*)."""
         base = self.config.host_cgroup.rstrip("/")
         info = parse_meminfo(self.read_file(MEMINFO))
         machine_total, machine_available = info["MemTotal"], info["MemAvailable"]
@@ -236,6 +243,7 @@ class HostReader:
             limit_file = base + "/memory.max"
             limit_text = self.read_cgroup(limit_file)
             usage_file, inactive_key, psi = base + "/memory.current", "inactive_file", base + "/memory.pressure"
+            swap_files = (base + "/memory.swap.max", base + "/memory.swap.current")
         except FileNotFoundError as exc:
             if exc.filename not in (None, limit_file):  # the cgroup itself (or a directory above) is missing
                 raise
@@ -248,6 +256,7 @@ class HostReader:
                 raise ValueError(f"{base}: neither memory.max (cgroup v2) nor memory.limit_in_bytes "
                                  "(cgroup v1): not a memory cgroup") from None
             usage_file, inactive_key, psi = base + "/memory.usage_in_bytes", "total_inactive_file", PSI
+            swap_files = (base + "/memory.memsw.limit_in_bytes", base + "/memory.memsw.usage_in_bytes")
         limit = _bytes_value(limit_text, limit_file)
         usage = _bytes_value(self.read_cgroup(usage_file), usage_file)
         if usage is None:
@@ -255,4 +264,22 @@ class HostReader:
         inactive = _stat_value(self.read_cgroup(base + "/memory.stat"), inactive_key, base + "/memory.stat")
         total = machine_total if limit is None else min(limit // 1024, machine_total)
         available = min(total - usage // 1024 + inactive // 1024, machine_available)
-        return total, available, psi
+        return total, available, self._cgroup_swap_free(swap_files, limit, usage, info.get("SwapFree")), psi
+
+    def _cgroup_swap_free(self, files: Tuple[str, str], limit: Optional[int], usage: int,
+                          machine_kib: Optional[int]) -> Optional[int]:
+        """The machine's free swap, less where the cgroup's swap limit leaves less. Without swap accounting
+        (no such files) the cgroup swaps into the machine's. v1's memsw counts memory and swap together."""
+        try:
+            swap_limit = _bytes_value(self.read_cgroup(files[0]), files[0])
+            swap_usage = _bytes_value(self.read_cgroup(files[1]), files[1])
+        except FileNotFoundError:
+            return machine_kib
+        if swap_limit is None or swap_usage is None:
+            return machine_kib
+        if files[0].endswith("memsw.limit_in_bytes"):
+            if limit is None:
+                return machine_kib
+            swap_limit, swap_usage = swap_limit - limit, swap_usage - usage
+        left = max(swap_limit - swap_usage, 0) // 1024
+        return left if machine_kib is None else min(left, machine_kib)

@@ -42,8 +42,9 @@ class ChangeJournal:
             return {}
         if not isinstance(data, dict):
             return {}
+        # a stamp that is no wall time (true, "noon", a number of hundreds of digits) is no change of ours
         return {name: float(at) for name, at in data.items()
-                if isinstance(name, str) and isinstance(at, (int, float)) and 0 <= now - at <= keep_s}
+                if isinstance(name, str) and _stamp(at) and 0 <= now - at <= keep_s}
 
     def save(self, changed_at: Dict[str, float]) -> None:
         """Atomically (a temp file renamed over it), never through a symlink."""
@@ -54,3 +55,7 @@ class ChangeJournal:
             if self._failed != exc.strerror:  # a restart could then repeat a change: say so, once
                 self._failed = exc.strerror
                 log.warning("cannot write %s: %s", self.path, exc.strerror)
+
+
+def _stamp(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 2 ** 53

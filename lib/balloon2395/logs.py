@@ -12,6 +12,7 @@ from . import PROG, logstyle
 from .config import DomainSettings
 from .observe import Observation
 from .policy import Decision, cap_kib
+from .quoted import Lines
 from .safefiles import RotatingLogFile
 from .units import mib
 
@@ -75,7 +76,7 @@ def debug_block(obs: Observation, settings: DomainSettings, decision: Decision, 
     pct = "-" if s.usable_kib is None or not s.actual_kib else f"{s.usable_kib * 100 // s.actual_kib}%"
     age = "-" if s.last_update is None else f"{now - s.last_update:.1f}s"
     target = f" -> {size(decision.target_kib)}" if decision.target_kib is not None else ""
-    return "\n".join([
+    return Lines.of([  # each line escaped (a name, a reason), its line breaks kept by the log formatter
         f"----- {s.name} -----",
         f"  actual   {size(s.actual_kib)}   usable {size(s.usable_kib)} ({pct})   stats age {age}",
         f"  band     {settings.minimal:g}-{settings.maximal:g}%   floor {size(settings.critical_kib)}   "

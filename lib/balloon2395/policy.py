@@ -38,8 +38,12 @@ GROW_PAD_KIB = 64 * 1024  # a grow leaves this above the headroom, so the next 1
 BURST_DECAY_PER_S = 0.999  # a burst is remembered for tens of minutes (half-life ~12 min)
 PAGED_HOLD_S = 600  # after the guest paged its working set back in, no shrink for this long
 # A guest paging or below its band may grow into this share of the host's reserve: an OOM kill in the
-# guest is sure, a host short of its reserve only may be.
+# guest is sure, a host short of its reserve only may be (on a host that can swap; one that cannot keeps
+# all of its reserve, since out of RAM it kills a whole QEMU).
 URGENT_RESERVE_SHARE = 0.5
+# A host that cannot swap with less available than this share of its reserve is about to kill a whole QEMU:
+# the guests give back even what they use (an OOM kill inside one guest instead of a guest lost).
+OOM_NEAR_RESERVE_SHARE = 0.5
 RAN_OUT_DECAY_PER_S = 0.9999  # half-life ~2 h: an OOM kill is dearer than a burst kept in headroom
 RAN_OUT_MIN_KIB = 64 * 1024  # with less usable, ordinary page faults could look like running out
 RECENT_REPORTS = 10  # History.recent and HostView.host_recent: vdsm's mom.conf keeps 10 samples for StatAvg
@@ -211,6 +215,8 @@ class HostView:
     # the host's available memory at the last reads, oldest first, this one's last: for rules that average
     # the host over recent samples (MoM's Host.StatAvg)
     host_recent: Tuple[int, ...] = ()
+    # what the shrinks under way will still give back (each such domain's size less its shrink's target)
+    shrinking_kib: int = 0
 
 
 # A policy proposes for any of the candidates; one it leaves out is held.
@@ -295,7 +301,8 @@ def target_fitted(view: HostView) -> Dict[str, Proposal]:
     """The target rule for each domain, then fitted to what the host can give. A guest with autodeflate
     keeps no headroom for its bursts: out of memory, its balloon gives them the memory back."""
     proposals = {c.name: target(c.figures, c.settings, c.cap_kib, _paging_view(c)) for c in view.candidates}
-    return proposals if view.host is None else fit_host(proposals, view.candidates, view.host, view.untouched_kib)
+    return proposals if view.host is None else fit_host(proposals, view.candidates, view.host, view.untouched_kib,
+                                                        view.shrinking_kib, view.host_recent)
 
 
 def _paging_view(c: Candidate) -> Signals:
@@ -501,14 +508,16 @@ def bounded(decision: Decision, stats: BalloonStats, settings: DomainSettings) -
 # ------------------------------------------------------------------ every domain, and the host
 
 def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], host: HostMemory,
-             untouched_kib: int = 0) -> Dict[str, Proposal]:
+             untouched_kib: int = 0, shrinking_kib: int = 0, host_recent: Sequence[int] = ()) -> Dict[str, Proposal]:
     """Growth only from what the host can back: what it spares above its reserve less what its guests were
     given and have not touched yet (guests that cannot page first, then the neediest; a guest paging or
     below its band may also have part of the reserve). For what the host lacks of its reserve, or what such
     a guest still lacks, reclaim: each guest's surplus over its target first (also for the host's untouched
     promises), then from guests that can page down to their fair share (even from one in need: it pages,
     where the other is OOM-killed), and for the host alone from the others down to theirs; never below a
-    floor. What is reclaimed for guests in need goes to them in the same cycle."""
+    floor. When the host cannot swap and is about to kill a whole QEMU, the rest of its shortfall from
+    whoever has the most above a floor, even what it uses: a process killed in one guest, not a guest lost.
+    What is reclaimed for guests in need goes to them in the same cycle."""
     out = dict(proposals)
     known = {c.name: c for c in candidates if c.name in proposals}
     # PSI says tasks already stall: the host is short whatever MemAvailable says.
@@ -519,7 +528,16 @@ def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], ho
     needed = max(short, sum(unmet.values()))
     if max(needed, given - budget) <= 0:
         return out
-    reclaimed, gave = _reclaim(out, known, host, (max(needed, given - budget), needed, short), unmet)
+    # A host that cannot swap is about to lose a guest deep in its reserve, or in it and still falling (guests
+    # fill a host faster than one cycle and a report). Then take a reserve more than it lacks, at once and
+    # from one guest if it can, less what shrinks under way will give: taken a little at a time, from the
+    # largest each cycle, every guest would pay in turn.
+    coming = max(shrinking_kib, 0)
+    falling = len(host_recent) >= 2 and host_recent[-1] < host_recent[-2]
+    below_reserve = -(host.spare_kib + coming)
+    oom_near = not host.can_swap and below_reserve > (0 if falling else host.reserve_kib * OOM_NEAR_RESERVE_SHARE)
+    reclaimed, gave = _reclaim(out, known, host, (max(needed, given - budget), needed, short,
+                                                  short + host.reserve_kib - coming if oom_near else 0), unmet)
     # Under PSI pressure what is freed stays with the host.
     if host.pressure:
         return reclaimed
@@ -536,9 +554,11 @@ def _grown(out: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostM
     A grow for headroom only comes from what the host can back (`budget`: its spare less what guests hold
     untouched); an urgent one (an OOM kill or swapping is near, a sure harm) from what it has now (`spare`)
     and part of the reserve: what it promised others is only a harm that may come, and if it does the
-    reclaim takes it back from guests that can page."""
+    reclaim takes it back from guests that can page. Not on a host that cannot swap: there that harm is a
+    guest lost."""
     normal_left = max(budget, 0)
-    urgent_left = max(spare, 0) if host.pressure else max(spare + int(host.reserve_kib * URGENT_RESERVE_SHARE), 0)
+    urgent_left = max(spare, 0) if host.pressure or not host.can_swap else \
+        max(spare + int(host.reserve_kib * URGENT_RESERVE_SHARE), 0)
     unmet: Dict[str, int] = {}
     given = 0
     for name, actual, target in _grows(out, known):
@@ -586,13 +606,15 @@ def _held(proposal: Proposal, but: str) -> Proposal:
 
 
 def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostMemory,
-             deficits: Tuple[int, int, int], unmet: Mapping[str, int]) -> Tuple[Dict[str, Proposal], Set[str]]:
-    """Memory back from the candidates in three stages, each up to its deficit (harmless, for guests in need,
-    for the host): the largest surplus over its target first, from any guest not in need; then from guests
-    that can page, the largest excess over a fair share first, whether in need or not; then the same from
-    the others not in need. Never below a floor; a grow planned this cycle is undone first. A guest at
-    its fair share keeps what it uses: taking that from it too only spreads the OOM kills. Also the names
-    of guests in need that gave memory (their grow is off)."""
+             deficits: Tuple[int, int, int, int], unmet: Mapping[str, int]) -> Tuple[Dict[str, Proposal], Set[str]]:
+    """Memory back from the candidates in four stages, each up to its deficit (harmless, for guests in need,
+    for the host, for a host about to lose a guest): the largest surplus over its target first, from any
+    guest not in need; then from guests that can page, the largest excess over a fair share first, whether
+    in need or not; then the same from the others not in need; then from any guest down to its floor, the
+    one with the most above it first, so that one guest pays (an OOM kill inside it) rather than all. Never
+    below a floor; a grow planned this cycle is undone first. Short of that last stage a guest at its fair
+    share keeps what it uses: taking that from it too only spreads the OOM kills. Also the names of guests
+    in need that gave memory (their grow is off)."""
     floors = {name: c.settings.critical_kib for name, c in known.items()}
     fair = _fair_shares(known, host, floors)
     plan = {name: _kept_kib(proposals[name], c.figures) for name, c in known.items()
@@ -603,11 +625,13 @@ def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], hos
                         floors[name]) for name in plan}
     taken = 0
     for names, goal, deficit in ((calm, wanted, deficits[0]), (pageable, fair, deficits[1]),
-                                 (calm, fair, deficits[2])):
+                                 (calm, fair, deficits[2]), (list(plan), floors, deficits[3])):
         plan, taken = _surpluses_taken(plan, names, goal, deficit, taken)
     why = (f"host below its reserve ({mib(host.available_kib)} MiB available, {mib(host.reserve_kib)} MiB kept)"
            if host.spare_kib < 0 else "host memory pressure (PSI)" if host.pressure else
            "memory for guests that cannot page, or the host's promises")
+    if deficits[3] > 0:
+        why += " and it cannot swap: a process killed in a guest rather than a guest lost"
     out = dict(proposals)
     for name, size in plan.items():
         if name not in unmet or size < _kept_kib(proposals[name], known[name].figures):

@@ -21,11 +21,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from . import PROG, config as cfg, ksm, logs, statefile
+from . import PROG, config as cfg, ksm, logs, sdnotify, statefile
 from .daemon import Daemon
 from .host import is_remote
 from .journal import ChangeJournal, path_for as journal_path
 from .lock import AlreadyRunning, InstanceLock, LockError, default_dir
+from .quoted import escaped
 from .safefiles import unsafe_dir
 from .virsh import VirshCommands, default_uri
 from .virsh_session import open_virsh
@@ -64,8 +65,11 @@ class _Signals:
 
 
 class Service:
-    def __init__(self, config: cfg.Config, path: Optional[str], flags: Mapping[str, Any]) -> None:
+    def __init__(self, config: cfg.Config, path: Optional[str], flags: Mapping[str, Any],
+                 notifier: Optional[sdnotify.Notifier] = None) -> None:
         self.config, self.path, self.flags = config, path, dict(flags)
+        self.notifier = notifier or sdnotify.Notifier({}, unset=False)  # systemd's; by default none
+        self.beats: Dict[str, float] = {}  # a connection's last cycle start or end: its loop turns
         self.uris = config.uris or (default_uri(),)
         self.metrics = None
         self.locks: List[InstanceLock] = []
@@ -103,9 +107,9 @@ class Service:
         return lock
 
     def _connect(self, uri: str, lock: InstanceLock) -> Connection:
-        from .metrics import CountingVirsh, host_label
+        from .metrics import CountingVirsh
         config = self.config.for_uri(uri)
-        label = host_label(uri)
+        label = uri  # the metrics' name for the connection: its series get `uri` and `host` labels
         virsh = open_virsh(config)
         counted = virsh
         if self.metrics is not None:
@@ -172,25 +176,44 @@ class Service:
         log.info("started for %s: band %g-%g%%, every %gs%s", ", ".join(self.uris), c.defaults.minimal,
                  c.defaults.maximal, c.secs, " (dry run)" if c.dry_run else "")
         stop = threading.Event()
+        self.beats = {conn.uri: time.monotonic() for conn in self.connections}
         threads = [threading.Thread(target=conn.daemon.run, name=conn.uri,
-                                    args=(stop, lambda conn=conn: self._before(conn),
-                                          lambda conn=conn: self._after(conn)))
+                                    args=(stop, lambda conn=conn: self._beat(conn, self._before),
+                                          lambda conn=conn: self._beat(conn, self._after)))
                    for conn in self.connections]
         for thread in threads:
             thread.start()
+        self.notifier.ready()  # locks held, logs and every connection open: systemctl start returns
         while not self.signals.stop:
             time.sleep(POLL_S)
             if self.signals.reload:
                 self.signals.reload = False
+                self.notifier.reloading()
                 try:
                     self.reload()
                 except Exception:  # a bug in a reload must not end the thread that takes SIGTERM
                     log.exception("reload failed, keeping the running config")
+                self.notifier.ready()
+            if self.notifier.watchdog_s is not None and self._turning(threads):
+                self.notifier.watchdog()  # none while a loop is stuck: systemd restarts us after WatchdogSec
+        self.notifier.stopping()
         stop.set()  # each daemon ends its current cycle: a setmem is never cut in half
         for thread in threads:
             thread.join()
         log.info("stopped")
         return EXIT_OK
+
+    def _beat(self, conn: Connection, then: Callable[[Connection], None]) -> None:
+        self.beats[conn.uri] = time.monotonic()
+        then(conn)
+
+    def _turning(self, threads: List[threading.Thread]) -> bool:
+        """Whether every connection's loop still turns: its thread lives and began or ended a cycle within
+        the watchdog's interval plus its wait between cycles (a cycle far longer than the interval is stuck)."""
+        now, interval = time.monotonic(), self.notifier.watchdog_s or 0.0
+        return all(thread.is_alive() and now - self.beats.get(conn.uri, now)
+                   <= interval + max(conn.daemon.config.secs, conn.daemon.retry_s)
+                   for thread, conn in zip(threads, self.connections))
 
     @staticmethod
     def _before(conn: Connection) -> None:
@@ -259,7 +282,7 @@ def _open_metrics(config: cfg.Config):
 
 
 def serve(config: cfg.Config, path: Optional[str], flags: Dict[str, Any], once: bool) -> int:
-    service = Service(config, path, flags)
+    service = Service(config, path, flags, sdnotify.Notifier())  # out of the environment virsh and ssh get
     service.catch_signals()  # before the lock and virsh: a signal while starting also ends cleanly
     try:
         service.start()
@@ -268,7 +291,7 @@ def serve(config: cfg.Config, path: Optional[str], flags: Dict[str, Any], once: 
             return EXIT_OK
         return service.once() if once else service.run()
     except Failed as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(escaped(f"{PROG}: {exc}"), file=sys.stderr)  # it may quote virsh's stderr
         return exc.code
     finally:
         service.close()

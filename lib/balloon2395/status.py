@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .config import DomainSettings
 from .observe import Observation
 from .policy import Decision, cap_kib
+from .quoted import escaped, json_escaped
 from .units import mib
 
 COLUMNS = ("DOMAIN", "ACTUAL_MiB", "USABLE_MiB", "USABLE%", "BAND", "FLOOR_MiB", "MAX_MiB", "BALLOON", "NEXT", "WHY")
@@ -52,7 +53,8 @@ def balloon_cell(d: Dict[str, Any]) -> str:
 def render_json(rows: Sequence[Dict[str, Any]]) -> str:
     """`rows`: row_dict()s (explain's inputs, when present, are left to `explain`); with a daemon
     running, "last" is its last decision and what became of it (applied, failed, ...)."""
-    return json.dumps([{k: v for k, v in d.items() if k != "explain"} for d in rows], indent=2, ensure_ascii=False)
+    return json_escaped(  # a name's controls and bidi characters as \u escapes: the same JSON, inert on a terminal
+        json.dumps([{k: v for k, v in d.items() if k != "explain"} for d in rows], indent=2, ensure_ascii=False))
 
 
 def render_table(rows: Sequence[Dict[str, Any]]) -> str:
@@ -64,12 +66,12 @@ def render_table(rows: Sequence[Dict[str, Any]]) -> str:
     for d in rows:
         next_action = d["next"] + (f" -> {d['target_mib']}" if d["target_mib"] is not None else "")
         low, high = d["band_pct"]
-        lines.append((
+        lines.append(tuple(escaped(cell) for cell in (  # names, reasons, outcomes: one row each, whatever they hold
             d["domain"], _mib_text(d["actual_mib"]), _mib_text(d["usable_mib"]),
             "-" if d["usable_pct"] is None else f"{d['usable_pct']}%",
             f"{low:g}-{high:g}%", str(d["floor_mib"]), _mib_text(d["maximum_mib"]), balloon_cell(d),
             *((d.get("last", "-"),) if with_last else ()), next_action, d["why"],
-        ))
+        )))
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1]

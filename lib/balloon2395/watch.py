@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from . import PROG, config as cfg, statefile
 from .daemon import Cycle
@@ -20,6 +20,7 @@ from .host import HostReader
 from .lock import InstanceLock, LockError, default_dir
 from .observe import Collector
 from .policy import History, Limits
+from .quoted import escaped
 from .status import render_json, render_table
 from .units import mib
 from .virsh import VirshError, default_uri
@@ -36,9 +37,10 @@ class View:
 
     def header(self) -> str:
         if self.daemon is None:
-            return f"{self.uri}: {NO_DAEMON}"
-        at = time.strftime("%H:%M:%S", time.localtime(self.daemon["at"]))
-        return f"{self.uri}: daemon pid {self.daemon['pid']}, last cycle at {at}; NEXT is what a cycle would do now"
+            return escaped(f"{self.uri}: {NO_DAEMON}")
+        at = clock(self.daemon["at"])
+        return escaped(f"{self.uri}: daemon pid {self.daemon['pid']}, last cycle at {at}; "
+                       "NEXT is what a cycle would do now")
 
 
 def daemon_state(config: cfg.Config, uri: str) -> Optional[Dict[str, Any]]:
@@ -46,7 +48,24 @@ def daemon_state(config: cfg.Config, uri: str) -> Optional[Dict[str, Any]]:
         directory = config.lock_dir or default_dir()
     except LockError:
         return None
-    return statefile.read(statefile.path_for(InstanceLock(uri, directory)))
+    try:
+        return statefile.read(statefile.path_for(InstanceLock(uri, directory)))
+    except statefile.StateError as exc:  # one line, once (not every redraw of --watch); then as without one
+        if str(exc) not in _SAID:
+            _SAID.add(str(exc))
+            print(escaped(f"{PROG}: ignoring {exc}"), file=sys.stderr)
+        return None
+
+
+_SAID: Set[str] = set()
+
+
+def clock(at: float) -> str:
+    """`HH:MM:SS` of a wall time, or the number itself when no clock shows it."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(at))
+    except (OverflowError, ValueError, OSError):
+        return f"{at:.0f}"
 
 
 def read_now(config: cfg.Config, uri: str, histories: Dict[str, History]) -> Cycle:
@@ -71,11 +90,7 @@ def read_now(config: cfg.Config, uri: str, histories: Dict[str, History]) -> Cyc
 def view(config: cfg.Config, uri: str) -> View:
     """Raises VirshError when the domains cannot be read."""
     state = daemon_state(config, uri)
-    try:
-        histories = {} if state is None else {
-            row["domain"]: History(**row["explain"]["history"]) for row in state["domains"]}
-    except (KeyError, TypeError):  # written by another version of the daemon
-        state, histories = None, {}
+    histories = {} if state is None else statefile.histories(state)  # read() checked it: of the types History has
     now = statefile.snapshot(uri, read_now(config, uri, histories))
     if state is not None:
         last = {d["domain"]: d for d in state["domains"]}
@@ -89,7 +104,7 @@ def last_decision(row: Optional[Dict[str, Any]]) -> str:
     change = None if row is None else row.get("last_change")
     if not change:
         return "-"
-    at = time.strftime("%H:%M:%S", time.localtime(change["at"]))
+    at = clock(change["at"])
     return (f"{change['action']} {_mib_or_dash(change['from_kib'])}->{_mib_or_dash(change['target_kib'])} "
             f"{change['outcome']} {at}")
 
@@ -129,7 +144,7 @@ def _show(config: cfg.Config, as_json: bool, watch: bool) -> int:
     try:
         views = [view(config, uri) for uri in uris]
     except VirshError as exc:
-        print(f"{PROG}: cannot read running domains: {exc.message}", file=sys.stderr)
+        print(f"{PROG}: cannot read running domains: {escaped(exc.message)}", file=sys.stderr)
         return 1
     rows = {v.uri: pressure_order(v.now["domains"]) if watch else v.now["domains"] for v in views}
     if as_json:
@@ -150,16 +165,23 @@ def explain(config: cfg.Config, name: str) -> int:
         try:
             v = view(config, uri)
         except VirshError as exc:
-            print(f"{PROG}: {uri}: cannot read running domains: {exc.message}", file=sys.stderr)
+            print(escaped(f"{PROG}: {uri}: cannot read running domains: {exc.message}"), file=sys.stderr)
             return 1
-        now = next((d for d in v.now["domains"] if d["domain"] == name), None)
+        now = _named(v.now["domains"], name)
         if now is not None:
             last = None if v.daemon is None else next(
-                (d for d in v.daemon["domains"] if d["domain"] == name), None)
+                (d for d in v.daemon["domains"] if d["domain"] == now["domain"]), None)
             print(render_explain(config, v, now, last))
             return 0
-    print(f"{PROG}: {name}: not a running domain on {', '.join(uris)}", file=sys.stderr)
+    print(escaped(f"{PROG}: {name}: not a running domain on {', '.join(uris)}"), file=sys.stderr)
     return 1
+
+
+def _named(rows: List[Dict[str, Any]], name: str) -> Optional[Dict[str, Any]]:
+    """The row of the domain `name`, or else of the one whose name the views show as `name` (escaped): an
+    operator can paste what `status` showed."""
+    return next((d for d in rows if d["domain"] == name), None) or next(
+        (d for d in rows if escaped(d["domain"]) == name), None)
 
 
 def _size(kib: Optional[int]) -> str:
@@ -194,13 +216,13 @@ def render_explain(config: cfg.Config, v: View, now: Dict[str, Any], last: Optio
     if daemon is None or last is None:
         lines.append("last decision: " + (NO_DAEMON if daemon is None else "none yet (new to the daemon)"))
     else:
-        at = time.strftime("%H:%M:%S", time.localtime(daemon["at"]))
+        at = clock(daemon["at"])
         outcome = last.get("outcome")
         lines.append(f"last decision ({at}, daemon pid {daemon['pid']}): {_decision(last)}"
                      + (f"; outcome: {outcome}" if outcome else ""))
         lines.append(f"last change: {last_decision(last)}")
     lines.append(f"next decision (a cycle now): {_decision(now)}")
-    return "\n".join(lines)
+    return "\n".join(escaped(line) for line in lines)  # whatever a name or a reason holds: these lines
 
 
 def _balloon(d: Dict[str, Any]) -> str:
@@ -224,11 +246,11 @@ def _history(h: Dict[str, Any]) -> str:
     parts = []
     if h["changed_at"] is not None:
         parts.append(f"setmem {_size(h['from_kib'])} -> {_size(h['target_kib'])} at "
-                     f"{time.strftime('%H:%M:%S', time.localtime(h['changed_at']))}, waiting for fresh stats")
+                     f"{clock(h['changed_at'])}, waiting for fresh stats")
     if h["unresponsive"]:
         parts.append("a setmem had no effect: left alone")
     if h["burst_kib"]:
         parts.append(f"recent burst {_size(int(h['burst_kib']))}")
     if h["paged_at"] is not None:
-        parts.append(f"paged at {time.strftime('%H:%M:%S', time.localtime(h['paged_at']))}")
+        parts.append(f"paged at {clock(h['paged_at'])}")
     return "; ".join(parts) or "nothing (no change pending, no burst, no paging)"

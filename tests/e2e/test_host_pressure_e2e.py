@@ -243,17 +243,18 @@ def row(f: Dict[str, object]) -> str:
             f"{f['ramps_done']}/3 | {f['peak_mib']} | {f['returned_mib']} | {f['load_s']:.0f} s |  |")
 
 
-def test_target_on_a_cgroup_host_loses_no_guest_where_no_daemon_loses_one(guest_factory, e2e_report):
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_target_on_a_cgroup_host_loses_no_guest_where_no_daemon_loses_one(guest_factory, e2e_report, shape):
     t0 = time.monotonic()
-    none = scenario(guest_factory, "none", daemon=False)
+    none = scenario(guest_factory, "none", daemon=False, shape_name=shape)
     print(f"\nno daemon: {row(none)}")
-    target = scenario(guest_factory, "tgt", daemon=True)
+    target = scenario(guest_factory, "tgt", daemon=True, shape_name=shape)
     took = time.monotonic() - t0
     header = ("| run | guests lost | guest OOM kills | cgroup OOM kills | ramps done | peak MiB | "
               "returned before load MiB | load | simulator |")
     table = "\n".join([header, "|---|---|---|---|---|---|---|---|---|", row(none), row(target)])
     print(f"\nhost: memory cgroup, limit {LIMIT_MIB} MiB (v{'2' if own_memory_cgroup()[1] else '1'}); "
-          f"3 guests {CURRENT_MIB}/{MAX_MIB} MiB, {SHAPES['staggered']}; reserve {RESERVE}; test {took:.0f} s\n"
+          f"3 guests {CURRENT_MIB}/{MAX_MIB} MiB, {shape}: {SHAPES[shape]}; reserve {RESERVE}; test {took:.0f} s\n"
           f"{table}")
     for f in (none, target):
         e2e_report(f"{f['run']}: lost {f['lost']} {f['lost_names']}, guest OOM kills {f['guest_ooms']}, cgroup OOM "

@@ -154,6 +154,13 @@ class SimHost:
         while self.tick < ticks:
             self.step()
 
+    def meminfo(self) -> str:
+        """The host's /proc/meminfo, the lines the daemon reads."""
+        mem, swap = self.memory(), self.scenario.host.swap_kib
+        return "".join(f"{key + ':':<16}{kib:>8} kB\n" for key, kib in (
+            ("MemTotal", mem.total_kib), ("MemFree", mem.free_kib), ("MemAvailable", mem.available_kib),
+            ("Cached", mem.cache_kib), ("SwapTotal", swap), ("SwapFree", max(swap - mem.swapped_kib, 0))))
+
     def memory(self) -> HostMem:
         spec = replace(self.scenario.host, own_kib=self.scenario.host_own_kib(self.elapsed_s))
         return host_mem(spec, [(g.plan.spec, g.state) for g in self.running])

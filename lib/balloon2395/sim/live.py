@@ -17,6 +17,7 @@ from typing import Callable, List, Optional, Sequence, TextIO
 
 from .. import PROG, logs
 from ..config import Config
+from ..quoted import escaped
 from ..units import mib
 from .host import TICKS_PER_S
 from .model import usable_kib
@@ -42,6 +43,7 @@ def _rows(sim: Simulation) -> Sequence[Sequence[str]]:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    rows = [[escaped(cell) for cell in row] for row in rows]  # a guest's name is data: one row, whatever it holds
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
 
@@ -87,8 +89,8 @@ class _LineView:
             return
         for row in _rows(sim):
             name, actual, usable, band, oom, action = row
-            self.out.write(f"[{sim.host.elapsed_s:6.0f}s] {name}  actual {actual} MiB  usable {usable}  "
-                           f"band {band}  oom {oom}  last: {action}\n")
+            self.out.write(escaped(f"[{sim.host.elapsed_s:6.0f}s] {name}  actual {actual} MiB  usable {usable}  "
+                                   f"band {band}  oom {oom}  last: {action}") + "\n")
         self.out.flush()
 
 
@@ -111,7 +113,7 @@ def summary(sim: Simulation, real_s: float) -> str:
             f"seed {result.seed}) in {real_s:.1f}s")
     rows = [(g.name, str(g.oom_kills), f"{g.starved_s:.1f}", str(g.setmem_calls), str(mib(g.avg_actual_kib)))
             for g in result.guests]
-    return "\n".join([head] + _table(("GUEST", "OOM_KILLS", "STARVED_S", "SETMEM", "AVG_MiB"), rows))
+    return "\n".join([escaped(head)] + _table(("GUEST", "OOM_KILLS", "STARVED_S", "SETMEM", "AVG_MiB"), rows))
 
 
 def simulate(config: Config, scenario: str, duration_s: Optional[float], speed: float, seed: int,

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..config import Config, DomainSettings
 from ..daemon import Daemon
+from ..host import MEMINFO
 from ..policy import Decision
 from .host import EPOCH, TICKS_PER_S, SimGuest, SimHost
 from .model import GuestState, usable_kib
@@ -161,13 +162,21 @@ class Simulation:
             scenario = _reporting(scenario)
         self.scenario, self.config, self.seed = scenario, config, seed
         self.host = SimHost(scenario, seed, epoch)
-        # The simulated host is the host: read it through virsh, never this machine's /proc.
-        watched = config if config.host_memory == "off" else replace(config, host_memory="virsh")
-        self.daemon = Daemon(watched, SimVirsh(self.host), clock=lambda: self.host.now)
+        # The simulated host is the host: its /proc/meminfo (with its swap, as a local host's), never this
+        # machine's; a reserve the scenario sets, unless the config does.
+        watched = config if config.host_memory == "off" else replace(config, host_memory="local")
+        if watched.host_reserve is None:
+            watched = replace(watched, host_reserve=scenario.reserve)
+        self.daemon = Daemon(watched, SimVirsh(self.host), clock=lambda: self.host.now, host_files=self._host_file)
         self.cycle_ticks = max(1, round(config.secs * TICKS_PER_S))
         self.daemon_runs = config.policy not in BASELINES
         self.trackers = [_Tracker(config.for_domain(g.name), g.plan.spec.maximum_kib) for g in self.host.guests]
         self.last_change: Dict[str, Tuple[float, Decision]] = {}  # guest -> (virtual s, the change)
+
+    def _host_file(self, path: str) -> str:
+        if path == MEMINFO:
+            return self.host.meminfo()
+        raise FileNotFoundError(2, "not on the simulated host", path)
 
     def step(self) -> None:
         """One tick of the model; a daemon cycle every `secs`; a sample every second."""

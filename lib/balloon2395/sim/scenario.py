@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..config import ConfigError, read_file
+from ..config import ConfigError, parse_reserve, read_file
 from ..quoted import shortened, shown
 from ..resources import scenario_dir
 from ..units import parse_size_kib
@@ -26,7 +26,7 @@ _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h)?\s*$")
 _UNIT_S = {None: 1, "s": 1, "m": 60, "h": 3600}
 _GUEST_KEYS = ("name", "current", "maximum", "touched", "swap", "base", "cache", "stats_period", "noise", "hot",
                "deflate_on_oom", "free_page_reporting", "repeat", "workload")
-_HOST_KEYS = ("total", "own", "cache", "swap", "accel", "workload")
+_HOST_KEYS = ("total", "own", "cache", "swap", "reserve", "accel", "workload")
 ACCELS = ("kvm", "tcg")  # how QEMU runs the guests: hardware virtualisation, or software emulation
 _STEP_KEYS = ("at", "anon", "cache", "over", "rate")
 MAX_SECONDS = 366 * 86400  # a year of virtual time: any time beyond is a typo (or .inf)
@@ -146,6 +146,8 @@ class Scenario:
     guests: Tuple[GuestPlan, ...]
     # the host's own use beyond `own` over time (its `anon`): services that start, a leak, a backup
     host_workload: Trace = Trace()
+    # the daemon's host_reserve on this host (None: the daemon's default)
+    reserve: Optional[Tuple[str, float]] = None
 
     def host_own_kib(self, t: float) -> int:
         return self.host.own_kib + self.host_workload.anon_kib(t)
@@ -316,8 +318,8 @@ def _touched(raw: Mapping[str, Any], spec: GuestSpec, current_kib: int, where: s
     return touched
 
 
-def _host(data: Mapping[str, Any]) -> Tuple[HostSpec, Trace, str]:
-    """The host's spec, its own workload and how QEMU runs its guests."""
+def _host(data: Mapping[str, Any]) -> Tuple[HostSpec, Trace, str, Optional[Tuple[str, float]]]:
+    """The host's spec, its own workload, how QEMU runs its guests and the reserve the daemon keeps."""
     if "host" not in data:
         raise _fail("scenario", "needs 'host' (total, own)")
     host = _mapping(data["host"], "host", _HOST_KEYS)
@@ -333,14 +335,18 @@ def _host(data: Mapping[str, Any]) -> Tuple[HostSpec, Trace, str]:
     accel = host.get("accel", "kvm")
     if accel not in ACCELS:
         raise _fail("host.accel", f"expected one of {', '.join(ACCELS)}, got {shown(accel)}")
-    return host_spec, host_workload, accel
+    try:
+        reserve = parse_reserve(host.get("reserve"))
+    except ValueError as exc:
+        raise _fail("host.reserve", str(exc)) from None
+    return host_spec, host_workload, accel, reserve
 
 
 def parse(data: Any, name: str, path: str) -> Scenario:
     """A Scenario from loaded YAML; errors start with `path`."""
     try:
         data = _mapping(data, "scenario", ("duration", "host", "guests"))
-        host_spec, host_workload, accel = _host(data)
+        host_spec, host_workload, accel, reserve = _host(data)
         guests = data.get("guests")
         if not isinstance(guests, list) or not guests:
             raise _fail("guests", "expected a non-empty list of guests")
@@ -354,7 +360,7 @@ def parse(data: Any, name: str, path: str) -> Scenario:
             raise _fail("duration", "must be more than 0")
     except ScenarioError as exc:
         raise ScenarioError(f"{path}: {exc}") from None
-    return Scenario(name, path, duration, host_spec, plans, host_workload)
+    return Scenario(name, path, duration, host_spec, plans, host_workload, reserve)
 
 
 def names() -> List[str]:
