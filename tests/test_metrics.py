@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -17,15 +18,19 @@ import pytest
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from balloon2395.lifetime import READ_LINE
+from balloon2395.virsh import default_uri
 from conftest import GIB, MIB, T0, domain, still_host, wait_for
 
 prometheus_client = pytest.importorskip(
     "prometheus_client", reason="prometheus-client is optional: pip install -r requirements-metrics.txt")
+from prometheus_client import generate_latest  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from balloon2395 import metrics  # noqa: E402
 
 HOST = socket.gethostname()
+URI = default_uri({})  # the fake host's: its environment names none
+ON = {"host": HOST, "uri": URI}  # the labels of each series of a daemon on that URI
 
 
 def _samples(text):
@@ -66,11 +71,11 @@ def test_http_endpoint_on_loopback(fake_host, daemons):
     def grown():
         samples = scrape()
         return samples and samples.get(("balloon2395_adjustments_total",
-                                        frozenset({"host": HOST, "direction": "grow"}.items())), 0) >= 1
+                                        frozenset({"host": HOST, "uri": URI, "direction": "grow"}.items())), 0) >= 1
 
     assert wait_for(grown), f"no grow counted at {url}"
     s = scrape()
-    on = {"host": HOST}
+    on = {"host": HOST, "uri": URI}
     assert s[("balloon2395_domain_maximum_bytes", frozenset(dict(on, domain="ok").items()))] == 4096 * MIB * 1024
     assert s[("balloon2395_domain_usable_bytes", frozenset(dict(on, domain="ok").items()))] == 600 * MIB * 1024
     assert ("balloon2395_domain_actual_bytes", frozenset(dict(on, domain="web1").items())) in s
@@ -92,8 +97,8 @@ def test_textfile_once(fake_host, tmp_path):
     assert result.returncode == 0, result.stderr
     s = _samples(prom.read_text())
     # web1's grow was decided but its setmem failed: no target, a failure counted
-    assert ("balloon2395_domain_target_bytes", frozenset({"host": HOST, "domain": "web1"}.items())) not in s
-    failed = {"host": HOST, "direction": "grow", "outcome": "failed"}
+    assert ("balloon2395_domain_target_bytes", frozenset(dict(ON, domain="web1").items())) not in s
+    failed = {"host": HOST, "uri": URI, "direction": "grow", "outcome": "failed"}
     assert s[("balloon2395_changes_total", frozenset(failed.items()))] == 1
     state = host.read()
     state.pop("faults", None)
@@ -102,7 +107,7 @@ def test_textfile_once(fake_host, tmp_path):
         journal.unlink()
     assert host.cli("--once", "--metrics-textfile", str(prom)).returncode == 0
     assert _samples(prom.read_text())[("balloon2395_domain_target_bytes",
-                                       frozenset({"host": HOST, "domain": "web1"}.items()))] == 2148 * MIB * 1024
+                                       frozenset(dict(ON, domain="web1").items()))] == 2148 * MIB * 1024
     assert [p.name for p in prom.parent.iterdir()] == ["balloon2395.prom"]  # no temp file left behind
 
 
@@ -199,10 +204,10 @@ def test_headroom_and_the_host_reserve_are_exported(fake_host, tmp_path):
     result = host.cli("--once", "--metrics-textfile", str(prom))
     assert result.returncode == 0, result.stderr
     s = _samples(prom.read_text())
-    headroom = {name: s[("balloon2395_domain_headroom_bytes", frozenset({"host": HOST, "domain": name}.items()))]
+    headroom = {name: s[("balloon2395_domain_headroom_bytes", frozenset(dict(ON, domain=name).items()))]
                 for name in ("web1", "db1")}
     assert headroom == {"web1": 256 * MIB * 1024, "db1": GIB * 1024}  # the default, and db1's own
-    assert s[("balloon2395_host_reserve_bytes", frozenset({"host": HOST}.items()))] == 3 * GIB * 1024
+    assert s[("balloon2395_host_reserve_bytes", frozenset({"host": HOST, "uri": URI}.items()))] == 3 * GIB * 1024
 
 
 def test_the_interval_in_force_is_exported_and_follows_a_reload(fake_host, daemons, tmp_path):
@@ -210,7 +215,7 @@ def test_the_interval_in_force_is_exported_and_follows_a_reload(fake_host, daemo
     host.config.write_text("policy: step\nsecs: 0.05\n")
     prom = tmp_path / "b.prom"
     proc = daemons(host, "--metrics-textfile", str(prom))
-    interval = ("balloon2395_cycle_interval_seconds", frozenset({"host": HOST}.items()))
+    interval = ("balloon2395_cycle_interval_seconds", frozenset({"host": HOST, "uri": URI}.items()))
 
     def exported():
         return prom.exists() and _samples(prom.read_text()).get(interval)
@@ -221,3 +226,149 @@ def test_the_interval_in_force_is_exported_and_follows_a_reload(fake_host, daemo
     assert wait_for(lambda: exported() == 0.1), exported()
     proc.terminate()
     assert proc.wait(timeout=20) == 0
+
+
+# ----------------------------------------------------------------- issue 24, class 7: the endpoint
+
+POOL = 4  # the most threads the endpoint may take for its answers, whatever its clients do
+
+
+def _scrape(port, timeout=5.0):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
+        return response.headers["Content-Type"], response.read().decode()
+
+
+def _hostile_clients(port, idle=60, slow=10):
+    """`idle` connections that never send a byte and `slow` that send half a request (slowloris)."""
+    conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(idle + slow)]
+    for conn in conns[idle:]:
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    return conns
+
+
+def test_idle_and_slow_connections_pin_no_thread_and_a_scrape_still_answers():
+    port = _free_port()
+    before = threading.active_count()
+    m = metrics.Metrics(cfg.build({"metrics_port": port}))
+    conns = []
+    try:
+        m.add_host("qemu:///system")
+        m.cycle_done("qemu:///system", None, 0.5)
+        conns = _hostile_clients(port)
+        time.sleep(0.5)
+        for conn in conns[60:]:
+            conn.sendall(b"x")  # a byte more of the header, as slowloris does, keeps no one waiting
+        assert threading.active_count() <= before + POOL + 2, threading.active_count() - before
+        started = time.monotonic()
+        content_type, text = _scrape(port)
+        assert time.monotonic() - started < 3
+        assert content_type.startswith("text/plain") and "version=0.0.4" in content_type
+        assert _samples(text)[("balloon2395_cycle_interval_seconds",
+                               frozenset({"host": HOST, "uri": "qemu:///system"}.items()))] == 0.5
+        assert threading.active_count() <= before + POOL + 2
+        for conn in conns:  # none of them is kept: closed by the endpoint within a few seconds
+            conn.settimeout(15)
+            assert conn.recv(100) == b""
+    finally:
+        for conn in conns:
+            conn.close()
+        m.close()
+    assert wait_for(lambda: threading.active_count() <= before)
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET / HTTP/1.0\r\n\r\n", b"200"),
+    (b"GET /metrics?x=1 HTTP/1.0\r\n\r\n", b"200"),
+    (b"GET /etc/passwd HTTP/1.0\r\n\r\n", b"404"),
+    (b"POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc", b"501"),
+    (b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", None),  # too big: closed unanswered
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", None),  # TLS, or any garbage: an error
+])
+def test_the_endpoint_answers_only_a_bounded_get(request_bytes, status):
+    port = _free_port()
+    m = metrics.Metrics(cfg.build({"metrics_port": port}))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            try:
+                conn.sendall(request_bytes)
+            except OSError:  # closed while we were still sending the oversized one
+                pass
+            answer = b""
+            try:
+                while chunk := conn.recv(65536):
+                    answer += chunk
+            except ConnectionResetError:
+                pass
+        if status:
+            assert answer.split(b" ")[1:2] == [status]
+        assert (b"# HELP balloon2395_" in answer) == request_bytes.startswith(b"GET /metrics?")
+        assert _scrape(port)[1].startswith("# HELP")  # and it still serves the next one
+    finally:
+        m.close()
+
+
+def _tasks(pid):
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_idle_connections_to_a_running_daemon_pin_no_thread(fake_host, daemons):
+    host = fake_host(domain("web1", usable_mib=600))
+    port = _free_port()
+    proc = daemons(host, "--secs", "0.2", "--metrics-port", str(port))
+
+    def scraped():
+        try:
+            return _samples(_scrape(port)[1])
+        except OSError:
+            return None
+
+    assert wait_for(scraped), "the endpoint never answered"
+    before = _tasks(proc.pid)
+    conns = _hostile_clients(port)
+    try:
+        time.sleep(1)
+        during = _tasks(proc.pid)
+        assert during <= before + 2, f"{during - before} threads more for {len(conns)} idle connections"
+        started = time.monotonic()
+        assert ("balloon2395_domain_actual_bytes", frozenset(dict(ON, domain="web1").items())) in scraped()
+        assert time.monotonic() - started < 3
+    finally:
+        for conn in conns:
+            conn.close()
+    proc.terminate()
+    assert proc.wait(timeout=20) == 0
+
+
+# ------------------------------------------------------------ issue 24, class 7: a label per connection
+
+def test_two_uris_with_the_same_domain_are_two_series(fake_host, tmp_path):
+    host = fake_host(domain("web1", usable_mib=370))  # the fake virsh answers the same on both URIs
+    prom = tmp_path / "b.prom"
+    uris = ("qemu:///system", "qemu:///session")
+    result = host.cli("--once", "--connect", uris[0], "--connect", uris[1], "--metrics-textfile", str(prom))
+    assert result.returncode == 0, result.stderr
+    text = prom.read_text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, family in families.items():
+        labels = [frozenset(s.labels.items()) for s in family.samples]
+        assert len(labels) == len(set(labels)), f"{name}: two series with the same labels"
+        assert all(s.labels["host"] == HOST and s.labels["uri"] in uris for s in family.samples), name
+    actual = families["balloon2395_domain_actual_bytes"].samples
+    assert sorted(s.labels["uri"] for s in actual if s.labels["domain"] == "web1") == sorted(uris)
+    grown = [s for s in families["balloon2395_adjustments"].samples
+             if s.name.endswith("_total") and s.labels["direction"] == "grow"]
+    assert sorted((s.labels["uri"], s.value) for s in grown) == sorted((uri, 1.0) for uri in uris)
+    assert {s.labels["uri"] for s in families["balloon2395_last_cycle_timestamp_seconds"].samples} == set(uris)
+
+
+def test_the_uri_label_carries_no_password_and_no_undecodable_byte():
+    m = metrics.Metrics(cfg.build({}))
+    for uri in ("qemu+tcp://admin:s3cret@host2/system", "qemu:///sys\udcfftem"):
+        m.add_host(uri)
+        m.cycle_done(uri, None, 0.5)
+    text = generate_latest(m.registry).decode("utf-8")
+    assert "s3cret" not in text
+    assert {s.labels["uri"] for f in text_string_to_metric_families(text) for s in f.samples} == \
+        {"qemu+tcp://admin:***@host2/system", "qemu:///sys\\udcfftem"}
+    hosts = {s.labels["uri"]: s.labels["host"] for f in text_string_to_metric_families(text) for s in f.samples}
+    assert hosts["qemu+tcp://admin:***@host2/system"] == "host2"

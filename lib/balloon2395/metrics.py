@@ -2,18 +2,24 @@
 written atomically after every cycle, and/or an HTTP endpoint on loopback.
 
 Every series has a `host` label (the hypervisor's host: the machine's name for a
-local URI), so one daemon serving several URIs, or a fleet of daemons, reads
-the same way in Prometheus. Figures are in bytes and seconds, as Prometheus
+local URI) and a `uri` label (the connection URI as given), so one daemon serving
+several URIs (qemu:///system and qemu:///session are both on this machine), or a
+fleet of daemons, reads the same way in Prometheus. Figures are in bytes and seconds, as Prometheus
 conventions ask; per-domain series follow the last cycle, so a domain that
 stops running leaves no stale series behind.
 """
 
 from __future__ import annotations
 
+import io
+import queue
+import selectors
 import socket
 import threading
+import time
 from collections import Counter
-from typing import Dict, Iterator, Optional, Tuple
+from http.server import BaseHTTPRequestHandler
+from typing import Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .config import Config
@@ -24,8 +30,10 @@ from .virsh import VirshError
 
 try:
     # not write_to_textfile: its temp file has a predictable name, a place to plant a symlink
-    from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+    from prometheus_client import CollectorRegistry, exposition, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    # what generate_latest writes (the 0.0.4 text format): CONTENT_TYPE_LATEST says so before 0.21
+    CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
     AVAILABLE = True
 except ImportError:  # the daemon runs without it; asking for metrics then is a config error
     AVAILABLE = False
@@ -37,7 +45,21 @@ MISSING = ("metrics need the optional prometheus-client package: ./install.sh --
 
 def host_label(uri: str) -> str:
     """qemu+ssh://host2/system -> host2; a local URI -> this machine's name."""
-    return urlsplit(uri).hostname or socket.gethostname()
+    try:
+        return urlsplit(uri).hostname or socket.gethostname()
+    except ValueError:  # a malformed URI (an unclosed [ ...): it is still this daemon's connection
+        return socket.gethostname()
+
+
+def uri_label(uri: str) -> str:
+    """The connection URI as given, less a password if it has one; text Prometheus can carry."""
+    try:
+        parts = urlsplit(uri)
+        if parts.password is not None:
+            uri = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+    except ValueError:
+        pass
+    return uri.encode("utf-8", "backslashreplace").decode("utf-8")  # a non-UTF-8 byte: \xNN, not a crash
 
 
 class _Host:
@@ -57,18 +79,18 @@ class Metrics:
         if not AVAILABLE:
             raise RuntimeError(MISSING)
         self.textfile, self._lock = config.metrics_textfile, threading.Lock()
-        self._hosts: Dict[str, _Host] = {}
+        self._hosts: Dict[str, _Host] = {}  # by connection URI
         self.registry = CollectorRegistry()
         self.registry.register(self)
-        self._server = None
+        self._server: Optional[Endpoint] = None
         if config.metrics_port is not None:
-            started = start_http_server(config.metrics_port, config.metrics_address, self.registry)
-            # 0.16 (Debian 12's) returns None, not (server, thread): its server thread ends with the process
-            self._server = started[0] if started else None
+            self._server = Endpoint(config.metrics_address, config.metrics_port, self.registry)
 
-    def add_host(self, label: str) -> None:
+    def add_host(self, uri: str) -> None:
+        """A connection the daemon serves, named by its URI everywhere below; its series carry
+        `uri` and `host` labels."""
         with self._lock:
-            self._hosts.setdefault(label, _Host())
+            self._hosts.setdefault(uri, _Host())
 
     def cycle_done(self, label: str, cycle: Optional[Cycle], secs: float) -> None:
         """After each cycle (`secs`: the interval in force): count what became of its changes, keep
@@ -88,28 +110,31 @@ class Metrics:
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
 
     def collect(self) -> Iterator:
         with self._lock:
             hosts = {label: (h.cycle, h.secs, dict(h.changes), dict(h.virsh_errors))
                      for label, h in self._hosts.items()}
         families = _Families()
-        for label, (cycle, secs, changes, failed) in sorted(hosts.items()):
-            families.add_counts(label, changes, failed)
+        for uri, (cycle, secs, changes, failed) in sorted(hosts.items()):
+            ids = [host_label(uri), uri_label(uri)]  # two URIs on one host are two series
+            families.add_counts(ids, changes, failed)
             if secs is not None:
-                families.interval.add_metric([label], secs)
+                families.interval.add_metric(ids, secs)
             if cycle is not None:
-                families.add_cycle(label, cycle)
+                families.add_cycle(ids, cycle)
         yield from families.all()
+
+
+IDS = ["host", "uri"]  # the labels of every series: which connection it comes from
 
 
 class _Families:
     """The metric families of one scrape, filled host by host."""
 
     def __init__(self) -> None:
-        self.per_domain = {field: GaugeMetricFamily(f"{NS}_domain_{field}_bytes", help_text, labels=["host", "domain"])
+        self.per_domain = {field: GaugeMetricFamily(f"{NS}_domain_{field}_bytes", help_text, labels=[*IDS, "domain"])
                            for field, help_text in (
                                ("actual", "the guest's current size (balloon.current)"),
                                ("usable", "memory the guest can use without swapping (MemAvailable)"),
@@ -118,43 +143,43 @@ class _Families:
                                ("maximum", "the most the guest may grow to (its maximum, or a configured cap)"),
                                ("headroom", "the usable memory its settings ask for (headroom)"))}
         self.adjustments = CounterMetricFamily(f"{NS}_adjustments", "setmem calls that succeeded, by direction",
-                                               labels=["host", "direction"])
+                                               labels=[*IDS, "direction"])
         self.outcomes = CounterMetricFamily(f"{NS}_changes", "changing decisions by what became of them: applied, "
                                             "failed, timed-out (may have landed), gone, fenced, dry-run",
-                                            labels=["host", "direction", "outcome"])
+                                            labels=[*IDS, "direction", "outcome"])
         self.skipped = GaugeMetricFamily(f"{NS}_domains_skipped", "domains left alone in the last cycle, by reason",
-                                         labels=["host", "reason"])
+                                         labels=[*IDS, "reason"])
         self.errors = CounterMetricFamily(f"{NS}_virsh_errors", "virsh calls that failed or timed out, by command",
-                                          labels=["host", "command"])
+                                          labels=[*IDS, "command"])
         self.duration = GaugeMetricFamily(f"{NS}_cycle_duration_seconds", "how long the last cycle took",
-                                          labels=["host"])
+                                          labels=IDS)
         self.last = GaugeMetricFamily(f"{NS}_last_cycle_timestamp_seconds", "when the last cycle that could read "
-                                      "the domains ran (alert when it falls behind)", labels=["host"])
+                                      "the domains ran (alert when it falls behind)", labels=IDS)
         self.interval = GaugeMetricFamily(f"{NS}_cycle_interval_seconds", "the configured seconds between cycles "
-                                          "(secs)", labels=["host"])
+                                          "(secs)", labels=IDS)
         self.available = GaugeMetricFamily(f"{NS}_host_available_bytes", "the host's available memory",
-                                           labels=["host"])
+                                           labels=IDS)
         self.reserve = GaugeMetricFamily(f"{NS}_host_reserve_bytes", "what the host keeps for itself "
-                                         "(host_reserve): growth never takes it below", labels=["host"])
+                                         "(host_reserve): growth never takes it below", labels=IDS)
 
-    def add_counts(self, label: str, changes: Dict[Tuple[str, str], int], failed: Dict[str, int]) -> None:
+    def add_counts(self, ids: List[str], changes: Dict[Tuple[str, str], int], failed: Dict[str, int]) -> None:
         """What became of the host's changes, and its failed virsh calls, since the daemon started."""
         for direction in CHANGES:
-            self.adjustments.add_metric([label, direction], changes.get((direction, APPLIED), 0))
+            self.adjustments.add_metric([*ids, direction], changes.get((direction, APPLIED), 0))
             for outcome in OUTCOMES:
-                self.outcomes.add_metric([label, direction, outcome], changes.get((direction, outcome), 0))
+                self.outcomes.add_metric([*ids, direction, outcome], changes.get((direction, outcome), 0))
         for command, count in sorted(failed.items()):
-            self.errors.add_metric([label, command], count)
+            self.errors.add_metric([*ids, command], count)
 
-    def add_cycle(self, label: str, cycle: Cycle) -> None:
+    def add_cycle(self, ids: List[str], cycle: Cycle) -> None:
         """The figures of the host's last cycle."""
-        self.duration.add_metric([label], cycle.duration_s)
-        self.last.add_metric([label], cycle.at)
+        self.duration.add_metric(ids, cycle.duration_s)
+        self.last.add_metric(ids, cycle.at)
         if cycle.host is not None:
-            self.available.add_metric([label], cycle.host.available_kib * 1024)
-            self.reserve.add_metric([label], cycle.host.reserve_kib * 1024)
+            self.available.add_metric(ids, cycle.host.available_kib * 1024)
+            self.reserve.add_metric(ids, cycle.host.reserve_kib * 1024)
         for reason, count in sorted(Counter(d.code for d in cycle.decisions if d.action == SKIP).items()):
-            self.skipped.add_metric([label, reason], count)
+            self.skipped.add_metric([*ids, reason], count)
         for obs, decision in zip(cycle.observations, cycle.decisions):
             s, settings = obs.stats, cycle.settings[obs.name]
             applied = cycle.outcomes.get(obs.name) == APPLIED
@@ -162,12 +187,186 @@ class _Families:
                                ("target", decision.target_kib if applied else None),
                                ("maximum", cap_kib(s, settings)), ("headroom", settings.headroom_kib)):
                 if kib is not None:
-                    self.per_domain[field].add_metric([label, obs.name], kib * 1024)
+                    self.per_domain[field].add_metric([*ids, obs.name], kib * 1024)
 
     def all(self) -> Iterator:
         yield from self.per_domain.values()
         yield from (self.adjustments, self.outcomes, self.skipped, self.errors, self.duration, self.last,
                     self.interval, self.available, self.reserve)
+
+
+class Endpoint:
+    """GET /metrics over HTTP with a bounded number of threads, whatever the clients do.
+
+    prometheus-client's own server (a ThreadingHTTPServer) gives every connection a thread for as
+    long as it stays open: idle connections pin a thread each, without end. Here one thread reads
+    every connection's request, without blocking, and drops one that has not sent a whole request
+    (at most HEAD bytes) within TIMEOUT seconds; at most PENDING connections are read at once, the
+    oldest dropped for a new one beyond that. WORKERS threads answer the whole requests, each
+    answer bounded by the socket's timeout; one request per connection, then it is closed.
+    """
+
+    WORKERS = 4
+    PENDING = 128
+    TIMEOUT = 5.0
+    HEAD = 8192
+
+    def __init__(self, address: str, port: int, registry) -> None:
+        self.registry = registry
+        family, kind, proto, _, where = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM,
+                                                           flags=socket.AI_PASSIVE)[0]
+        self.socket = socket.socket(family, kind, proto)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(where)
+            self.socket.listen(64)
+            self.socket.setblocking(False)
+        except OSError:
+            self.socket.close()
+            raise
+        self.port = self.socket.getsockname()[1]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._answers: queue.Queue = queue.Queue(self.PENDING)
+        self._threads = [threading.Thread(target=self._read, name="metrics-http", daemon=True)]
+        self._threads += [threading.Thread(target=self._answer, name=f"metrics-http-{i}", daemon=True)
+                          for i in range(self.WORKERS)]
+        for thread in self._threads:
+            thread.start()
+
+    def close(self) -> None:
+        self._wake_w.send(b"x")
+        self._threads[0].join(self.TIMEOUT)
+        for _ in self._threads[1:]:
+            self._answers.put(None)
+        for thread in self._threads[1:]:
+            thread.join(self.TIMEOUT)
+        for sock in (self.socket, self._wake_r, self._wake_w):
+            sock.close()
+
+    def _read(self) -> None:
+        """Accept connections and read their requests, every one at once; hand whole ones on."""
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.socket, selectors.EVENT_READ)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._reading: Dict[socket.socket, Tuple[float, bytearray]] = {}  # oldest first: deadline, bytes so far
+        try:
+            while True:
+                now = time.monotonic()
+                for conn in [c for c, (deadline, _) in self._reading.items() if deadline <= now]:
+                    self._drop(conn)
+                wait = min((deadline for deadline, _ in self._reading.values()), default=now + 60) - now
+                for key, _ in self._selector.select(max(wait, 0.01)):
+                    if key.fileobj is self._wake_r:
+                        return
+                    if key.fileobj is self.socket:
+                        self._admit()
+                    elif key.fileobj in self._reading:  # else dropped for a newer one in this very round
+                        self._receive(key.fileobj)
+        finally:
+            for conn in list(self._reading):
+                self._drop(conn)
+            self._selector.close()
+
+    def _admit(self) -> None:
+        for conn in self._accept():
+            if len(self._reading) >= self.PENDING:
+                self._drop(next(iter(self._reading)))
+            self._reading[conn] = (time.monotonic() + self.TIMEOUT, bytearray())
+            self._selector.register(conn, selectors.EVENT_READ)
+
+    def _receive(self, conn: socket.socket) -> None:
+        head = self._reading[conn][1]
+        try:
+            data = conn.recv(self.HEAD + 1 - len(head))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        head += data
+        if not data or len(head) > self.HEAD:
+            self._drop(conn)  # gone, or more than a scrape's request
+        elif b"\r\n\r\n" in head or b"\n\n" in head:
+            self._drop(conn, close=False)
+            try:
+                self._answers.put_nowait((conn, bytes(head)))
+            except queue.Full:
+                _close(conn)
+
+    def _drop(self, conn: socket.socket, close: bool = True) -> None:
+        self._selector.unregister(conn)
+        del self._reading[conn]
+        if close:
+            _close(conn)
+
+    def _accept(self) -> List[socket.socket]:
+        accepted: List[socket.socket] = []
+        while len(accepted) < self.PENDING:
+            try:
+                conn, _ = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # out of file descriptors, a connection reset before accept: later,
+                time.sleep(0.05)  # without spinning on a listening socket that stays readable
+                break
+            conn.setblocking(False)
+            accepted.append(conn)
+        return accepted
+
+    def _answer(self) -> None:
+        while True:
+            job = self._answers.get()
+            if job is None:
+                return
+            conn, head = job
+            try:
+                conn.settimeout(self.TIMEOUT)  # sendall's whole answer, since Python 3.5
+                _Handler((conn, head), ("", 0), self)  # type: ignore[arg-type]
+            except Exception:  # a client gone mid-answer, or a failed collect: the next scrape says so
+                pass
+            finally:
+                _close(conn)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One request, already read whole (its head: the request line and headers)."""
+
+    protocol_version = "HTTP/1.0"  # one request per connection: no keep-alive to hold a worker
+    server_version = "balloon-2395"
+    server: "Endpoint"  # type: ignore[assignment]
+
+    def setup(self) -> None:
+        self.connection, head = self.request
+        self._answer = io.BytesIO()
+        self.rfile, self.wfile = io.BytesIO(head), self._answer
+
+    def finish(self) -> None:
+        self.connection.sendall(self._answer.getvalue())  # within the socket's timeout, all of it
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            self._send(200, generate_latest(self.server.registry), CONTENT_TYPE)
+        elif path == "/":
+            self._send(200, b"balloon-2395: metrics at /metrics\n", "text/plain; charset=utf-8")
+        else:
+            self._send(404, b"not found: metrics at /metrics\n", "text/plain; charset=utf-8")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's name)
+        pass  # a scrape every few seconds is no news; neither is a stranger's request
+
+
+def _close(conn: socket.socket) -> None:
+    try:
+        conn.close()
+    except OSError:
+        pass
 
 
 class CountingVirsh:
