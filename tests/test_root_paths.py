@@ -26,6 +26,8 @@ def _others(tmp_path):
     link = tmp_path / "link"
     link.symlink_to(target)
     os.lchown(link, OTHER, OTHER)
+    # root's own symlink, in their directory: they can replace it with one of theirs at any time
+    (theirs / "roots-link").symlink_to(target)
     return theirs, link, target
 
 
@@ -33,20 +35,23 @@ def test_a_directory_of_roots_own_is_trusted(tmp_path):
     assert unsafe_dir(str(tmp_path / "logs")) is None  # not there yet: its root-owned parent counts
 
 
-@pytest.mark.parametrize("which", ["theirs", "inside-theirs", "link", "below-link"])
+@pytest.mark.parametrize("which", ["theirs", "inside-theirs", "link", "below-link", "roots-link-in-theirs",
+                                   "below-roots-link-in-theirs"])
 def test_a_directory_another_user_could_swap_is_refused(tmp_path, which):
     theirs, link, _ = _others(tmp_path)
-    path = {"theirs": theirs, "inside-theirs": theirs / "logs", "link": link, "below-link": link / "logs"}[which]
+    path = {"theirs": theirs, "inside-theirs": theirs / "logs", "link": link, "below-link": link / "logs",
+            "roots-link-in-theirs": theirs / "roots-link",
+            "below-roots-link-in-theirs": theirs / "roots-link" / "logs"}[which]
     problem = unsafe_dir(str(path))
     assert problem and problem.startswith("refused as root: ") and "uid 1000" in problem
 
 
 @pytest.mark.parametrize("flag", ["--logdir", "--metrics-textfile"])
-@pytest.mark.parametrize("which", ["theirs", "link"])
+@pytest.mark.parametrize("which", ["theirs", "link", "roots-link-in-theirs"])
 def test_the_daemon_refuses_to_log_or_write_metrics_there(fake_host, tmp_path, flag, which):
     pytest.importorskip("prometheus_client")
     theirs, link, target = _others(tmp_path)
-    directory = theirs if which == "theirs" else link
+    directory = {"theirs": theirs, "link": link, "roots-link-in-theirs": theirs / "roots-link"}[which]
     value = str(directory / ("balloon.prom" if flag == "--metrics-textfile" else "logs"))
     host = fake_host(domain("web1", usable_mib=370))
     result = host.run("--once", flag, value)

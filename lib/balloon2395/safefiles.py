@@ -124,7 +124,8 @@ def _untrusted(what: str, info: os.stat_result, owners: Collection[int], directo
 def unsafe_dir(path: str, euid: Optional[int] = None) -> Optional[str]:
     """Why a daemon running as root must not create or replace files in this directory (it need not exist
     yet: then the nearest existing one above it counts), or None: a symlink on the way that someone else
-    owns, or a directory on its real path someone else could rename, swap or fill with links."""
+    owns, an entry on the way in a directory someone else could rename it in, or a directory on its real
+    path someone else could rename, swap or fill with links."""
     if (os.geteuid() if euid is None else euid) != 0:
         return None
     here = os.path.abspath(path)
@@ -136,6 +137,10 @@ def unsafe_dir(path: str, euid: Optional[int] = None) -> Optional[str]:
         info = os.lstat(walked)
         if stat.S_ISLNK(info.st_mode) and info.st_uid != 0:
             return f"refused as root: {walked} is a symlink of uid {info.st_uid}"
+        # whoever may rename entries in the directory holding this one can swap it, a root-owned symlink too
+        problem = untrusted_path(os.path.join(os.path.realpath(os.path.dirname(walked)), part), (0,))
+        if problem:
+            return f"refused as root: {walked} can be swapped: {problem}"
     real = os.path.realpath(here)
     # a sticky directory such as /tmp passes: nobody else can rename or remove the daemon's files in it
     problem = _untrusted(f"directory {real}", os.lstat(real), (0,), directory=True) or untrusted_path(real, (0,))
