@@ -189,8 +189,17 @@ def test_a_band_flag_error_names_the_flag_and_where_the_other_value_came_from(fa
     assert host.calls() == []
 
 
+@pytest.fixture
+def sigint_delivered():
+    """Children that get SIGINT: a test run started in the background (`cmd &` without job control) has it
+    ignored, and a child inherits an ignored signal, as a daemon started that way rightly does."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("view", [("explain", "web1"), ("status",), ("status", "--json")])
-def test_ctrl_c_in_a_one_shot_view_ends_with_130_and_no_traceback(fake_host, daemons, view):
+def test_ctrl_c_in_a_one_shot_view_ends_with_130_and_no_traceback(fake_host, daemons, view, sigint_delivered):
     host = fake_host(domain("web1", usable_mib=370))
     host.write({**host.read(), "faults": {"domstats": {"sleep": 0.5}}})  # a slow read: Ctrl-C lands in it
     proc = daemons(host, *view)
@@ -199,7 +208,7 @@ def test_ctrl_c_in_a_one_shot_view_ends_with_130_and_no_traceback(fake_host, dae
     assert proc.stderr.read() == "" and proc.stdout.read() == ""
 
 
-def test_ctrl_c_in_check_config_ends_with_130_and_no_traceback(tmp_path):
+def test_ctrl_c_in_check_config_ends_with_130_and_no_traceback(tmp_path, sigint_delivered):
     config = tmp_path / "config.yaml"
     config.write_text("policy: step\n")
     script = f"""

@@ -611,7 +611,8 @@ def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], hos
     for the host, for a host about to lose a guest): the largest surplus over its target first, from any
     guest not in need; then from guests that can page, the largest excess over a fair share first, whether
     in need or not; then the same from the others not in need; then from any guest down to its floor, the
-    one with the most above it first, so that one guest pays (an OOM kill inside it) rather than all. Never
+    one with the most above it first and all of that, so that one guest pays (an OOM kill inside it) rather
+    than all. Never
     below a floor; a grow planned this cycle is undone first. Short of that last stage a guest at its fair
     share keeps what it uses: taking that from it too only spreads the OOM kills. Also the names of guests
     in need that gave memory (their grow is off)."""
@@ -625,8 +626,13 @@ def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], hos
                         floors[name]) for name in plan}
     taken = 0
     for names, goal, deficit in ((calm, wanted, deficits[0]), (pageable, fair, deficits[1]),
-                                 (calm, fair, deficits[2]), (list(plan), floors, deficits[3])):
+                                 (calm, fair, deficits[2])):
         plan, taken = _surpluses_taken(plan, names, goal, deficit, taken)
+    if deficits[3] > 0 and plan:
+        # the guest that pays gives all it has above its floor: its OOM killer frees its largest process at
+        # once, where a part would leave it to fill again while the others fill the host
+        most = max(plan[name] - floors[name] for name in plan)
+        plan, taken = _surpluses_taken(plan, list(plan), floors, max(deficits[3], taken + most), taken)
     why = (f"host below its reserve ({mib(host.available_kib)} MiB available, {mib(host.reserve_kib)} MiB kept)"
            if host.spare_kib < 0 else "host memory pressure (PSI)" if host.pressure else
            "memory for guests that cannot page, or the host's promises")
