@@ -155,19 +155,25 @@ SWAP_KIB = st.none() | st.integers(0, 4 * GIB)
 FAULTS = st.none() | st.integers(0, 10 ** 6)
 HISTORY_KINDS = st.sampled_from(["new", "seen", "settled"])
 WINDOWS = st.none() | st.just("hyperv enlightenments in <features>")
+# 0 first: older hypothesis releases draw a choice's first entries more often, and a wait that holds every
+# guest that cannot page would leave few shrinks to check
+BURST_WAITS = st.sampled_from([0.0, 600.0]) | st.floats(0, 7200)
 
 
 @st.composite
 def domain_settings(draw, actual, maximum):
-    """A band, steps and a floor (sometimes above the current size); a configured maximum, if any,
-    not below the current size."""
+    """A band, steps and a floor (mostly below three quarters of the current size, sometimes above it, where
+    no shrink can come: older hypothesis releases draw a range's ends often); a configured maximum, if any,
+    not below the current size; how long a guest that cannot page is kept whole."""
     minimal = draw(st.integers(5, 50))
     return DomainSettings(
         minimal=float(minimal), maximal=float(draw(st.integers(minimal + 5, minimal + 45))),
-        critical_kib=draw(st.integers(0, actual * 5 // 4)), addram_kib=draw(st.integers(1, 1024)) * MIB,
+        critical_kib=draw(st.integers(0, actual * 3 // 4) | st.integers(0, actual * 5 // 4)),
+        addram_kib=draw(st.integers(1, 1024)) * MIB,
         rmram_kib=draw(st.integers(1, 512)) * MIB, headroom_kib=draw(st.integers(0, 512)) * MIB,
         max_shrink_kib=draw(st.integers(1, 8192)) * MIB, shares=draw(st.integers(1, 10000)),
-        maximum_kib=draw(st.none() | st.integers(actual, maximum + 8 * GIB)), manage_windows=draw(st.booleans()))
+        maximum_kib=draw(st.none() | st.integers(actual, maximum + 8 * GIB)), manage_windows=draw(st.booleans()),
+        burst_wait_s=draw(BURST_WAITS))
 
 
 @st.composite
@@ -211,7 +217,7 @@ def eligible_domains(draw, name):
                          last_update=int(NOW) - draw(st.integers(0, int(LIMITS.stale_after_s) - 1)))
     windows = draw(WINDOWS) if s.manage_windows else None
     facts = DomainFacts(uuid=f"uuid-{name}", windows=windows, balloon_model="virtio",
-                        stats_period_s=draw(st.integers(1, 10)))
+                        stats_period_s=draw(st.integers(1, 10)), autodeflate=draw(st.booleans()))
     since = draw(st.none() | st.floats(stats.last_update - 100, stats.last_update - 0.5))
     return Observation(stats, facts, since, uuid=f"uuid-{name}"), s, draw(histories(stats))
 
@@ -385,11 +391,12 @@ def test_invariants_of_a_cycle(cycle):
 def test_the_invariant_strategies_reach_grow_shrink_and_hold():
     """Guards the guard: strategies that ended every example in skip or wait would check nothing.
     Over a seeded sample (the same every run) of what the invariant tests draw, each of grow,
-    shrink and hold is a large share of all decisions. A fixed 200 examples, whatever profile is loaded:
-    hypothesis's first, simplest ones dominate a smaller sample."""
+    shrink and hold is a large share of all decisions. A fixed 400 examples, whatever profile is loaded:
+    hypothesis's first, simplest ones dominate a smaller sample, and at 200 the share of shrinks drawn by
+    the oldest hypothesis release that runs on Python 3.9 came within a point of the bound."""
     seen = Counter()
 
-    @settings(derandomize=True, max_examples=200, database=None)
+    @settings(derandomize=True, max_examples=400, database=None)
     @given(domains(), cycles())
     def sample(case, cycle):
         # the peers' rules act only on a host's figures, which decide() does not give
