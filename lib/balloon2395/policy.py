@@ -612,10 +612,9 @@ def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], hos
     guest not in need; then from guests that can page, the largest excess over a fair share first, whether
     in need or not; then the same from the others not in need; then from any guest down to its floor, the
     one with the most above it first and all of that, so that one guest pays (an OOM kill inside it) rather
-    than all. Never
-    below a floor; a grow planned this cycle is undone first. Short of that last stage a guest at its fair
-    share keeps what it uses: taking that from it too only spreads the OOM kills. Also the names of guests
-    in need that gave memory (their grow is off)."""
+    than all. Never below a floor; a grow planned this cycle is undone first. Short of that last stage a
+    guest at its fair share keeps what it uses: taking that from it too only spreads the OOM kills. Also the
+    names of guests in need that gave memory (their grow is off)."""
     floors = {name: c.settings.critical_kib for name, c in known.items()}
     fair = _fair_shares(known, host, floors)
     plan = {name: _kept_kib(proposals[name], c.figures) for name, c in known.items()
