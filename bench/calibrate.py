@@ -37,8 +37,9 @@ from typing import List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lib"))
 
-from balloon2395.config import Config, DomainSettings  # noqa: E402
-from balloon2395.decide import POLICIES  # noqa: E402
+from balloon2395.config import Config  # noqa: E402
+from balloon2395.decide.cycle import POLICIES  # noqa: E402
+from balloon2395.settings import DomainSettings
 from balloon2395.sim.scenario import Scenario, ScenarioError, load  # noqa: E402
 from balloon2395_testkit.calibration import Plan, model_facts, simulate  # noqa: E402
 from balloon2395_testkit.calibration_compare import Comparison, Doc  # noqa: E402

@@ -50,8 +50,8 @@ sys.path.insert(0, str(ROOT / "lib"))
 
 from balloon2395 import PROG  # noqa: E402
 from balloon2395.config import Config  # noqa: E402
-from balloon2395.decide import POLICIES  # noqa: E402
-from balloon2395.peers import CYCLE_S, PEERS  # noqa: E402
+from balloon2395.decide.cycle import POLICIES  # noqa: E402
+from balloon2395.decide.peers import CYCLE_S, PEERS  # noqa: E402
 from balloon2395.sim.run import BASELINES, RunResult, run_scenario  # noqa: E402
 from balloon2395.sim.scenario import ScenarioError, load, names  # noqa: E402
 

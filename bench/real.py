@@ -45,9 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from balloon2395.config import Config, DomainSettings  # noqa: E402
-from balloon2395.decide import POLICIES  # noqa: E402
-from balloon2395.peers import CYCLE_S, PEERS  # noqa: E402
+from balloon2395.config import Config  # noqa: E402
+from balloon2395.decide.cycle import POLICIES  # noqa: E402
+from balloon2395.decide.peers import CYCLE_S, PEERS  # noqa: E402
+from balloon2395.settings import DomainSettings  # noqa: E402
 from balloon2395.sim.run import RunResult, run_scenario  # noqa: E402
 from balloon2395.sim.scenario import Scenario, ScenarioError, load  # noqa: E402
 from balloon2395_testkit.daemon_process import DAEMON  # noqa: E402

@@ -17,6 +17,7 @@ import pytest
 
 from balloon2395 import config as cfg
 from balloon2395.lifetime import READ_LINE
+from balloon2395.settings import DomainSettings
 from balloon2395.virsh import Virsh
 from conftest import ROOT
 
@@ -235,7 +236,7 @@ def test_every_per_domain_key_the_docs_name_is_one_a_rule_takes():
 
 def test_every_key_a_rule_takes_is_in_the_per_domain_table():
     fields = {f.name[:-len("_kib")] if f.name.endswith("_kib") else f.name
-              for f in dataclasses.fields(cfg.DomainSettings)}
+              for f in dataclasses.fields(DomainSettings)}
     rule_keys = {key for key in fields if _a_rule_key(key)}
     assert rule_keys and rule_keys <= _per_domain_table_keys(), sorted(rule_keys - _per_domain_table_keys())
 

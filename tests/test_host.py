@@ -13,7 +13,8 @@ from typing import Dict, Iterator, List, Optional
 import pytest
 
 from balloon2395 import PROG, config as cfg
-from balloon2395.host import HostMemory, HostReader, read_no_symlink
+from balloon2395.host import HostReader, read_no_symlink
+from balloon2395.observation import HostMemory
 from balloon2395.safefiles import Refused
 
 MIB = 1024

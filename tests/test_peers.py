@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import pytest
 
-from balloon2395 import config, policy
-from balloon2395.config import DomainSettings
-from balloon2395.decide import POLICIES, decide_all
+from balloon2395 import config
+from balloon2395.decide.cycle import POLICIES, decide_all
+from balloon2395.decide.figures import Figures
+from balloon2395.decide.history import History, Signals
+from balloon2395.decide.peers import MOM_SAMPLE_HISTORY, MomHost, PveVm, compute_alg1, mom_rules
+from balloon2395.decide.records import GROW, HOLD, SHRINK, Candidate, HostView, Limits
+from balloon2395.decide.tuning import TUNING
 from balloon2395.domain_xml import DomainFacts
-from balloon2395.host import HostMemory
-from balloon2395.observe import Observation
-from balloon2395.peers import MOM_SAMPLE_HISTORY, MomHost, PveVm, compute_alg1, mom_rules
-from balloon2395.policy import GROW, HOLD, SHRINK, Candidate, Figures, History, HostView, Limits, Signals
+from balloon2395.observation import HostMemory, Observation
+from balloon2395.settings import DomainSettings
 from balloon2395.virsh_output import BalloonStats
 
 MIB = 1024
@@ -42,8 +44,10 @@ def decide(name, guests, the_host, settings=None, host_recent=()):
     return {d.name: (d.action, None if d.target_kib is None else d.target_kib // MIB) for d in decisions}
 
 
-def test_the_config_offers_every_policy():
-    assert set(config.POLICIES) == set(POLICIES)
+def test_the_config_accepts_every_policy_and_no_other():
+    assert [config.build({"policy": name}).policy for name in POLICIES] == list(POLICIES)
+    with pytest.raises(config.ConfigError):
+        config.build({"policy": "peer"})
 
 
 # ------------------------------------------------------------------ Proxmox VE: balloontest.pl
@@ -377,9 +381,9 @@ def test_mom_as_the_daemon_runs_it_averages_the_hosts_recent_reads():
 
 def test_history_keeps_the_last_reports_for_averaging():
     h = History()
-    for i in range(policy.RECENT_REPORTS + 2):
-        h = h.saw(policy.Figures(2048 * MIB + i, 100, 4 * GIB, int(NOW) + i, unused_kib=i))
-    assert [u for _, u in h.recent] == list(range(2, policy.RECENT_REPORTS + 2))
+    for i in range(TUNING.recent_reports + 2):
+        h = h.saw(Figures(2048 * MIB + i, 100, 4 * GIB, int(NOW) + i, unused_kib=i))
+    assert [u for _, u in h.recent] == list(range(2, TUNING.recent_reports + 2))
 
 
 # ------------------------------------------------------------------ until stable

@@ -9,25 +9,14 @@ from dataclasses import replace
 import pytest
 from hypothesis import event, given, settings, strategies as st
 
-from balloon2395.config import DomainSettings
-from balloon2395.decide import POLICIES, decide, decide_all
+from balloon2395.decide.cycle import POLICIES, decide, decide_all
+from balloon2395.decide.history import History
+from balloon2395.decide.peers import PEERS
+from balloon2395.decide.records import GROW, HOLD, SHRINK, SKIP, WAIT, Limits
+from balloon2395.decide.tuning import TUNING
 from balloon2395.domain_xml import DomainFacts
-from balloon2395.host import HostMemory
-from balloon2395.observe import Observation
-from balloon2395.peers import PEERS
-from balloon2395.policy import (
-    FUTURE_TOLERANCE_S,
-    GROW,
-    HOLD,
-    SETTLE_S,
-    SHRINK,
-    SKIP,
-    TOLERANCE_KIB,
-    URGENT_RESERVE_SHARE,
-    WAIT,
-    History,
-    Limits,
-)
+from balloon2395.observation import HostMemory, Observation
+from balloon2395.settings import DomainSettings
 from balloon2395.virsh_output import BalloonStats
 
 MIB = 1024
@@ -113,11 +102,12 @@ SAFETY_TABLE = [
     # fresh stats, balloon still on its way, before the settle time
     (obs(actual=2100, age=0), DEFAULTS, History(NOW - 2, 2048 * MIB, 2148 * MIB), (WAIT, "moving")),
     # fresh stats, balloon never moved, settle time passed: leave it alone
-    (obs(actual=2048, age=0), DEFAULTS, History(NOW - SETTLE_S - 1, 2048 * MIB, 2148 * MIB), (SKIP, "unresponsive")),
+    (obs(actual=2048, age=0), DEFAULTS, History(NOW - TUNING.settle_s - 1, 2048 * MIB, 2148 * MIB),
+     (SKIP, "unresponsive")),
     # fresh stats, target reached: decide again
     (obs(actual=2148, usable=300, age=0), DEFAULTS, History(NOW - 2, 2048 * MIB, 2148 * MIB), (GROW, "below-band")),
     # moved part way and stopped: accept it and decide again
-    (obs(actual=2100, usable=300, age=0), DEFAULTS, History(NOW - SETTLE_S - 1, 2048 * MIB, 2148 * MIB),
+    (obs(actual=2100, usable=300, age=0), DEFAULTS, History(NOW - TUNING.settle_s - 1, 2048 * MIB, 2148 * MIB),
      (GROW, "below-band")),
     # Windows guests are balloned only when configured
     (obs(facts=DomainFacts(windows="hyperv enlightenments in <features>", balloon_model="virtio", stats_period_s=1),
@@ -195,7 +185,7 @@ def histories(draw, stats):
     if kind == "settled":
         return History(changed_at=stats.last_update - draw(st.floats(0.5, 600)),
                        from_kib=draw(st.integers(0, 64 * GIB)),
-                       target_kib=stats.actual_kib + draw(st.integers(-TOLERANCE_KIB, TOLERANCE_KIB)))
+                       target_kib=stats.actual_kib + draw(st.integers(-TUNING.tolerance_kib, TUNING.tolerance_kib)))
     seen = stats.last_update - draw(st.integers(1, 60))
     return History(seen_update=seen, seen_swap_in_kib=draw(st.none() | st.integers(0, stats.swap_in_kib or 0)),
                    seen_major_fault=draw(st.none() | st.integers(0, stats.major_fault or 0)),
@@ -342,7 +332,7 @@ def check(observation, s, history, d):
         assert d.target_kib > stats.actual_kib
     # never on missing, stale or future stats
     assert stats.usable_kib is not None and stats.last_update is not None
-    assert NOW - LIMITS.stale_after_s <= stats.last_update <= NOW + FUTURE_TOLERANCE_S
+    assert NOW - LIMITS.stale_after_s <= stats.last_update <= NOW + TUNING.future_tolerance_s
     # never an excluded, badly configured, Windows, balloon-less or unresponsive domain
     assert not s.exclude and not s.invalid and not history.unresponsive
     assert facts is not None and facts.balloon_model == "virtio"
@@ -354,7 +344,8 @@ def check(observation, s, history, d):
     # never before stats newer than the last change, nor while the balloon is still moving
     if history.changed_at is not None:
         assert stats.last_update > history.changed_at
-        assert abs(stats.actual_kib - history.target_kib) <= TOLERANCE_KIB or NOW - history.changed_at >= SETTLE_S
+        reached = abs(stats.actual_kib - history.target_kib) <= TUNING.tolerance_kib
+        assert reached or NOW - history.changed_at >= TUNING.settle_s
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
@@ -383,7 +374,7 @@ def test_invariants_of_a_cycle(cycle):
     if host is not None and policy == "target":
         # growth never takes the host below half its reserve (the other half only for guests paging or
         # below their band) but for what shrinks free in the same cycle, and none under PSI pressure
-        assert grown <= max(host.spare_kib, 0) + int(host.reserve_kib * URGENT_RESERVE_SHARE) + shrunk
+        assert grown <= max(host.spare_kib, 0) + int(host.reserve_kib * TUNING.urgent_reserve_share) + shrunk
         if host.pressure:
             assert grown == 0
 

@@ -3,11 +3,12 @@ still of the old size: that is a change landing, not inconsistent stats."""
 
 from __future__ import annotations
 
-from balloon2395.config import DomainSettings
-from balloon2395.decide import decide
+from balloon2395.decide.cycle import decide
+from balloon2395.decide.history import History
+from balloon2395.decide.records import SKIP, WAIT
 from balloon2395.domain_xml import DomainFacts
-from balloon2395.observe import Observation
-from balloon2395.policy import SKIP, WAIT, History
+from balloon2395.observation import Observation
+from balloon2395.settings import DomainSettings
 from balloon2395.virsh_output import BalloonStats
 
 MIB = 1024

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from balloon2395.config import DomainSettings
-from balloon2395.decide import decide, decide_all, untouched_kib
+from balloon2395.decide.cycle import decide, decide_all, untouched_kib
+from balloon2395.decide.history import History, Signals
+from balloon2395.decide.records import GROW, HOLD, SHRINK, Limits
+from balloon2395.decide.rules import target, target_size_kib
 from balloon2395.domain_xml import DomainFacts
-from balloon2395.host import HostMemory
-from balloon2395.observe import Observation
-from balloon2395.policy import GROW, HOLD, SHRINK, History, Limits, Signals, target, target_size_kib
+from balloon2395.observation import HostMemory, Observation
+from balloon2395.settings import DomainSettings
 from balloon2395.virsh_output import BalloonStats
 
 MIB = 1024

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from balloon2395.config import Config, DomainSettings
+from balloon2395.config import Config
+from balloon2395.settings import DomainSettings
 from balloon2395.sim.run import RunResult, Sample, run_scenario
 from balloon2395.sim.scenario import load, parse
 from balloon2395_testkit.calibration import Plan, simulate

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from balloon2395.config import DomainSettings
-from balloon2395.decide import decide
+from balloon2395.decide.cycle import decide
+from balloon2395.decide.history import History
+from balloon2395.decide.records import CHANGES, Limits
+from balloon2395.decide.tuning import TUNING
 from balloon2395.domain_xml import DomainFacts
-from balloon2395.observe import Observation
-from balloon2395.policy import CHANGES, FUTURE_TOLERANCE_S, History, Limits
+from balloon2395.observation import Observation
+from balloon2395.settings import DomainSettings
 from balloon2395.virsh_output import BalloonStats
 
 MIB = 1024
@@ -38,7 +40,7 @@ def cycles(offsets, policy="target"):
 
 def test_a_report_from_the_future_that_never_moves_lets_one_change_land():
     # stamped 5 s ahead: skipped until the clock is within the tolerance, then one grow, then waiting
-    ahead = int(FUTURE_TOLERANCE_S) + 3
+    ahead = int(TUNING.future_tolerance_s) + 3
     assert len(cycles([ahead + 20] * 30)) == 1
 
 

@@ -8,9 +8,11 @@ import subprocess
 
 import pytest
 
-from balloon2395.config import Config, DomainSettings
-from balloon2395.decide import POLICIES
-from balloon2395.policy import HOLD, Proposal, each
+from balloon2395.config import Config
+from balloon2395.decide.cycle import POLICIES
+from balloon2395.decide.records import HOLD, Proposal
+from balloon2395.decide.rules import each
+from balloon2395.settings import DomainSettings
 from balloon2395.sim.live import _rows as live_rows
 from balloon2395.sim.model import MIB, TCG_QEMU_OWN_KIB
 from balloon2395.sim.run import BASELINES, Simulation, run_scenario

@@ -16,13 +16,15 @@ from typing import Any, Callable, Collection, Dict, Mapping, Optional, Tuple
 
 import yaml
 
+from . import decide
 from .lock import canonical_uri
 from .quoted import number, shortened, shown
 from .safefiles import Refused, read_config
-from .units import KIB_PER_MIB, parse_size_kib
+from .settings import DomainSettings
+from .units import parse_size_kib
 
 DEFAULT_CONFIG_PATH = "/etc/balloon-2395/config.yaml"
-POLICIES = ("target", "step", "proxmox", "mom")  # decide.POLICIES, named here for the config's checks
+POLICIES = tuple(decide.POLICIES)
 LOG_FORMATS = ("text", "json")
 KSM_MODES = ("warn", "refuse", "ignore")
 HOST_MEMORY = ("auto", "local", "virsh", "cgroup", "off")
@@ -45,26 +47,6 @@ class ConfigError(Exception):
     def as_flag(self) -> "ConfigError":
         """The same error, about the flag that set the key."""
         return ConfigError(_flag(self.key), self.problem, value=self.value)
-
-
-@dataclass(frozen=True)
-class DomainSettings:
-    """The knobs that decide one domain's memory, after rules are applied."""
-
-    minimal: float = 25.0
-    maximal: float = 35.0
-    critical_kib: int = 300 * KIB_PER_MIB
-    addram_kib: int = 100 * KIB_PER_MIB
-    rmram_kib: int = 50 * KIB_PER_MIB
-    maximum_kib: Optional[int] = None  # a cap below the domain's own <memory>
-    exclude: bool = False
-    manage_windows: bool = False
-    headroom_kib: int = 256 * KIB_PER_MIB  # target policy: usable never planned below this
-    max_shrink_kib: int = 256 * KIB_PER_MIB  # target policy: the most one shrink takes
-    shares: int = 1000  # weight under host pressure: fewer shares give back more
-    # target: a guest that cannot page is shrunk for saving only once it went this long without a burst
-    burst_wait_s: float = 600.0
-    invalid: Optional[str] = None  # why the domain's own metadata could not be used
 
 
 @dataclass(frozen=True)

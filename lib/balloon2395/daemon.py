@@ -13,14 +13,18 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import PROG
-from .config import Config, DomainSettings
-from .decide import decide_all
+from .config import Config
+from .decide.cycle import decide_all
+from .decide.history import History
+from .decide.records import HOLD, SKIP, WAIT, Decision, Limits
+from .decide.tuning import TUNING
 from .domain_xml import DomainFacts
-from .host import HostMemory, HostReader
+from .host import HostReader
 from .journal import ChangeJournal
 from .logs import autodeflate_note, change_line, debug_block
-from .observe import Collector, Observation
-from .policy import HOLD, RECENT_REPORTS, SKIP, WAIT, Decision, History, Limits
+from .observation import HostMemory, Observation
+from .observe import Collector
+from .settings import DomainSettings
 from .virsh import VirshCommands, VirshError, VirshTimeout, default_uri
 
 log = logging.getLogger(PROG)
@@ -148,7 +152,7 @@ class Daemon:
         settings = self._settings_of(observations)
         host = self.host.read()
         if host is not None:
-            self.host_recent = (self.host_recent + (host.available_kib,))[-RECENT_REPORTS:]
+            self.host_recent = (self.host_recent + (host.available_kib,))[-TUNING.recent_reports:]
         decisions = decide_all(observations, settings, {n: s.history for n, s in states.items()},
                                host, now, limits, self.config.policy, self.host_recent)
         outcomes = {}

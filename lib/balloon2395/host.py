@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 from . import PROG
 from .config import Config
+from .observation import HostMemory
 from .safefiles import Refused, kind
 from .virsh import VirshCommands, VirshError
 from .virsh_output import VirshOutputError, parse_nodememstats
@@ -23,29 +23,6 @@ MEMINFO = "/proc/meminfo"
 PSI = "/proc/pressure/memory"
 CGROUP_FILE_MAX = 1 << 16  # memory.stat is a few KiB; a cgroup file larger than this is not one
 _READ_ERRORS = (OSError, ValueError, KeyError, Refused, VirshError, VirshOutputError)
-
-
-@dataclass(frozen=True)
-class HostMemory:
-    """The host's side: what it has, what it can still give, what it keeps for itself."""
-
-    total_kib: int
-    available_kib: int
-    reserve_kib: int
-    pressure: bool = False  # PSI says tasks already stall on memory
-    # The host's free swap (None: not known, as through nodememstats). Out of RAM, a host with less free swap
-    # than its reserve does not swap for long: its OOM killer kills a whole QEMU.
-    swap_free_kib: Optional[int] = None
-
-    @property
-    def spare_kib(self) -> int:
-        return self.available_kib - self.reserve_kib
-
-    @property
-    def can_swap(self) -> bool:
-        """Out of RAM, the host would swap (slow guests) rather than kill a QEMU (a guest lost); not known
-        reads as no."""
-        return self.swap_free_kib is not None and self.swap_free_kib >= self.reserve_kib
 
 
 def is_remote(uri: str) -> bool:

@@ -9,11 +9,12 @@ import sys
 from typing import Optional
 
 from . import PROG, logstyle
-from .config import DomainSettings
-from .observe import Observation
-from .policy import Decision, cap_kib
+from .decide.eligibility import cap_kib
+from .decide.records import Decision
+from .observation import Observation
 from .quoted import Lines
 from .safefiles import RotatingLogFile
+from .settings import DomainSettings
 from .units import mib
 
 log = logging.getLogger(PROG)

@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 
 from .config import Config
 from .daemon import APPLIED, OUTCOMES, Cycle
-from .policy import CHANGES, SKIP, cap_kib
+from .decide.eligibility import cap_kib
+from .decide.records import CHANGES, SKIP
 from .safefiles import write_atomic
 from .virsh import VirshError
 

@@ -21,26 +21,12 @@ from typing import Callable, Dict, List, Optional, Set, TypeVar
 from . import PROG
 from .domain_xml import DomainFacts, parse_domain_xml
 from .lifetime import Lifetime, RunningRead, RunningReader, parse_running
+from .observation import Observation
 from .virsh import VirshCommands, VirshError
 from .virsh_output import BalloonStats, VirshOutputError
 
 log = logging.getLogger(PROG)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One domain as a cycle sees it: its figures, its facts, and what the read says of it."""
-
-    stats: BalloonStats
-    facts: Optional[DomainFacts] = None  # None: dumpxml could not be read yet
-    stats_since: Optional[float] = None  # when the daemon switched the stats period on
-    uuid: Optional[str] = None  # what every call names it by; None: the read gave it no single uuid
-    problem: Optional[str] = None  # why the read cannot be trusted for it (given twice, ...)
-
-    @property
-    def name(self) -> str:
-        return self.stats.name
 
 
 @dataclass

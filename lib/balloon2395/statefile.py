@@ -16,8 +16,8 @@ import stat
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from .daemon import Cycle
+from .decide.history import History
 from .lock import InstanceLock, alive
-from .policy import History
 from .quoted import shortened, shown
 from .safefiles import kind, write_atomic
 from .status import row_dict

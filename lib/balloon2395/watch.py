@@ -15,11 +15,12 @@ from typing import Any, Dict, List, Optional, Set
 
 from . import PROG, config as cfg, statefile
 from .daemon import Cycle
-from .decide import decide_all
+from .decide.cycle import decide_all
+from .decide.history import History
+from .decide.records import Limits
 from .host import HostReader
 from .lock import InstanceLock, LockError, default_dir
 from .observe import Collector
-from .policy import History, Limits
 from .quoted import escaped
 from .status import render_json, render_table
 from .units import mib

@@ -19,9 +19,10 @@ import re
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Set
 
-from balloon2395.config import Config, DomainSettings
+from balloon2395.config import Config
+from balloon2395.decide.tuning import TUNING
 from balloon2395.lifetime import READ_LINE, parse_running
-from balloon2395.policy import FUTURE_TOLERANCE_S
+from balloon2395.settings import DomainSettings
 from balloon2395.virsh import VirshCommands, VirshError, VirshTimeout
 from balloon2395.virsh_output import BalloonStats, VirshOutputError
 
@@ -253,7 +254,7 @@ def _untimely(stamp: int, now: float, stale_after_s: float) -> List[str]:
     problems: List[str] = []
     if now - stamp > stale_after_s:
         problems.append(f"stale figures ({now - stamp:.0f}s old)")
-    if stamp > now + FUTURE_TOLERANCE_S:
+    if stamp > now + TUNING.future_tolerance_s:
         problems.append(f"future-dated figures ({stamp - now:.0f}s ahead)")
     return problems
 

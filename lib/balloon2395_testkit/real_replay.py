@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-from balloon2395.config import DomainSettings
+from balloon2395.settings import DomainSettings
 from balloon2395.sim.run import STARVED_PCT, STARVED_SWAP_IN_KIB_S, GuestResult, RunResult, Sample
 from balloon2395.sim.scenario import GuestPlan, Ramp, Scenario, Trace
 

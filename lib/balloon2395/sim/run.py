@@ -13,17 +13,18 @@ import math
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
-from ..config import Config, DomainSettings
+from ..config import Config
 from ..daemon import Daemon
+from ..decide.records import Decision
 from ..host import MEMINFO
-from ..policy import Decision
+from ..settings import DomainSettings
 from .host import EPOCH, TICKS_PER_S, SimGuest, SimHost
 from .model import GuestState, usable_kib
 from .scenario import Scenario
 from .virsh import SimVirsh
 
 STARVED_PCT = 5  # usable under this share of actual: the guest is out of memory in all but name
-# swapping in faster than this starves the guest; slower is idle daemons waking (policy.SWAP_IN_KIB_PER_S)
+# swapping in faster than this starves the guest; slower is idle daemons waking (decide.tuning: swap_in_kib_per_s)
 STARVED_SWAP_IN_KIB_S = 1024
 # Policies that are no daemon: "none" leaves the guests alone, "fpr" too, with free page reporting on in every guest.
 BASELINES = ("none", "fpr")

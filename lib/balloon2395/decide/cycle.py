@@ -1,31 +1,21 @@
-"""One cycle's decisions: every domain through the safety checks (policy.py), the configured policy
-over the domains that passed, and `bounded()` over whatever it proposed. Pure, as policy.py is."""
+"""One cycle's decisions: every domain through the safety checks (eligibility.py), the configured policy
+over the domains that passed, and `bounded()` over whatever it proposed."""
 
 from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .config import DomainSettings
-from .host import HostMemory
-from .observe import Observation
+from ..observation import HostMemory, Observation
+from ..settings import DomainSettings
+from .eligibility import bounded, candidate
+from .fit import target_fitted
+from .history import History
 from .peers import PEERS
-from .policy import (
-    HOLD,
-    Candidate,
-    Decision,
-    History,
-    HostView,
-    Limits,
-    Policy,
-    Proposal,
-    bounded,
-    candidate,
-    each,
-    step,
-    target_fitted,
-)
+from .records import HOLD, Candidate, Decision, HostView, Limits, Policy, Proposal
+from .rules import each, step
 
-POLICIES: Dict[str, Policy] = {"step": each(step), "target": target_fitted, **PEERS}
+# target first: the default, and the order --help and the config checks list them in
+POLICIES: Dict[str, Policy] = {"target": target_fitted, "step": each(step), **PEERS}
 
 
 def decide(obs: Observation, settings: DomainSettings, history: History, now: float,

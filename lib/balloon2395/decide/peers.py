@@ -32,7 +32,7 @@ samples the Monitor keeps, and the host's figures as `mom/Collectors/HostMemory.
   memory) the configured minimum, `critical`.
 - `balloonEnabled` (0 in 00-defines.policy, set by the engine's cluster option
   "memory balloon optimization") is on: a daemon run with policy `mom` balloons.
-- StatAvg over a guest averages `History.recent`, the RECENT_REPORTS reports the
+- StatAvg over a guest averages `History.recent`, the `TUNING.recent_reports` reports the
   daemon keeps; over the host, the MomHost record below. MoM's Entity.py (Python 2)
   floors the mean to a whole KiB, the port does not: under 1 KiB apart.
 """
@@ -42,9 +42,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
-from .host import HostMemory
-from .policy import GROW, HOLD, RECENT_REPORTS, SHRINK, Candidate, HostView, Policy, Proposal
-from .units import mib
+from ..observation import HostMemory
+from ..units import mib
+from .records import GROW, HOLD, SHRINK, Candidate, HostView, Policy, Proposal
+from .tuning import TUNING
 
 # Both act every 10 s: pvestatd's update time, MoM's own default policy-engine-interval (vdsm's mom.conf
 # says 15 s; the window below is counted in samples, as StatAvg counts it).
@@ -63,7 +64,7 @@ MOM_CRITICAL_GUEST_FREE = -0.05  # added to the host's free share under critical
 MOM_MIN_GUEST_FREE = 0.20  # what an unconstrained guest would keep free
 MOM_MAX_CHANGE = 0.05  # of the current size, per cycle
 MOM_MIN_CHANGE = 0.0025  # smaller changes are not worth a balloon operation
-MOM_SAMPLE_HISTORY = RECENT_REPORTS  # vdsm's mom.conf sample-history-length (10): the samples StatAvg averages
+MOM_SAMPLE_HISTORY = TUNING.recent_reports  # vdsm's mom.conf sample-history-length (10): the samples StatAvg averages
 
 
 def _proposal(c: Candidate, target_kib: Optional[float], code: str, why: str) -> Proposal:
@@ -268,7 +269,7 @@ def mom_rules(view: HostView, host: MomHost) -> Dict[str, Proposal]:
 
 
 def mom(view: HostView) -> Dict[str, Proposal]:
-    """The policy as decide.py runs it: StatAvg "mem_free" over the host's recent reads the daemon kept
+    """The policy as a cycle runs it: StatAvg "mem_free" over the host's recent reads the daemon kept
     (HostView.host_recent), or this one alone."""
     if view.host is None:
         return mom_rules(view, MomHost())

@@ -1,0 +1,29 @@
+"""The knobs that decide one domain's memory: config.py builds them from the file, the flags and the
+domain's own rules; the decision core reads them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .units import KIB_PER_MIB
+
+
+@dataclass(frozen=True)
+class DomainSettings:
+    """The knobs that decide one domain's memory, after rules are applied."""
+
+    minimal: float = 25.0
+    maximal: float = 35.0
+    critical_kib: int = 300 * KIB_PER_MIB
+    addram_kib: int = 100 * KIB_PER_MIB
+    rmram_kib: int = 50 * KIB_PER_MIB
+    maximum_kib: Optional[int] = None  # a cap below the domain's own <memory>
+    exclude: bool = False
+    manage_windows: bool = False
+    headroom_kib: int = 256 * KIB_PER_MIB  # target policy: usable never planned below this
+    max_shrink_kib: int = 256 * KIB_PER_MIB  # target policy: the most one shrink takes
+    shares: int = 1000  # weight under host pressure: fewer shares give back more
+    # target: a guest that cannot page is shrunk for saving only once it went this long without a burst
+    burst_wait_s: float = 600.0
+    invalid: Optional[str] = None  # why the domain's own metadata could not be used
