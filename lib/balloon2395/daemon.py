@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import PROG
 from .config import Config
@@ -129,38 +129,49 @@ class Daemon:
                 and facts.balloon_model == "virtio" and not facts.autodeflate and self._managed(obs.name, facts):
             log.info("%s", autodeflate_note(obs.name, obs.uuid, self.config.connect))
 
-    def cycle(self) -> Optional[List[Decision]]:
-        """One pass; None when the running domains could not be read."""
+    def read_and_decide(self, histories: Optional[Mapping[str, History]] = None) -> Cycle:
+        """One read of the domains and the host and what a cycle decides on it, acting on nothing: `cycle`
+        acts on it, the views (status, explain, --watch) show it. `histories`: what to remember of the
+        domains instead of this daemon's own (a view's, from the running daemon's state file).
+        Raises VirshError when the running domains cannot be read."""
         started = time.monotonic()
-        try:
-            observations = self.collector.collect()
-        except VirshError as exc:
-            self._outage(exc, self.clock())
-            return None
+        observations = self.collector.collect()
         # Figures are judged against the end of the read: a slow read must not make them look future-dated.
         now = self.collector.read_at
-        if self.outage_since is not None:
-            log.info("virsh answers again after %.0fs", now - self.outage_since)
-            self.outage_since, self.retry_s = None, 0.0
         for name in self.collector.restarted:  # started again since the last cycle: no history
             self.states.pop(name, None)
-        for obs in observations:
-            self._advise(obs)
-        limits = Limits(stale_after_s=self.config.stale_after_s)
-        self.changed_at = {n: t for n, t in self.changed_at.items() if now - t <= limits.stale_after_s}
-        states = {obs.name: self.states.get(obs.name) or _DomainState() for obs in observations}
+        if histories is None:
+            histories = {name: state.history for name, state in self.states.items()}
         settings = self._settings_of(observations)
         host = self.host.read()
         if host is not None:
             self.host_recent = (self.host_recent + (host.available_kib,))[-TUNING.recent_reports:]
-        decisions = decide_all(observations, settings, {n: s.history for n, s in states.items()},
-                               host, now, limits, self.config.policy, self.host_recent)
+        decisions = decide_all(observations, settings, histories, host, now,
+                               Limits(stale_after_s=self.config.stale_after_s), self.config.policy, self.host_recent)
+        return Cycle(now, observations, settings, decisions, host, time.monotonic() - started)
+
+    def cycle(self) -> Optional[List[Decision]]:
+        """One pass; None when the running domains could not be read."""
+        started = time.monotonic()
+        try:
+            read = self.read_and_decide()
+        except VirshError as exc:
+            self._outage(exc, self.clock())
+            return None
+        now, observations = read.at, read.observations
+        if self.outage_since is not None:
+            log.info("virsh answers again after %.0fs", now - self.outage_since)
+            self.outage_since, self.retry_s = None, 0.0
+        for obs in observations:
+            self._advise(obs)
+        self.changed_at = {n: t for n, t in self.changed_at.items() if now - t <= self.config.stale_after_s}
+        states = {obs.name: self.states.get(obs.name) or _DomainState() for obs in observations}
         outcomes = {}
-        for obs, decision in zip(observations, decisions):
+        for obs, decision in zip(observations, read.decisions):
             state = states[obs.name]
             state.history = decision.history
             if self.config.debug:
-                log.debug("%s", debug_block(obs, settings[obs.name], decision, now))
+                log.debug("%s", debug_block(obs, read.settings[obs.name], decision, now))
             if decision.changes:
                 outcomes[obs.name] = self._act(obs, decision, state)
                 state.last_change = LastChange(now, decision.action, decision.actual_kib, decision.target_kib,
@@ -169,9 +180,8 @@ class Daemon:
                 self._note(decision, state)
         self.states = states  # domains that left the running list are forgotten
         last_changes = {name: s.last_change for name, s in states.items() if s.last_change is not None}
-        self.last = Cycle(now, observations, settings, decisions, host, time.monotonic() - started, outcomes,
-                          last_changes)
-        return decisions
+        self.last = replace(read, duration_s=time.monotonic() - started, outcomes=outcomes, last_changes=last_changes)
+        return read.decisions
 
     def _settings_of(self, observations: List[Observation]) -> Dict[str, DomainSettings]:
         known, self._settings = self._settings, {}

@@ -15,7 +15,7 @@ from .observation import Observation
 from .quoted import Lines
 from .safefiles import RotatingLogFile
 from .settings import DomainSettings
-from .units import mib
+from .units import mib_text
 
 log = logging.getLogger(PROG)
 
@@ -51,7 +51,7 @@ def change_line(decision: Decision) -> str:
 
 def change_sizes(decision: Decision) -> str:
     """`2048 -> 2148`: from and to, in MiB (`-` for one a decision has not)."""
-    return " -> ".join("-" if kib is None else str(mib(kib)) for kib in (decision.actual_kib, decision.target_kib))
+    return " -> ".join(mib_text(kib, unit=False) for kib in (decision.actual_kib, decision.target_kib))
 
 
 def autodeflate_note(name: str, uuid: str, uri: Optional[str]) -> str:
@@ -71,16 +71,13 @@ def debug_block(obs: Observation, settings: DomainSettings, decision: Decision, 
     """The original's per-domain debug block, with what it never showed: age, cap, reason."""
     s = obs.stats
 
-    def size(kib):
-        return "-" if kib is None else f"{mib(kib)} MiB"
-
     pct = "-" if s.usable_kib is None or not s.actual_kib else f"{s.usable_kib * 100 // s.actual_kib}%"
     age = "-" if s.last_update is None else f"{now - s.last_update:.1f}s"
-    target = f" -> {size(decision.target_kib)}" if decision.target_kib is not None else ""
+    target = f" -> {mib_text(decision.target_kib)}" if decision.target_kib is not None else ""
     return Lines.of([  # each line escaped (a name, a reason), its line breaks kept by the log formatter
         f"----- {s.name} -----",
-        f"  actual   {size(s.actual_kib)}   usable {size(s.usable_kib)} ({pct})   stats age {age}",
-        f"  band     {settings.minimal:g}-{settings.maximal:g}%   floor {size(settings.critical_kib)}   "
-        f"maximum {size(cap_kib(s, settings))}",
+        f"  actual   {mib_text(s.actual_kib)}   usable {mib_text(s.usable_kib)} ({pct})   stats age {age}",
+        f"  band     {settings.minimal:g}-{settings.maximal:g}%   floor {mib_text(settings.critical_kib)}   "
+        f"maximum {mib_text(cap_kib(s, settings))}",
         f"  decision {decision.action}{target}: {decision.reason}",
     ])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Optional
 
 from .quoted import shown
 
@@ -55,9 +56,7 @@ def mib(kib: int) -> int:
     return kib // KIB_PER_MIB
 
 
-def format_size(kib: int) -> str:
-    if kib % (1024 ** 2) == 0 and kib:
-        return f"{kib // 1024 ** 2}GiB"
-    if kib % KIB_PER_MIB == 0:
-        return f"{kib // KIB_PER_MIB}MiB"
-    return f"{kib}KiB"
+def mib_text(kib: Optional[int], unit: bool = True) -> str:
+    """Whole MiB as the views and logs print a size, `-` for one not known: `2048 MiB`, or `2048` where the
+    column or the line says the unit."""
+    return "-" if kib is None else f"{mib(kib)} MiB" if unit else str(mib(kib))

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Set
 
 from . import PROG, config as cfg, statefile
-from .daemon import Cycle
-from .decide.cycle import decide_all
+from .daemon import Cycle, Daemon
 from .decide.history import History
-from .decide.records import Limits
-from .host import HostReader
 from .lock import InstanceLock, LockError, default_dir
-from .observe import Collector
 from .quoted import escaped
 from .status import render_json, render_table
-from .units import mib
+from .units import mib_text
 from .virsh import VirshError, default_uri
 from .virsh_session import open_virsh
 
@@ -70,22 +66,14 @@ def clock(at: float) -> str:
 
 
 def read_now(config: cfg.Config, uri: str, histories: Dict[str, History]) -> Cycle:
-    """One read of the domains and the decisions a cycle would make; changes nothing."""
-    config = config.for_uri(uri)
+    """One read of the domains and the decisions a cycle would make: the daemon's own read-and-decide,
+    as a dry run (no setmem, no stats period switched on); changes nothing."""
+    config = replace(config.for_uri(uri), dry_run=True)
     virsh = open_virsh(config)
     try:
-        started = time.monotonic()
-        collector = Collector(virsh, config.stats_period, setup=False)
-        observations = collector.collect()
-        now = collector.read_at
-        settings = {obs.name: config.for_domain(obs.name, obs.facts.settings if obs.facts else ())
-                    for obs in observations}
-        host = HostReader(config, virsh, uri).read()
-        decisions = decide_all(observations, settings, histories, host, now, Limits(config.stale_after_s),
-                               config.policy)
+        return Daemon(config, virsh).read_and_decide(histories)
     finally:
         virsh.close()
-    return Cycle(now, observations, settings, decisions, host, time.monotonic() - started)
 
 
 def view(config: cfg.Config, uri: str) -> View:
@@ -106,12 +94,9 @@ def last_decision(row: Optional[Dict[str, Any]]) -> str:
     if not change:
         return "-"
     at = clock(change["at"])
-    return (f"{change['action']} {_mib_or_dash(change['from_kib'])}->{_mib_or_dash(change['target_kib'])} "
+    sizes = "->".join(mib_text(change[key], unit=False) for key in ("from_kib", "target_kib"))
+    return (f"{change['action']} {sizes} "
             f"{change['outcome']} {at}")
-
-
-def _mib_or_dash(kib: Optional[int]) -> str:
-    return "-" if kib is None else str(mib(kib))
 
 
 def pressure_order(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -185,10 +170,6 @@ def _named(rows: List[Dict[str, Any]], name: str) -> Optional[Dict[str, Any]]:
         (d for d in rows if escaped(d["domain"]) == name), None)
 
 
-def _size(kib: Optional[int]) -> str:
-    return "-" if kib is None else f"{mib(kib)} MiB"
-
-
 def render_explain(config: cfg.Config, v: View, now: Dict[str, Any], last: Optional[Dict[str, Any]]) -> str:
     inputs = now["explain"]
     stats, settings, history = inputs["stats"], inputs["settings"], inputs["history"]
@@ -198,18 +179,18 @@ def render_explain(config: cfg.Config, v: View, now: Dict[str, Any], last: Optio
     lines = [
         f"{now['domain']} on {v.uri} ({config.policy} policy)",
         "inputs:",
-        f"  actual {_size(stats['actual_kib'])}, usable {_size(stats['usable_kib'])} ({pct}), "
-        f"maximum {_size(stats['maximum_kib'])}, stats age {age}",
-        f"  swap_in {_size(stats['swap_in_kib'])}, swap_out {_size(stats['swap_out_kib'])}, "
+        f"  actual {mib_text(stats['actual_kib'])}, usable {mib_text(stats['usable_kib'])} ({pct}), "
+        f"maximum {mib_text(stats['maximum_kib'])}, stats age {age}",
+        f"  swap_in {mib_text(stats['swap_in_kib'])}, swap_out {mib_text(stats['swap_out_kib'])}, "
         f"major faults {stats['major_fault'] if stats['major_fault'] is not None else '-'}",
-        f"  band {settings['minimal']:g}-{settings['maximal']:g}%, floor {_size(settings['critical_kib'])}, "
+        f"  band {settings['minimal']:g}-{settings['maximal']:g}%, floor {mib_text(settings['critical_kib'])}, "
         f"cap {'-' if now['maximum_mib'] is None else str(now['maximum_mib']) + ' MiB'}, "
-        f"headroom {_size(settings['headroom_kib'])}, "
-        f"max shrink {_size(settings['max_shrink_kib'])}, shares {settings['shares']}"
+        f"headroom {mib_text(settings['headroom_kib'])}, "
+        f"max shrink {mib_text(settings['max_shrink_kib'])}, shares {settings['shares']}"
         + (", excluded" if settings["exclude"] else ""),
         "  " + _balloon(now),
         "  host: " + ("not watched" if host is None else
-                      f"available {_size(host['available_kib'])}, reserve {_size(host['reserve_kib'])}"
+                      f"available {mib_text(host['available_kib'])}, reserve {mib_text(host['reserve_kib'])}"
                       + (", PSI pressure" if host["pressure"] else "")),
         "  remembered: " + _history(history),
     ]
@@ -246,12 +227,12 @@ def _decision(d: Dict[str, Any]) -> str:
 def _history(h: Dict[str, Any]) -> str:
     parts = []
     if h["changed_at"] is not None:
-        parts.append(f"setmem {_size(h['from_kib'])} -> {_size(h['target_kib'])} at "
+        parts.append(f"setmem {mib_text(h['from_kib'])} -> {mib_text(h['target_kib'])} at "
                      f"{clock(h['changed_at'])}, waiting for fresh stats")
     if h["unresponsive"]:
         parts.append("a setmem had no effect: left alone")
     if h["burst_kib"]:
-        parts.append(f"recent burst {_size(int(h['burst_kib']))}")
+        parts.append(f"recent burst {mib_text(int(h['burst_kib']))}")
     if h["paged_at"] is not None:
         parts.append(f"paged at {clock(h['paged_at'])}")
     return "; ".join(parts) or "nothing (no change pending, no burst, no paging)"
