@@ -191,7 +191,8 @@ def test_status_table_is_one_row_per_domain(names):
 @given(st.lists(hostile, min_size=1, max_size=5))
 def test_the_simulator_table_is_one_row_per_guest(names):
     from balloon2395.sim import live
-    lines = live._table(live.COLUMNS, [(n, "1", "2%", "25-35%", "0", f"grow {n}") for n in names])
+    lines = live._table(live.COLUMNS, [(n, "1", "2%", "25-35%", "0", "hold", f"grow {n}", f"why {n}")
+                                               for n in names])
     assert len(lines) == 1 + len(names) and all(no_control(line, keep="") for line in lines)
 
 

@@ -138,7 +138,23 @@ def test_simulate_shows_a_guest_lost_to_the_host_as_lost(tmp_path):
     sim = Simulation(crowded(tmp_path, swap="0"), Config(policy="none"))
     while sim.host.tick < 20:
         sim.step()
-    assert [row[-1] for row in live_rows(sim)] == ["lost to the host's OOM killer at 1s", "-"]
+    assert [row.last for row in live_rows(sim)] == ["lost to the host's OOM killer at 1s", "-"]
+
+
+def test_simulate_shows_each_guests_next_step_and_why(tmp_path):
+    sim = Simulation(crowded(tmp_path), Config(policy="target", secs=1))
+    while sim.host.tick < 30:
+        sim.step()
+    decided = {d.name: d for d in sim.daemon.last.decisions}
+    rows = live_rows(sim)
+    assert [row.why for row in rows] == [decided[row.guest].reason for row in rows]
+    assert all(row.why and row.next.startswith(decided[row.guest].action) for row in rows)
+
+
+def test_simulate_without_a_daemon_says_so_in_why(tmp_path):
+    sim = Simulation(crowded(tmp_path), Config(policy="none"))
+    sim.step()
+    assert {(row.next, row.why) for row in live_rows(sim)} == {("-", "no daemon: policy none")}
 
 
 def test_a_run_is_the_same_for_the_same_seed(tiny):

@@ -13,23 +13,38 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, List, Optional, Sequence, TextIO
+from typing import Callable, List, NamedTuple, Optional, Sequence, TextIO
 
 from .. import PROG, logs
 from ..config import Config
 from ..quoted import escaped
-from ..units import mib
+from ..units import mib, mib_text
 from .host import TICKS_PER_S
 from .model import usable_kib
 from .run import Simulation
 from .scenario import DEFAULT_SCENARIO, ScenarioError, load
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-COLUMNS = ("GUEST", "ACTUAL_MiB", "USABLE%", "BAND", "OOM", "LAST ACTION")
+COLUMNS = ("GUEST", "ACTUAL_MiB", "USABLE%", "BAND", "OOM", "NEXT", "LAST ACTION", "WHY")
 _REDRAW_S = 0.2  # real seconds between redraws of the live table
 
 
-def _rows(sim: Simulation) -> Sequence[Sequence[str]]:
+class _Row(NamedTuple):
+    """A guest as the live view shows it: its figures, what the daemon's last cycle decided for it and why."""
+
+    guest: str
+    actual: str
+    usable: str
+    band: str
+    oom: str
+    next: str
+    last: str
+    why: str
+
+
+def _rows(sim: Simulation) -> Sequence[_Row]:
+    cycle = sim.daemon.last if sim.daemon_runs else None
+    decided = {d.name: d for d in cycle.decisions} if cycle is not None else {}
     rows = []
     for g in sim.host.guests:
         s, settings = g.state, sim.config.for_domain(g.name)
@@ -37,8 +52,13 @@ def _rows(sim: Simulation) -> Sequence[Sequence[str]]:
         action = "-" if last is None else f"{last[1].action} {logs.change_sizes(last[1])} at {last[0]:.0f}s"
         if g.lost_at_s is not None:
             action = f"lost to the host's OOM killer at {g.lost_at_s:.0f}s"
-        rows.append((g.name, str(mib(s.actual_kib)), f"{usable_kib(g.plan.spec, s) * 100 // s.actual_kib}%",
-                     f"{settings.minimal:g}-{settings.maximal:g}%", str(s.oom_kills), action))
+        decision = decided.get(g.name)
+        following = "-" if decision is None else decision.action + (
+            "" if decision.target_kib is None else f" -> {mib_text(decision.target_kib, unit=False)}")
+        why = (decision.reason if decision is not None else
+               f"no daemon: policy {sim.config.policy}" if not sim.daemon_runs else "no cycle yet")
+        rows.append(_Row(g.name, str(mib(s.actual_kib)), f"{usable_kib(g.plan.spec, s) * 100 // s.actual_kib}%",
+                         f"{settings.minimal:g}-{settings.maximal:g}%", str(s.oom_kills), following, action, why))
     return rows
 
 
@@ -87,10 +107,9 @@ class _LineView:
     def show(self, sim: Simulation, final: bool = False) -> None:
         if final or sim.host.tick % self.every_ticks:
             return
-        for row in _rows(sim):
-            name, actual, usable, band, oom, action = row
-            self.out.write(escaped(f"[{sim.host.elapsed_s:6.0f}s] {name}  actual {actual} MiB  usable {usable}  "
-                                   f"band {band}  oom {oom}  last: {action}") + "\n")
+        for r in _rows(sim):
+            self.out.write(escaped(f"[{sim.host.elapsed_s:6.0f}s] {r.guest}  actual {r.actual} MiB  usable {r.usable}  "
+                                   f"band {r.band}  oom {r.oom}  next: {r.next} ({r.why})  last: {r.last}") + "\n")
         self.out.flush()
 
 
