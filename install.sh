@@ -4,8 +4,9 @@
 #   ./install.sh --dev   also the test dependencies (pytest, hypothesis, mypy, ruff)
 #   ./install.sh --bench also the benchmark's plotting (matplotlib); options may be combined
 #   ./install.sh --metrics also prometheus-client, for the daemon's metrics
-#   ./install.sh --systemd also a systemd unit running this checkout (enabled, started) and
-#                          /etc/balloon-2395/config.yaml (never overwritten)
+#   ./install.sh --systemd also a systemd unit running this checkout (enabled, started),
+#                          /etc/balloon-2395/config.yaml (never overwritten), the manual page
+#                          and the bash and zsh completions (under /usr/local/share)
 #   ./install.sh --uninstall removes what --systemd installed (an edited config is kept)
 # Idempotent: run it again after an update. BALLOON_ROOT=DIR installs the unit and config
 # under DIR instead of / (packaging, tests) and then never calls systemctl.
@@ -23,7 +24,7 @@ for arg in "$@"; do
         --metrics) metrics=1 ;;
         --systemd) systemd=1 ;;
         --uninstall) uninstall=1 ;;
-        -h|--help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -34,6 +35,10 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 root=${BALLOON_ROOT:-}
 unit="$root/etc/systemd/system/balloon-2395.service"
 config="$root/etc/balloon-2395/config.yaml"
+# where man, bash-completion and zsh look for what the local administrator installs: SOURCE TARGET
+extras=("docs/balloon-2395.8 $root/usr/local/share/man/man8/balloon-2395.8"
+        "examples/completion/bash/balloon-2395 $root/usr/local/share/bash-completion/completions/balloon-2395"
+        "examples/completion/zsh/_balloon-2395 $root/usr/local/share/zsh/site-functions/_balloon-2395")
 # what --systemd wrote, with checksums: --uninstall removes only those, and a config
 # the operator has edited since stays
 manifest="$root/var/lib/balloon-2395/installed"
@@ -119,6 +124,11 @@ if [ "$systemd" = 1 ]; then
         record "$config"
         say "installed $config (the defaults; edit it, then: systemctl reload balloon-2395)"
     fi
+    for extra in "${extras[@]}"; do
+        install -D -m 644 "$here/${extra%% *}" "${extra#* }"
+        record "${extra#* }"
+    done
+    say "installed the manual page (man balloon-2395) and the completions of the command balloon-2395"
     mv "$manifest.new" "$manifest"
     if command -v systemd-analyze >/dev/null 2>&1; then
         systemd-analyze verify "$unit" || die "systemd-analyze verify found problems in $unit"

@@ -41,14 +41,14 @@ from balloon2395.config import Config  # noqa: E402
 from balloon2395.decide.cycle import POLICIES  # noqa: E402
 from balloon2395.settings import DomainSettings
 from balloon2395.sim.scenario import Scenario, ScenarioError, load  # noqa: E402
-from balloon2395_testkit.calibration import Plan, model_facts, simulate  # noqa: E402
-from balloon2395_testkit.calibration_compare import Comparison, Doc  # noqa: E402
-from balloon2395_testkit.calibration_replay import replay  # noqa: E402
-from balloon2395_testkit.calibration_report import render  # noqa: E402
 from balloon2395_testkit.daemon_process import DAEMON  # noqa: E402
 from balloon2395_testkit.guests import exit_on_sigterm  # noqa: E402
 from balloon2395_testkit.prepared import check_prerequisites  # noqa: E402
 from balloon2395_testkit.waiting import HarnessError  # noqa: E402
+from calibration.compare import Comparison, Doc  # noqa: E402
+from calibration.plan import Plan, model_facts, simulate  # noqa: E402
+from calibration.replay import replay  # noqa: E402
+from calibration.report import render  # noqa: E402
 
 PROG_NAME = "calibrate.py"
 

@@ -8,7 +8,7 @@
 For each scenario (default: real-idle, real-burst, real-cache, real-redis, about 29 minutes; --quick:
 real-quick under `target` only, about 3 minutes) and each policy (default: step and target; the
 whole-host peers proxmox and mom run at their own 10 s cadence), in wall time: a Debian guest per
-scenario guest (lib/balloon2395_testkit/real_replay.py; sizes capped at 1 GiB and at the host's free
+scenario guest (bench/calibration/real_replay.py; sizes capped at 1 GiB and at the host's free
 memory, with a warning when a guest is scaled down, its workload alike), the real `balloon-2395
 --policy P` on them, a thread per guest turning its trace into agent calls (anonymous MiB held in hogs,
 the page cache read from the image's files, Redis data for a guest named redis*), dommemstat sampled
@@ -54,7 +54,7 @@ from balloon2395.sim.scenario import Scenario, ScenarioError, load  # noqa: E402
 from balloon2395_testkit.daemon_process import DAEMON  # noqa: E402
 from balloon2395_testkit.debian_guest import not_ready  # noqa: E402
 from balloon2395_testkit.guests import exit_on_sigterm  # noqa: E402
-from balloon2395_testkit.real_replay import (  # noqa: E402
+from calibration.real_replay import (  # noqa: E402
     CALIBRATED_WITHIN,
     MIB,
     Sizing,

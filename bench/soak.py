@@ -103,7 +103,7 @@ def soak(hours: float = 24, guests: int = 50, seed: int = 0, rate: float = 0.005
     counter = _Counter()
     log.handlers, log.propagate = [counter], False
     log.setLevel(logging.INFO)
-    floors = {g.name: min(config.for_domain(g.name).critical_kib, g.state.actual_kib) for g in sim.host.guests}
+    floors = {g.name: min(config.for_domain(g.name).floor_kib, g.state.actual_kib) for g in sim.host.guests}
     ticks, cycle_ticks = round(hours * 3600 * TICKS_PER_S), sim.cycle_ticks
     outage_ticks = round(outage_every_s * TICKS_PER_S)
     cycles = bounds = 0

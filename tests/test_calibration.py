@@ -1,4 +1,4 @@
-"""Calibration's parts that need no real guest (balloon2395_testkit.calibration*): the plan a scenario makes,
+"""Calibration's parts that need no real guest (calibration.plan*): the plan a scenario makes,
 the daemon's change lines, the simulated side, the comparison's figures and the text report."""
 
 from __future__ import annotations
@@ -11,7 +11,18 @@ import pytest
 from balloon2395.config import Config
 from balloon2395.sim.run import Sample
 from balloon2395.sim.scenario import ScenarioError, load
-from balloon2395_testkit.calibration import (
+from calibration.compare import (
+    Comparison,
+    balloon_speed,
+    detail,
+    mean_abs_diff,
+    phase,
+    relief_s,
+    settled_at,
+    side_by_side,
+    summary,
+)
+from calibration.plan import (
     MIB,
     Change,
     Plan,
@@ -23,19 +34,8 @@ from balloon2395_testkit.calibration import (
     simulate,
     stamp_changes,
 )
-from balloon2395_testkit.calibration_compare import (
-    Comparison,
-    balloon_speed,
-    detail,
-    mean_abs_diff,
-    phase,
-    relief_s,
-    settled_at,
-    side_by_side,
-    summary,
-)
-from balloon2395_testkit.calibration_replay import ChangeLog, log_notes, ramp_steps
-from balloon2395_testkit.calibration_report import diff, fmt, probe_lines, render, rows_table
+from calibration.replay import ChangeLog, log_notes, ramp_steps
+from calibration.report import diff, fmt, probe_lines, render, rows_table
 
 # the calibrate scenario's plan: 512 / 1024 MiB, +50 MiB/s from 30 s up to 300 MiB (full at 36 s), freed at 120 s
 PLAN = Plan("calibrate", "calib", 512, 1024, 1, 30.0, 300, 50.0, 120.0, 240.0, 25.0, 35.0)

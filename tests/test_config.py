@@ -16,7 +16,7 @@ def test_defaults_are_the_originals():
     c = cfg.build({})
     d = c.defaults
     assert (d.minimal, d.maximal) == (25, 35)
-    assert (d.critical_kib, d.addram_kib, d.rmram_kib) == (300 * MIB, 100 * MIB, 50 * MIB)
+    assert (d.floor_kib, d.addram_kib, d.rmram_kib) == (300 * MIB, 100 * MIB, 50 * MIB)
     assert c.secs == 0.5 and c.debug is False and c.logdir is None
     assert c.policy == "target"  # the original's rule stays selectable as "step"
 
@@ -43,7 +43,7 @@ def test_per_domain_rules_exact_beats_glob_first_glob_wins():
         "web-db": {"exclude": True},
         "win-*": {"manage_windows": True, "maximum": "8GiB"},
     }})
-    assert c.for_domain("web-1").minimal == 10 and c.for_domain("web-1").critical_kib == 1024 * MIB
+    assert c.for_domain("web-1").minimal == 10 and c.for_domain("web-1").floor_kib == 1024 * MIB
     assert c.for_domain("web-1").maximal == 30  # unspecified keys come from the top level
     assert c.for_domain("web-db").exclude and c.for_domain("web-db").minimal == 20
     assert c.for_domain("win-7").manage_windows and c.for_domain("win-7").maximum_kib == 8 * 1024 * MIB

@@ -42,18 +42,33 @@ def _one_line_or_config(path):
     return config
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(CONFIGS)
-def test_any_yaml_config_file_is_a_config_or_one_line(tmp_path, values):
-    path = tmp_path / "config.yaml"
+def _loaded(path, values):
+    """The config a file of these values makes, or None: not YAML at all, or refused in one line."""
     try:
         path.write_text(yaml.safe_dump(values, allow_unicode=True))
     except yaml.YAMLError:
-        return  # not representable as YAML at all
-    config = _one_line_or_config(path)
+        return None
+    return _one_line_or_config(path)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(CONFIGS)
+def test_any_yaml_config_file_is_a_config_or_one_line(tmp_path, values):
+    config = _loaded(tmp_path / "config.yaml", values)
     if config is not None:  # a glob that passed is usable at runtime, for any name
         for name in ("web1", "a[b", "-x", "é"):
             config.for_domain(name)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(CONFIGS)
+def test_the_settings_check_config_prints_load_back_the_same(tmp_path, values):
+    config = _loaded(tmp_path / "config.yaml", values)
+    if config is None:
+        return
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(cfg.render_effective(config, "config.yaml"))
+    assert cfg.load(str(printed), {}) == config
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -23,7 +23,7 @@ def _checkout(path):
     """A copy of the checkout's files install.sh uses, beside a .venv whose pip finds nothing to do:
     what --systemd and --uninstall do is the same, without a real pip run (seconds) each time."""
     path.mkdir()
-    for name in ("install.sh", "balloon-2395", "examples"):
+    for name in ("install.sh", "balloon-2395", "examples", "docs"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, path / name)
     for requirements in ROOT.glob("requirements*.txt"):
         shutil.copy2(requirements, path / requirements.name)
@@ -72,6 +72,27 @@ def test_systemd_install_keeps_an_edited_config_and_uninstall_removes_what_it_in
     assert install("--uninstall").returncode == 0
     assert not config.exists() and not config.parent.exists()
     assert install("--uninstall").returncode == 1  # nothing left to remove
+
+
+EXTRAS = {"usr/local/share/man/man8/balloon-2395.8": "docs/balloon-2395.8",
+          "usr/local/share/bash-completion/completions/balloon-2395": "examples/completion/bash/balloon-2395",
+          "usr/local/share/zsh/site-functions/_balloon-2395": "examples/completion/zsh/_balloon-2395"}
+
+
+def test_systemd_install_puts_the_manual_page_and_completions_where_man_and_the_shells_look(tmp_path):
+    root = tmp_path / "root"
+    result = _install(_checkout(tmp_path / "checkout"), root, "--systemd")
+    assert result.returncode == 0, result.stderr
+    assert {target: (root / target).read_text() for target in EXTRAS} == {
+        target: (ROOT / source).read_text() for target, source in EXTRAS.items()}
+
+
+def test_uninstall_removes_the_manual_page_and_completions(tmp_path):
+    checkout, root = _checkout(tmp_path / "checkout"), tmp_path / "root"
+    assert _install(checkout, root, "--systemd").returncode == 0
+    result = _install(checkout, root, "--uninstall")
+    assert result.returncode == 0, result.stderr
+    assert [target for target in EXTRAS if (root / target).exists()] == []
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

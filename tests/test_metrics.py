@@ -3,8 +3,12 @@ back with prometheus-client's own parser; the textfile is never seen half-writte
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
+import platform
+import re
 import signal
 import socket
 import stat
@@ -15,11 +19,12 @@ import urllib.request
 
 import pytest
 
+import balloon2395
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
-from balloon2395.lifetime import READ_LINE
-from balloon2395.virsh import default_uri
-from conftest import GIB, MIB, T0, domain, still_host, wait_for
+from balloon2395.lifetime import READ_LINE, READ_LINE_NO_ID
+from balloon2395.virsh import VirshCommands, default_uri
+from conftest import GIB, LIB, MIB, T0, domain, still_host, wait_for
 
 prometheus_client = pytest.importorskip(
     "prometheus_client", reason="prometheus-client is optional: pip install -r requirements-metrics.txt")
@@ -83,7 +88,9 @@ def test_http_endpoint_on_loopback(fake_host, daemons):
     assert s[("balloon2395_domains_skipped", frozenset(dict(on, reason="excluded").items()))] == 1
     assert s[("balloon2395_virsh_errors_total", frozenset(dict(on, command="setmem").items()))] == 1
     assert s[("balloon2395_host_available_bytes", frozenset(on.items()))] > 0
-    assert 0 < s[("balloon2395_cycle_duration_seconds", frozenset(on.items()))] < 10
+    assert s[("balloon2395_cycle_duration_seconds_count", frozenset(on.items()))] >= 1
+    assert 0 < s[("balloon2395_cycle_duration_seconds_sum", frozenset(on.items()))] < 10 * \
+        s[("balloon2395_cycle_duration_seconds_count", frozenset(on.items()))]
     assert ("balloon2395_adjustments_total", frozenset(dict(on, direction="shrink").items())) in s
     proc.terminate()
     assert proc.wait(timeout=20) == 0
@@ -350,7 +357,7 @@ def test_two_uris_with_the_same_domain_are_two_series(fake_host, tmp_path):
     text = prom.read_text()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name, family in families.items():
-        labels = [frozenset(s.labels.items()) for s in family.samples]
+        labels = [(s.name, frozenset(s.labels.items())) for s in family.samples]  # a histogram: _sum, _count
         assert len(labels) == len(set(labels)), f"{name}: two series with the same labels"
         assert all(s.labels["host"] == HOST and s.labels["uri"] in uris for s in family.samples), name
     actual = families["balloon2395_domain_actual_bytes"].samples
@@ -372,3 +379,127 @@ def test_the_uri_label_carries_no_password_and_no_undecodable_byte():
         {"qemu+tcp://admin:***@host2/system", "qemu:///sys\\udcfftem"}
     hosts = {s.labels["uri"]: s.labels["host"] for f in text_string_to_metric_families(text) for s in f.samples}
     assert hosts["qemu+tcp://admin:***@host2/system"] == "host2"
+
+
+# ------------------------------------------------------------ issue 25, point 4: what an operator expects
+
+def _one_cycle(config, *domains):
+    daemon = Daemon(config, still_host(*domains), clock=lambda: T0)
+    daemon.cycle()
+    return daemon.last
+
+
+def _fresh(uri="qemu:///system", **config):
+    m = metrics.Metrics(cfg.build(dict({"host_memory": "off"}, **config)))
+    m.add_host(uri)
+    return m
+
+
+def _scraped(m):
+    return _samples(generate_latest(m.registry).decode("utf-8"))
+
+
+def _on(uri="qemu:///system", **labels):
+    return frozenset(dict({"host": HOST, "uri": uri}, **labels).items())
+
+
+def test_build_info_names_the_version_the_python_and_the_policy():
+    s = _scraped(_fresh(policy="mom"))
+    info = [dict(labels) for name, labels in s if name == "balloon2395_build_info"]
+    assert info == [{"host": HOST, "uri": "qemu:///system", "version": balloon2395.__version__,
+                     "python": platform.python_version(), "policy": "mom"}]
+    assert s[("balloon2395_build_info", frozenset(info[0].items()))] == 1
+
+
+def test_build_info_follows_the_policy_a_reload_brings():
+    m = _fresh(policy="step")
+    m.cycle_done("qemu:///system", None, 0.5, "proxmox")
+    policies = [dict(labels)["policy"] for name, labels in _scraped(m) if name == "balloon2395_build_info"]
+    assert policies == ["proxmox"]
+
+
+def test_every_counter_and_the_cycle_histogram_are_there_at_zero_before_any_cycle():
+    s = _scraped(_fresh())
+    changes = {(dict(labels)["direction"], dict(labels)["outcome"]): value for (name, labels), value in s.items()
+               if name == "balloon2395_changes_total"}
+    assert changes == {(d, o): 0 for d in ("grow", "shrink") for o in
+                       ("applied", "failed", "timed-out", "gone", "fenced", "dry-run")}
+    assert {dict(labels)["direction"]: value for (name, labels), value in s.items()
+            if name == "balloon2395_adjustments_total"} == {"grow": 0, "shrink": 0}
+    assert {dict(labels)["command"]: value for (name, labels), value in s.items()
+            if name == "balloon2395_virsh_errors_total"} == dict.fromkeys(metrics.COMMANDS, 0)
+    buckets = {dict(labels)["le"]: value for (name, labels), value in s.items()
+               if name == "balloon2395_cycle_duration_seconds_bucket"}
+    assert len(buckets) == len(metrics.BUCKETS) + 1 and set(buckets.values()) == {0}
+    assert s[("balloon2395_cycle_duration_seconds_count", _on())] == 0
+
+
+def test_a_failed_call_of_a_command_not_known_in_advance_is_still_counted():
+    m = _fresh()
+    m.virsh_error("qemu:///system", "metadata")
+    m.virsh_error("qemu:///system", "setmem")
+    s = _scraped(m)
+    assert s[("balloon2395_virsh_errors_total", _on(command="metadata"))] == 1
+    assert s[("balloon2395_virsh_errors_total", _on(command="setmem"))] == 1
+    assert s[("balloon2395_virsh_errors_total", _on(command="dumpxml"))] == 0
+
+
+def test_every_virsh_command_the_daemon_runs_is_counted_from_the_start():
+    """VirshCommands' named commands and the read line, named as CountingVirsh names a failed one."""
+    ran = set()
+
+    class Recorder(VirshCommands):
+        def run(self, *args):
+            ran.add(args[0])
+            return ""
+
+        def run_line(self, line):
+            ran.add(line.split()[0])
+            return ""
+
+    recorder = Recorder()
+    for name, method in inspect.getmembers(VirshCommands, inspect.isfunction):
+        if name.startswith("_") or name in ("run", "run_line", "close"):
+            continue
+        try:
+            method(recorder, *["1"] * (len(inspect.signature(method).parameters) - 1))
+        except Exception:  # the parsers refuse the empty output: what matters is the command it ran
+            pass
+    ran |= {line.split()[0] for line in (READ_LINE, READ_LINE_NO_ID)}
+    assert ran and ran <= set(metrics.COMMANDS), sorted(ran - set(metrics.COMMANDS))
+
+
+def test_every_skip_reason_is_exported_at_zero_beside_the_ones_the_cycle_had():
+    config = cfg.build({"host_memory": "off", "policy": "step"})
+    cycle = _one_cycle(config, domain("web1", usable_mib=600), domain("win", os="http://microsoft.com/win/10"))
+    m = metrics.Metrics(config)
+    m.add_host("qemu:///system")
+    m.cycle_done("qemu:///system", cycle, 0.5)
+    skipped = {dict(labels)["reason"]: value for (name, labels), value in _scraped(m).items()
+               if name == "balloon2395_domains_skipped"}
+    assert skipped == dict(dict.fromkeys(metrics.SKIP_REASONS, 0), windows=1)
+
+
+def test_the_skip_reasons_known_in_advance_are_the_decide_packages():
+    source = "".join(path.read_text() for path in (LIB / "balloon2395" / "decide").glob("*.py"))
+    codes = set(re.findall(r'\bSKIP, "([a-z-]+)"', source))
+    assert codes and codes == set(metrics.SKIP_REASONS)
+
+
+def test_each_cycle_is_counted_once_in_the_bucket_of_its_duration():
+    config = cfg.build({"host_memory": "off"})
+    cycle = _one_cycle(config, domain("web1", usable_mib=600))
+    m = metrics.Metrics(config)
+    m.add_host("h")
+    for seconds in (0.003, 0.005, 0.7, 12.0, 400.0):  # 0.005: at a bound, in its bucket (le)
+        one = dataclasses.replace(cycle, duration_s=seconds)
+        m.cycle_done("h", one, 0.5)
+        m.cycle_done("h", one, 0.5)  # the same cycle published again (an outage): not a second cycle
+    s = _scraped(m)
+    ids = {"host": socket.gethostname(), "uri": "h"}
+    bucket = {dict(labels)["le"]: value for (name, labels), value in s.items()
+              if name == "balloon2395_cycle_duration_seconds_bucket"}
+    assert bucket["0.005"] == 2 and bucket["0.5"] == 2 and bucket["1.0"] == 3 and bucket["10.0"] == 3
+    assert bucket["30.0"] == 4 and bucket["+Inf"] == 5
+    assert s[("balloon2395_cycle_duration_seconds_count", frozenset(ids.items()))] == 5
+    assert s[("balloon2395_cycle_duration_seconds_sum", frozenset(ids.items()))] == pytest.approx(412.708)

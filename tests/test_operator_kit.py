@@ -65,7 +65,7 @@ WORD = re.compile(r"(?<![\w.$])([a-zA-Z_:][\w:]*)(\s*\()?")
 KEYWORDS = {"and", "or", "unless", "bool", "offset"}
 FUNCTIONS = {"sum", "min", "max", "avg", "count", "rate", "irate", "increase", "delta", "time", "clamp_min",
              "clamp_max", "abs", "absent", "vector", "scalar", "max_over_time", "min_over_time", "avg_over_time",
-             "last_over_time", "changes", "resets", "topk", "bottomk", "sort", "sort_desc"}
+             "last_over_time", "changes", "resets", "topk", "bottomk", "sort", "sort_desc", "histogram_quantile"}
 LABEL_VALUES = re.compile(r"^label_values\((.*),\s*(\w+)\)$")  # a Grafana variable's query
 
 

@@ -1,5 +1,6 @@
 """The package (issue 17, points 1 and 2): one version everywhere, and the wheel `pip wheel .` builds, installed
-into a fresh venv, runs with no checkout around: --version, --simulate, check-config and status.
+into a fresh venv, runs with no checkout around: --version, --simulate, check-config and status; it brings the
+manual page and the shell completions (issue 25, point 4).
 
 The wheel tests cost about a minute (one build and one install per session): they run when
 BALLOON_PACKAGING=1, as .ci/run sets, and are skipped otherwise."""
@@ -99,6 +100,24 @@ def test_the_wheel_holds_every_module_of_the_product_and_its_examples(installed)
     examples = {"balloon2395/examples/config.yaml",
                 *(f"balloon2395/examples/scenarios/{p.name}" for p in (ROOT / "examples" / "scenarios").glob("*.yaml"))}
     assert modules and not (modules | examples) - names, sorted((modules | examples) - names)
+
+
+# the manual page and the completions, as data files under the install's prefix (pyproject.toml)
+DATA_FILES = {"share/man/man8/balloon-2395.8": "docs/balloon-2395.8",
+              "share/bash-completion/completions/balloon-2395": "examples/completion/bash/balloon-2395",
+              "share/zsh/site-functions/_balloon-2395": "examples/completion/zsh/_balloon-2395"}
+
+
+@WHEEL
+def test_the_wheel_holds_the_manual_page_and_the_completions(installed):
+    data = f"balloon_2395-{__version__}.data/data/"
+    assert sorted(n[len(data):] for n in _wheel_names(installed.wheel) if n.startswith(data)) == sorted(DATA_FILES)
+
+
+@WHEEL
+def test_the_installed_manual_page_and_completions_are_the_checkouts(installed):
+    assert {where: (installed.venv / where).read_text() for where in DATA_FILES} == {
+        where: (ROOT / source).read_text() for where, source in DATA_FILES.items()}
 
 
 @WHEEL

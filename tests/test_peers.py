@@ -24,7 +24,7 @@ MIB = 1024
 GIB = 1024 * MIB
 NOW = 1_800_000_000.0
 LINUX = DomainFacts(uuid="u", domain_id="1", windows=None, balloon_model="virtio", stats_period_s=1)
-FLOOR = DomainSettings(critical_kib=1 * GIB)
+FLOOR = DomainSettings(floor_kib=1 * GIB)
 
 
 def guest(name, actual_mib, unused_mib, maximum_mib=4096):
@@ -174,7 +174,7 @@ def test_proxmox_shares_a_small_growth_by_shares():
     # alloc_new = 60 MiB over shares 1000 + 3000: a gets 15 MiB, b 45 MiB above the minimum
     the_host = pve_host(60 * MIB)
     out = decide("proxmox", [guest("a", 1024, 50), guest("b", 1024, 50)], the_host,
-                 {"a": FLOOR, "b": DomainSettings(critical_kib=1 * GIB, shares=3000)})
+                 {"a": FLOOR, "b": DomainSettings(floor_kib=1 * GIB, shares=3000)})
     assert out == {"a": (GROW, 1039), "b": (GROW, 1069)}
 
 
@@ -215,7 +215,7 @@ def mom_guest(cur, unused, guaranteed=1024, maximum=4096, recent=(), name="a"):
     figures = Figures(cur * MIB, (unused or 0) * MIB, maximum * MIB, int(NOW),
                       unused_kib=None if unused is None else unused * MIB)
     history = History(recent=tuple((a * MIB, u * MIB) for a, u in recent))
-    return Candidate(name, figures, DomainSettings(critical_kib=guaranteed * MIB), maximum * MIB, Signals(), LINUX,
+    return Candidate(name, figures, DomainSettings(floor_kib=guaranteed * MIB), maximum * MIB, Signals(), LINUX,
                      history)
 
 

@@ -52,7 +52,7 @@ STEP_TABLE = [
     # shrink stops where the step would cross the floor (the original's rule)
     ((349, 300, 4096, {}), (HOLD, None)),
     ((350, 300, 4096, {}), (SHRINK, 300)),
-    ((1024, 900, 4096, {"critical_kib": 1000 * MIB}), (HOLD, None)),
+    ((1024, 900, 4096, {"floor_kib": 1000 * MIB}), (HOLD, None)),
     # steps and band from settings
     ((2048, 100, 4096, {"addram_kib": 512 * MIB}), (GROW, 2560)),
     ((2048, 1500, 4096, {"rmram_kib": 256 * MIB}), (SHRINK, 1792)),
@@ -158,7 +158,7 @@ def domain_settings(draw, actual, maximum):
     minimal = draw(st.integers(5, 50))
     return DomainSettings(
         minimal=float(minimal), maximal=float(draw(st.integers(minimal + 5, minimal + 45))),
-        critical_kib=draw(st.integers(0, actual * 3 // 4) | st.integers(0, actual * 5 // 4)),
+        floor_kib=draw(st.integers(0, actual * 3 // 4) | st.integers(0, actual * 5 // 4)),
         addram_kib=draw(st.integers(1, 1024)) * MIB,
         rmram_kib=draw(st.integers(1, 512)) * MIB, headroom_kib=draw(st.integers(0, 512)) * MIB,
         max_shrink_kib=draw(st.integers(1, 8192)) * MIB, shares=draw(st.integers(1, 10000)),
@@ -327,7 +327,7 @@ def check(observation, s, history, d):
     # grow really grows, shrink really shrinks
     assert d.target_kib <= cap(stats, s)
     if d.action == SHRINK:
-        assert s.critical_kib <= d.target_kib < stats.actual_kib
+        assert s.floor_kib <= d.target_kib < stats.actual_kib
     else:
         assert d.target_kib > stats.actual_kib
     # never on missing, stale or future stats

@@ -46,7 +46,7 @@ TABLE = [
     ((590, 340, 4096, {}, Signals()), (HOLD, None, "at-floor")),
     # never below the floor, whatever the arithmetic
     ((600, 550, 4096, {"headroom_kib": 0}, Signals()), (SHRINK, 344, "above-band")),
-    ((344, 294, 4096, {"headroom_kib": 0, "critical_kib": 344 * MIB}, Signals()), (HOLD, None, "at-floor")),
+    ((344, 294, 4096, {"headroom_kib": 0, "floor_kib": 344 * MIB}, Signals()), (HOLD, None, "at-floor")),
     # in the band with headroom: nothing
     ((2048, 600, 4096, {}, Signals()), (HOLD, None, "in-band")),
     # swapping in although usable looks fine: grow, at least by addram, with room for the swapped pages
@@ -99,7 +99,7 @@ def test_simulate_until_stable(used, start, maximum, headroom):
     usable = actual - used_kib
     if d.code != "at-maximum":  # settled with at least the headroom, and not far above target
         assert usable >= min(s.headroom_kib, actual - used_kib)
-        assert actual <= max(target_size_kib(obs.stats, s), s.critical_kib) + 32 * MIB or usable * 100 // actual <= 35
+        assert actual <= max(target_size_kib(obs.stats, s), s.floor_kib) + 32 * MIB or usable * 100 // actual <= 35
 
 
 # A Debian guest whose idle daemons wake swaps in a few pages at a time (up to 500 KiB in a second seen):
@@ -184,7 +184,7 @@ def test_a_guest_at_its_fair_share_keeps_what_it_uses():
 
 def test_fair_shares_never_go_below_a_floor():
     host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=8 * GIB)
-    floor = DomainSettings(critical_kib=2 * GIB)
+    floor = DomainSettings(floor_kib=2 * GIB)
     out = run_all([obs("a", 4096, 1200), obs("b", 2200, 100)], host, {"a": floor, "b": floor})
     assert out["a"].action == SHRINK and out["a"].target_kib == 2 * GIB
 
@@ -197,7 +197,7 @@ def test_a_host_about_to_kill_a_qemu_takes_even_what_one_guest_uses():
     host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=2 * GIB, swap_free_kib=0)
     out = run_all([obs(*g) for g in IN_NEED], host)
     assert [n for n, d in out.items() if d.action == SHRINK] == ["c"]  # one guest pays, the one with most
-    assert out["c"].target_kib == DEFAULTS.critical_kib  # all it has above its floor, at once
+    assert out["c"].target_kib == DEFAULTS.floor_kib  # all it has above its floor, at once
     assert "cannot swap" in out["c"].reason
 
 

@@ -12,10 +12,10 @@ from balloon2395.config import Config
 from balloon2395.settings import DomainSettings
 from balloon2395.sim.run import RunResult, Sample, run_scenario
 from balloon2395.sim.scenario import load, parse
-from balloon2395_testkit.calibration import Plan, simulate
-from balloon2395_testkit.calibration_compare import summary
 from balloon2395_testkit.guest_channel import GuestError
-from balloon2395_testkit.real_replay import (
+from calibration.compare import summary
+from calibration.plan import Plan, simulate
+from calibration.real_replay import (
     CACHE_FILES_MIB,
     MIB,
     STEP_MIB,

@@ -59,7 +59,7 @@ def test_the_daemon_shrinks_the_idle_guest_in_steps_and_grows_the_busy_one(tiny)
 
 @pytest.mark.parametrize("headroom_mib, floor_mib", [(256, 300), (64, 900)])
 def test_the_headroom_bound_is_the_guests_own_use_plus_headroom_or_the_floor(tiny, headroom_mib, floor_mib):
-    config = Config(defaults=DomainSettings(headroom_kib=headroom_mib * MIB, critical_kib=floor_mib * MIB))
+    config = Config(defaults=DomainSettings(headroom_kib=headroom_mib * MIB, floor_kib=floor_mib * MIB))
     idle = run_scenario(load(str(tiny)), policy="target", config=config).guests[0]
     used = {s.used_kib for s in idle.series}
     assert len(used) == 1  # the idle guest's use never moves, so its bound is one figure

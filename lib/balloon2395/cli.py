@@ -4,31 +4,46 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Dict, List, Optional
+import textwrap
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import PROG, __version__, config as cfg, logs, watch
+from . import PROG, __version__, config as cfg, doctor, logs, watch
 from .quoted import escaped
 from .service import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, serve
 
-COMMANDS = ("run", "status", "explain", "check-config")
-
-DESCRIPTION = f"""\
-Keep every running QEMU/KVM guest's usable memory inside a band by ballooning it through virsh.
-
-commands:
-  run                 (default) every --secs, grow guests whose usable memory is below
-                      --minimal % of their size (or, with --policy target, below
-                      --headroom) and shrink those above --maximal %
-  status [--json] [--watch]
-                      what every running domain looks like and what the next cycle would do;
-                      --watch: a live table, most pressed domain first
-  explain DOMAIN      the inputs and the rule behind a domain's last and next decision
-  check-config [FILE] validate a config file (default {cfg.DEFAULT_CONFIG_PATH}) and exit
-
+# each command: how it is called, and what it does (its own --help says the second; the daemon's, all)
+_COMMANDS = {
+    "run": ("run", "(default) every --secs, grow guests whose usable share of their size is below --minimal "
+                   "(or, with --policy target, whose usable is below --headroom) and shrink those above --maximal"),
+    "status": ("status [--json] [--watch]", "what every running domain looks like and what the next cycle would "
+                                            "do; --watch: a live table, most pressed domain first"),
+    "explain": ("explain DOMAIN", "the inputs and the rule behind a domain's last and next decision"),
+    "check-config": ("check-config [FILE] [--print]",
+                     f"validate a config file (default {cfg.DEFAULT_CONFIG_PATH}) and exit; --print: the settings "
+                     "in effect, as YAML it takes back"),
+    "doctor": ("doctor [--json]", "check the host and every running guest for what keeps ballooning from working "
+                                  "(balloon driver, stats period, maximum, passthrough, hugepages, swap, KSM, lock "
+                                  "directory) and say what to change; changes nothing; exit 1 when a check FAILs"),
+}
+COMMANDS = tuple(_COMMANDS)
+_SUMMARY = "Keep every running QEMU/KVM guest's usable memory inside a band by ballooning it through virsh."
+_FOOTER = """\
 Sizes take units (512MiB, 2GiB); a bare number is MiB, as in the original.
 exit status: 0 ok (the daemon also when SIGTERM or SIGINT stopped it), 1 failure, 2 bad config or usage,
 3 another instance holds the lock, 130 interrupted by Ctrl-C (explain, check-config, or the daemon
 before it started)."""
+
+
+def _description(command: str) -> str:
+    """The daemon's help lists every command; a command's own, what it does."""
+    if command != "run":
+        return "\n".join([_SUMMARY, "", *textwrap.wrap(_COMMANDS[command][1], 96), "", _FOOTER])
+    lines = [_SUMMARY, "", "commands:"]
+    for call, what in _COMMANDS.values():
+        wrapped = textwrap.wrap(what, 74)
+        first = f"  {call:<18}" if len(call) <= 18 else f"  {call}\n" + " " * 20
+        lines += [first + wrapped[0].rstrip(), *(" " * 20 + line for line in wrapped[1:])]
+    return "\n".join(lines + ["", _FOOTER])
 
 
 def _bounded(lo: float, hi: float, integer: bool = False) -> Callable[[str], float]:
@@ -45,81 +60,49 @@ def _bounded(lo: float, hi: float, integer: bool = False) -> Callable[[str], flo
     return parse
 
 
-def _add_knobs(parser: argparse.ArgumentParser) -> None:
-    """Every config key is a flag too; only flags given on the command line override the file."""
-    S = argparse.SUPPRESS
-    g = parser.add_argument_group("knobs (override the config file)")
-    g.add_argument("--minimal", type=float, default=S, metavar="PCT", help="grow below this usable %% (default 25)")
-    g.add_argument("--maximal", type=float, default=S, metavar="PCT", help="shrink above this usable %% (default 35)")
-    g.add_argument("--critical", default=S, metavar="SIZE", help="floor: never shrink below it (default 300MiB)")
-    g.add_argument("--addram", default=S, metavar="SIZE", help="step: grow step; target: the least a grow adds while "
-                                                                 "the guest is paging (default 100MiB)")
-    g.add_argument("--rmram", default=S, metavar="SIZE", help="step: shrink step (default 50MiB)")
-    g.add_argument("--secs", type=float, default=S, metavar="S", help="seconds between cycles (default 0.5)")
-    g.add_argument("--stats-period", type=int, default=S, metavar="S", dest="stats_period",
-                   help="guest stats period set on domains that report no usable memory (default 1)")
-    g.add_argument("--stale-after", type=float, default=S, metavar="S", dest="stale_after",
-                   help="ignore stats older than this (default max(5, 3 x stats period))")
-    g.add_argument("--policy", default=S, choices=cfg.POLICIES,
-                   help="decision rule: target (default), step (the original's fixed steps), or the peers' "
-                        "rules proxmox and mom, ported (best with --secs 10)")
-    g.add_argument("--headroom", default=S, metavar="SIZE",
-                   help="target: usable never planned below this (default 256MiB)")
-    g.add_argument("--max-shrink", default=S, metavar="SIZE", dest="max_shrink",
-                   help="target: the most one shrink takes (default 256MiB)")
-    g.add_argument("--shares", type=int, default=S, metavar="N",
-                   help="target: weight of the guest's fair share under host pressure; fewer shares give "
-                        "back more (default 1000)")
-    g.add_argument("--burst-wait", type=float, default=S, metavar="S", dest="burst_wait",
-                   help="target: a guest that cannot page (no swap seen, no autodeflate) is shrunk for saving "
-                        "only after this many seconds without a burst; 0: at once (default 600)")
-    g.add_argument("--host-reserve", default=S, metavar="SIZE|PCT", dest="host_reserve",
-                   help="target: memory the host keeps, e.g. 2GiB or 10%% (default: the larger of 10%% and 1GiB)")
-    g.add_argument("--host-memory", default=S, choices=cfg.HOST_MEMORY, dest="host_memory",
-                   help="where host memory is read (default auto: /proc locally, nodememstats for a remote URI; "
-                        "cgroup: the limit and usage of --host-cgroup)")
-    g.add_argument("--host-cgroup", default=S, metavar="DIR", dest="host_cgroup",
-                   help="with --host-memory cgroup: the memory cgroup the guests run in, its limit taken as the "
-                        f"host's memory (default {cfg.DEFAULT_HOST_CGROUP})")
-    g.add_argument("--host-psi", type=float, default=S, metavar="AVG10", dest="host_psi",
-                   help="target: host PSI memory 'some avg10' above which the host counts as short (default off)")
-    g.add_argument("--manage-windows", action=argparse.BooleanOptionalAction, default=S, dest="manage_windows",
-                   help="also balloon Windows guests (default: leave them alone)")
-    g.add_argument("--debug", action=argparse.BooleanOptionalAction, default=S,
-                   help="log a block per domain per cycle")
-    g.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=S, dest="dry_run",
-                   help="decide and log; never setmem, never switch a stats period on")
-    g.add_argument("--logdir", default=S, metavar="DIR", help="log to DIR/balloon-2395.log (rotated) instead of stderr")
-    c = parser.add_argument_group("connection")
-    c.add_argument("-c", "--connect", action="append", default=S, metavar="URI",
-                   help="hypervisor URI (default $LIBVIRT_DEFAULT_URI, else qemu:///system as root); "
-                        "repeat it to serve several from one process, each with its own lock")
-    c.add_argument("--virsh", default=S, metavar="PATH", help="virsh binary (default: virsh from PATH)")
-    c.add_argument("--timeout", type=float, default=S, metavar="S", help="per virsh call timeout (default 10)")
-    c.add_argument("--session", action=argparse.BooleanOptionalAction, default=S,
-                   help="one long-lived virsh process for all calls instead of one per call (default: on)")
-    c.add_argument("--lock-dir", default=S, metavar="DIR", dest="lock_dir",
-                   help="where the instance lock lives (default /run/balloon-2395, or $XDG_RUNTIME_DIR/balloon-2395)")
-    o = parser.add_argument_group("operation")
-    o.add_argument("--log-format", default=S, choices=cfg.LOG_FORMATS, dest="log_format",
-                   help="text (default; bare lines with priorities under systemd's journal) or json")
-    o.add_argument("--ksm", default=S, choices=cfg.KSM_MODES,
-                   help="when KSM runs: warn (default, one line saying what it means), refuse to start, ignore")
-    o.add_argument("--metrics-textfile", default=S, metavar="PATH", dest="metrics_textfile",
-                   help="write Prometheus metrics to PATH (node_exporter textfile collector) after every cycle")
-    o.add_argument("--metrics-port", type=int, default=S, metavar="PORT", dest="metrics_port",
-                   help="serve Prometheus metrics over HTTP on PORT")
-    o.add_argument("--metrics-address", default=S, metavar="IP", dest="metrics_address",
-                   help="address the metrics endpoint listens on (default 127.0.0.1)")
+_GROUPS = {"knobs": "knobs (override the config file)", "connection": "connection", "operation": "operation"}
+# status and explain take the flags that change a decision or reach the hypervisor; not the daemon's own
+# (its cadence, logging, metrics, dry run: a view never acts)
+_VIEW_KEYS = tuple(s.key for s in cfg.SETTINGS if s.group in ("knobs", "connection")
+                   and s.key not in ("secs", "debug", "dry_run", "logdir"))
 
 
-def _parser(command: str) -> argparse.ArgumentParser:
+def _add_knobs(parser: argparse.ArgumentParser, keys: Optional[Tuple[str, ...]] = None) -> None:
+    """Every config key is a flag too (config.SETTINGS: its help and default); only flags given on the
+    command line override the file."""
+    groups = {name: parser.add_argument_group(title) for name, title in _GROUPS.items()}
+    for s in cfg.SETTINGS:
+        if not s.group or keys is not None and s.key not in keys:
+            continue
+        names = ["-c", s.flag] if s.key == "connect" else [s.flag]
+        kwargs: Dict[str, Any] = {"default": argparse.SUPPRESS, "dest": s.key,
+                                  "help": f"{s.help} (default: {s.default_shown})".replace("%", "%%")}
+        if s.choices:
+            kwargs["choices"] = s.choices
+        elif s.metavar is None:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = s.metavar
+        if s.key == "connect":
+            kwargs["action"] = "append"
+        if s.flag_type is not None:
+            kwargs["type"] = s.flag_type
+        groups[s.group].add_argument(*names, **kwargs)
+
+
+def parser(command: str) -> argparse.ArgumentParser:
     prog = PROG if command == "run" else f"{PROG} {command}"
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
+    # the daemon's usage names the other commands too: each has its own flags, shown by COMMAND --help
+    usage = (f"%(prog)s [run] [options]\n       %(prog)s {{{','.join(COMMANDS[1:])}}} [options] "
+             "(COMMAND --help: its own)") if command == "run" else None
+    parser = argparse.ArgumentParser(prog=prog, description=_description(command), usage=usage,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     if command == "check-config":
         parser.add_argument("file", nargs="?", help=f"config file (default {cfg.DEFAULT_CONFIG_PATH})")
+        parser.add_argument("--print", action="store_true", dest="print_settings",
+                            help="print the settings in effect (the file over the defaults) as YAML that "
+                                 "check-config takes back")
         return parser
     parser.add_argument("--config", metavar="FILE",
                         help=f"YAML config (default {cfg.DEFAULT_CONFIG_PATH} when it exists)")
@@ -136,6 +119,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
         sim.add_argument("--seed", type=int, default=0, help="seed of the simulated workloads (default 0)")
     elif command == "explain":
         parser.add_argument("domain", help="a running domain's name")
+    elif command == "doctor":
+        parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+        _add_knobs(parser, ("connect", "virsh", "timeout"))  # what reaches the hypervisor; the rest: --config
+        return parser
     else:
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         parser.add_argument("--watch", action="store_true", help="redraw every --refresh seconds until Ctrl-C")
@@ -143,7 +130,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
                             help="--watch: seconds between redraws")
         parser.add_argument("--count", type=_bounded(1, 100000, integer=True), metavar="N",
                             help="--watch: stop after N redraws")
-    _add_knobs(parser)
+    _add_knobs(parser, None if command == "run" else _VIEW_KEYS)
     return parser
 
 
@@ -166,14 +153,17 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _main(argv: Optional[List[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
-    args = _parser(command).parse_args(argv)
+    args = parser(command).parse_args(argv)
     try:
         if command == "check-config":
             path = args.file or cfg.default_path()
             if path is None:
                 return _fail(f"no file given and {cfg.DEFAULT_CONFIG_PATH} does not exist", EXIT_USAGE)
-            cfg.load(path, {})
-            print(f"{path}: ok")
+            checked = cfg.load(path, {})
+            if args.print_settings:
+                print(cfg.render_effective(checked, path), end="")
+            else:
+                print(f"{path}: ok")
             return EXIT_OK
         config = cfg.load(args.config or cfg.default_path(), _flags(args))
     except cfg.ConfigError as exc:
@@ -186,5 +176,7 @@ def _main(argv: Optional[List[str]]) -> int:
     logs.setup(None, debug=False)
     if command == "explain":
         return watch.explain(config, args.domain)
+    if command == "doctor":
+        return doctor.doctor(config, args.json)
     return watch.status(config, args.json, args.watch, args.refresh, args.count)
 

@@ -11,7 +11,7 @@ import difflib
 import fnmatch
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields as dataclass_fields, replace
 from typing import Any, Callable, Collection, Dict, Mapping, Optional, Tuple
 
 import yaml
@@ -21,7 +21,7 @@ from .lock import canonical_uri
 from .quoted import number, shortened, shown
 from .safefiles import Refused, read_config
 from .settings import DomainSettings
-from .units import parse_size_kib
+from .units import parse_size_kib, size_text
 
 DEFAULT_CONFIG_PATH = "/etc/balloon-2395/config.yaml"
 POLICIES = tuple(decide.POLICIES)
@@ -247,48 +247,130 @@ def _kind(value: Any) -> str:
     return "nothing" if value is None else f"{type(value).__name__} {shown(value)}"
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One setting, described once: its key in the file (and in rules and metadata, where it may appear
+    there), the field it sets, its check, its help; its default is the field's own. The flags, --help,
+    check-config, the example config and the docs' table come from these records or are tested against them."""
+
+    key: str
+    field: str
+    check: Callable[[Any], Any]
+    help: str
+    where: str = "top"  # "top": the top level only; "both": also rules and metadata; "rule": rules and metadata only
+    group: str = "knobs"  # the --help group of its flag; "": no flag
+    metavar: Optional[str] = None  # None: a yes/no flag (--x and --no-x), or a choice among `choices`
+    flag_type: Optional[Callable[[str], Any]] = None  # what argparse turns the flag's text into before `check`
+    choices: Tuple[str, ...] = ()
+    default_text: Optional[str] = None  # the default in words, where the field's value does not say it
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def default(self) -> Any:
+        record = DomainSettings if self.where != "top" else Config
+        found = next(f for f in dataclass_fields(record) if f.name == self.field)
+        return found.default  # every setting's field has a plain default (no factory)
+
+    @property
+    def default_shown(self) -> str:
+        """The default as an operator would write it in the file."""
+        if self.default_text is not None:
+            return self.default_text
+        value = self.default
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if self.field.endswith("_kib"):
+            return size_text(value)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _number(lo: float, hi: float, integer: bool = False, optional: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        return None if optional and value is None else checked_number(value, lo, hi, integer)
+    return check
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("minimal", "minimal", _percent, "grow below this usable %", "both", metavar="PCT", flag_type=float),
+    Setting("maximal", "maximal", _percent, "shrink above this usable %", "both", metavar="PCT", flag_type=float),
+    Setting("critical", "floor_kib", _size, "floor: never shrink below it", "both", metavar="SIZE"),
+    Setting("addram", "addram_kib", _positive_size,
+            "step: grow step; target: the least a grow adds while the guest is paging", "both", metavar="SIZE"),
+    Setting("rmram", "rmram_kib", _positive_size, "step: shrink step", "both", metavar="SIZE"),
+    Setting("maximum", "maximum_kib", _positive_size, "a cap below the domain's own maximum", "rule", group="",
+            default_text="none"),
+    Setting("exclude", "exclude", _bool, "leave the domain alone", "both", group=""),
+    Setting("manage_windows", "manage_windows", _bool, "also balloon Windows guests", "both"),
+    Setting("headroom", "headroom_kib", _size, "target: usable never planned below this", "both", metavar="SIZE"),
+    Setting("max_shrink", "max_shrink_kib", _positive_size, "target: the most one shrink takes", "both",
+            metavar="SIZE"),
+    Setting("shares", "shares", _number(1, 1_000_000, integer=True),
+            "target: weight of the guest's fair share under host pressure; fewer shares give back more", "both",
+            metavar="N", flag_type=int),
+    Setting("burst_wait", "burst_wait_s", _number(0, 7 * 86400),
+            "target: a guest that cannot page (no swap seen, no autodeflate) is shrunk for saving only after "
+            "this many seconds without a burst; 0: at once", "both", metavar="S", flag_type=float),
+    Setting("secs", "secs", _number(0.05, 86400), "seconds between cycles", metavar="S", flag_type=float),
+    Setting("stats_period", "stats_period", _number(1, 3600, integer=True),
+            "guest stats period set on domains that report no usable memory", metavar="S", flag_type=int),
+    Setting("stale_after", "stale_after", _number(1, 86400, optional=True), "ignore stats older than this",
+            metavar="S", flag_type=float, default_text="max(5, 3 x stats_period)"),
+    Setting("policy", "policy", _choice(POLICIES),
+            "decision rule: target, step (the original's fixed steps), or the peers' rules proxmox and mom, "
+            "ported (best with --secs 10)", choices=POLICIES),
+    Setting("host_reserve", "host_reserve", parse_reserve, "target: memory the host keeps, e.g. 2GiB or 10%",
+            metavar="SIZE|PCT", default_text="max(10%, 1GiB)"),
+    Setting("host_memory", "host_memory", _choice(HOST_MEMORY),
+            "where host memory is read: auto (/proc locally, nodememstats for a remote URI), local, virsh, "
+            "cgroup (the limit and usage of --host-cgroup), off", choices=HOST_MEMORY),
+    Setting("host_cgroup", "host_cgroup", _cgroup_path,
+            "with --host-memory cgroup: the memory cgroup the guests run in, its limit taken as the host's memory",
+            metavar="DIR"),
+    Setting("host_psi", "host_psi", _number(0, 100, optional=True),
+            "target: host PSI memory 'some avg10' above which the host counts as short", metavar="AVG10",
+            flag_type=float, default_text="off"),
+    Setting("debug", "debug", _bool, "log a block per domain per cycle"),
+    Setting("dry_run", "dry_run", _bool, "decide and log; never setmem, never switch a stats period on"),
+    Setting("logdir", "logdir", _optional_text, "log to DIR/balloon-2395.log (rotated) instead of stderr",
+            metavar="DIR", default_text="stderr"),
+    Setting("connect", "uris", _uris,
+            "hypervisor URI; repeat it to serve several from one process, each with its own lock",
+            group="connection", metavar="URI", default_text="$LIBVIRT_DEFAULT_URI, else qemu:///system as root"),
+    Setting("virsh", "virsh", _text, "virsh binary", group="connection", metavar="PATH",
+            default_text="virsh from PATH"),
+    Setting("timeout", "timeout", _number(0.1, 3600), "per virsh call timeout in seconds", group="connection",
+            metavar="S", flag_type=float),
+    Setting("session", "session", _bool, "one long-lived virsh process for all calls instead of one per call",
+            group="connection"),
+    Setting("lock_dir", "lock_dir", _optional_text, "where the instance lock lives", group="connection",
+            metavar="DIR", default_text="/run/balloon-2395, or $XDG_RUNTIME_DIR/balloon-2395"),
+    Setting("log_format", "log_format", _choice(LOG_FORMATS),
+            "text (bare lines with priorities under systemd's journal) or json", group="operation",
+            choices=LOG_FORMATS),
+    Setting("ksm", "ksm", _choice(KSM_MODES),
+            "when KSM runs: warn (one line saying what it means), refuse to start, ignore", group="operation",
+            choices=KSM_MODES),
+    # the file says `metrics: {textfile: PATH, port: N, address: IP}`; flags set these directly
+    Setting("metrics_textfile", "metrics_textfile", _optional_text,
+            "write Prometheus metrics to PATH (node_exporter textfile collector) after every cycle",
+            group="operation", metavar="PATH", default_text="none"),
+    Setting("metrics_port", "metrics_port", _number(1, 65535, integer=True, optional=True),
+            "serve Prometheus metrics over HTTP on PORT", group="operation", metavar="PORT", flag_type=int,
+            default_text="none"),
+    Setting("metrics_address", "metrics_address", _text, "address the metrics endpoint listens on",
+            group="operation", metavar="IP"),
+)
 # key in file/flags -> (field name, validator). Top-level keys that are also
 # per-domain keys set the defaults every rule starts from.
 _DOMAIN_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
-    "minimal": ("minimal", _percent),
-    "maximal": ("maximal", _percent),
-    "critical": ("critical_kib", _size),
-    "addram": ("addram_kib", _positive_size),
-    "rmram": ("rmram_kib", _positive_size),
-    "maximum": ("maximum_kib", _positive_size),
-    "exclude": ("exclude", _bool),
-    "manage_windows": ("manage_windows", _bool),
-    "headroom": ("headroom_kib", _size),
-    "max_shrink": ("max_shrink_kib", _positive_size),
-    "shares": ("shares", lambda v: checked_number(v, 1, 1_000_000, integer=True)),
-    "burst_wait": ("burst_wait_s", lambda v: checked_number(v, 0, 7 * 86400)),
-}
+    s.key: (s.field, s.check) for s in SETTINGS if s.where != "top"}
 _GLOBAL_KEYS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
-    "secs": ("secs", lambda v: checked_number(v, 0.05, 86400)),
-    "debug": ("debug", _bool),
-    "logdir": ("logdir", _optional_text),
-    "connect": ("uris", _uris),
-    "virsh": ("virsh", _text),
-    "timeout": ("timeout", lambda v: checked_number(v, 0.1, 3600)),
-    "session": ("session", _bool),
-    "stats_period": ("stats_period", lambda v: checked_number(v, 1, 3600, integer=True)),
-    "stale_after": ("stale_after", lambda v: None if v is None else checked_number(v, 1, 86400)),
-    "policy": ("policy", _choice(POLICIES)),
-    "dry_run": ("dry_run", _bool),
-    "lock_dir": ("lock_dir", _optional_text),
-    "host_reserve": ("host_reserve", parse_reserve),
-    "host_memory": ("host_memory", _choice(HOST_MEMORY)),
-    "host_cgroup": ("host_cgroup", _cgroup_path),
-    "host_psi": ("host_psi", lambda v: None if v is None else checked_number(v, 0, 100)),
-    "log_format": ("log_format", _choice(LOG_FORMATS)),
-    "ksm": ("ksm", _choice(KSM_MODES)),
-    # the file says `metrics: {textfile: PATH, port: N, address: IP}`; flags set these directly
-    "metrics_textfile": ("metrics_textfile", _optional_text),
-    "metrics_port": ("metrics_port", lambda v: None if v is None else checked_number(v, 1, 65535, integer=True)),
-    "metrics_address": ("metrics_address", _text),
-}
+    s.key: (s.field, s.check) for s in SETTINGS if s.where == "top"}
 _BAND = ("minimal", "maximal")
-_TOP_LEVEL = {k: v for k, v in {**_DOMAIN_KEYS, **_GLOBAL_KEYS}.items() if k != "maximum"}
+_TOP_LEVEL = {s.key: (s.field, s.check) for s in SETTINGS if s.where != "rule"}
 KEYS = tuple(_TOP_LEVEL) + ("domains", "metrics")
 
 
@@ -363,6 +445,42 @@ def _rules(raw: Any, defaults: DomainSettings, said: Mapping[str, str]) -> Tuple
         _check_band(where + ".", replace(defaults, **dict(overrides)), dict(overrides), said)
         rules.append(rule)
     return tuple(rules)
+
+
+def effective(config: Config) -> Dict[str, Any]:
+    """The settings a config holds, as a file that `check-config` takes back: every top-level key with its
+    value (null where the default is said in words: `check-config --print` says those), then the rules."""
+    out: Dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.where != "rule":
+            out[s.key] = _as_written(s, getattr(config.defaults if s.where == "both" else config, s.field))
+    by_field = {s.field: s for s in SETTINGS if s.where != "top"}
+    out["domains"] = {rule.pattern: {by_field[name].key: _as_written(by_field[name], value)
+                                     for name, value in rule.overrides} for rule in config.rules}
+    return out
+
+
+def render_effective(config: Config, path: str) -> str:
+    """`effective()` as YAML, each default said in words beside a null; non-ASCII and control characters
+    (a domain glob may hold any) as YAML escapes."""
+    lines = [f"# the settings in effect: {shown(path)} over the defaults", ""]
+    words = {s.key: s.default_shown for s in SETTINGS if s.default_text is not None}
+    for key, value in effective(config).items():
+        text = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False, width=1000).rstrip("\n")
+        lines.append(text + (f"  # {words[key]}" if value is None and key in words else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _as_written(setting: Setting, value: Any) -> Any:
+    """A setting's value as the file writes it: sizes with their unit, the reserve as a size or N%."""
+    if value is None or value == ():
+        return None
+    if setting.key == "connect":
+        return value[0] if len(value) == 1 else list(value)
+    if setting.key == "host_reserve":
+        unit, amount = value
+        return size_text(int(amount)) if unit == "kib" else f"{amount:g}%"
+    return size_text(value) if setting.field.endswith("_kib") else value
 
 
 def build(values: Mapping[str, Any], flags: Collection[str] = (), path: str = "") -> Config:

@@ -21,7 +21,7 @@ from .decide.tuning import TUNING
 from .domain_xml import DomainFacts
 from .host import HostReader
 from .journal import ChangeJournal
-from .logs import autodeflate_note, change_line, debug_block
+from .logs import about, autodeflate_note, change_line, debug_block
 from .observation import HostMemory, Observation
 from .observe import Collector
 from .settings import DomainSettings
@@ -127,7 +127,8 @@ class Daemon:
         facts = obs.facts
         if obs.name in self.collector.described and facts is not None and obs.uuid is not None \
                 and facts.balloon_model == "virtio" and not facts.autodeflate and self._managed(obs.name, facts):
-            log.info("%s", autodeflate_note(obs.name, obs.uuid, self.config.connect))
+            log.info("%s", autodeflate_note(obs.name, obs.uuid, self.config.connect),
+                     extra=about("no-autodeflate", obs.name))
 
     def read_and_decide(self, histories: Optional[Mapping[str, History]] = None) -> Cycle:
         """One read of the domains and the host and what a cycle decides on it, acting on nothing: `cycle`
@@ -160,7 +161,7 @@ class Daemon:
             return None
         now, observations = read.at, read.observations
         if self.outage_since is not None:
-            log.info("virsh answers again after %.0fs", now - self.outage_since)
+            log.info("virsh answers again after %.0fs", now - self.outage_since, extra=about("read-back"))
             self.outage_since, self.retry_s = None, 0.0
         for obs in observations:
             self._advise(obs)
@@ -171,7 +172,8 @@ class Daemon:
             state = states[obs.name]
             state.history = decision.history
             if self.config.debug:
-                log.debug("%s", debug_block(obs, read.settings[obs.name], decision, now))
+                log.debug("%s", debug_block(obs, read.settings[obs.name], decision, now),
+                          extra=about("debug", obs.name, decision.code))
             if decision.changes:
                 outcomes[obs.name] = self._act(obs, decision, state)
                 state.last_change = LastChange(now, decision.action, decision.actual_kib, decision.target_kib,
@@ -192,13 +194,14 @@ class Daemon:
 
     def _act(self, obs: Observation, decision: Decision, state: _DomainState) -> str:
         if self.config.dry_run:
-            self._say(state, (decision.action, decision.code), logging.INFO, "dry-run: " + change_line(decision))
+            self._say(state, (decision.action, decision.code), logging.INFO, "dry-run: " + change_line(decision),
+                      about("dry-run", decision.name, decision.code))
             return DRY_RUN
         change = _Change.of(obs, decision)
         if change.last_update <= self.changed_at.get(change.uuid, -1.0):
             self._say(state, (WAIT, "fenced"), logging.INFO,
                       f"wait {obs.name}: changed before a restart or while missing from a read; "
-                      "waiting for stats newer than that change")
+                      "waiting for stats newer than that change", about("fenced", obs.name, decision.code))
             return FENCED
         return self._setmem(change, decision, state)
 
@@ -212,18 +215,21 @@ class Daemon:
         except VirshTimeout as exc:
             # It may still land: wait for fresh stats as if it had.
             self._changed(change, state)
-            log.warning("%s (%s)", change_line(decision), exc.message)
+            log.warning("%s (%s)", change_line(decision), exc.message,
+                        extra=about("setmem-timed-out", decision.name, decision.code))
             return TIMED_OUT
         except VirshError as exc:
             if exc.domain_gone:
-                log.info("%s: gone before setmem (%s)", decision.name, exc.message)
+                log.info("%s: gone before setmem (%s)", decision.name, exc.message,
+                         extra=about("gone", decision.name, decision.code))
                 return GONE
             self._say(state, ("error", "setmem"), logging.ERROR,
-                      f"{change_line(decision)}: setmem failed: {exc.message}")
+                      f"{change_line(decision)}: setmem failed: {exc.message}",
+                      about("setmem-failed", decision.name, decision.code))
             return FAILED
         self._changed(change, state)
         state.noted = None
-        log.info("%s", change_line(decision))
+        log.info("%s", change_line(decision), extra=about(decision.action, decision.name, decision.code))
         return APPLIED
 
     def _changed(self, change: _Change, state: _DomainState) -> None:
@@ -231,24 +237,26 @@ class Daemon:
 
     def _note(self, decision: Decision, state: _DomainState) -> None:
         if decision.action == SKIP:
-            self._say(state, (SKIP, decision.code), logging.INFO, f"skip {decision.name}: {decision.reason}")
+            self._say(state, (SKIP, decision.code), logging.INFO, f"skip {decision.name}: {decision.reason}",
+                      about(SKIP, decision.name, decision.code))
         elif decision.action == HOLD and decision.code in _NOTABLE_HOLDS:
-            self._say(state, (HOLD, decision.code), logging.INFO, f"hold {decision.name}: {decision.reason}")
+            self._say(state, (HOLD, decision.code), logging.INFO, f"hold {decision.name}: {decision.reason}",
+                      about(HOLD, decision.name, decision.code))
         else:
             state.noted = (decision.action, decision.code)
 
     @staticmethod
-    def _say(state: _DomainState, key: Tuple[str, str], level: int, message: str) -> None:
+    def _say(state: _DomainState, key: Tuple[str, str], level: int, message: str, extra: Dict[str, str]) -> None:
         if state.noted != key:
             state.noted = key
-            log.log(level, "%s", message)
+            log.log(level, "%s", message, extra=extra)
 
     def _outage(self, exc: VirshError, now: float) -> None:
         self.retry_s = min(RETRY_MAX_S, max(self.config.secs, 2 * self.retry_s))
         if self.outage_since is None:
             self.outage_since = now
             log.error("cannot read running domains: %s (retrying, waits doubling up to %gs)", exc.message,
-                      max(RETRY_MAX_S, self.config.secs))
+                      max(RETRY_MAX_S, self.config.secs), extra=about("read-failed"))
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config (SIGHUP), between cycles; what is known of the domains stays."""
@@ -275,5 +283,5 @@ class Daemon:
                 self.cycle()
                 after()
             except Exception:  # a bug must cost one cycle, not the guests' daemon
-                log.exception("cycle failed; continuing")
+                log.exception("cycle failed; continuing", extra=about("cycle-failed"))
             stop.wait(max(0.0, max(self.config.secs, self.retry_s) - (time.monotonic() - started)))

@@ -1,5 +1,5 @@
 """Facts read once per domain lifetime from `virsh dumpxml`: identity, guest OS, balloon device
-and its features.
+and its features, and what keeps a balloon from giving memory back (passthrough, hugepages, locking).
 
 Windows is recognised by libosinfo metadata or Hyper-V enlightenments, not
 by grepping the XML for "microsoft" (which also matches disk paths).
@@ -30,6 +30,11 @@ class DomainFacts:
     # <memballoon freePageReporting='on'>: pages the guest frees go back to the host without a setmem
     free_page_reporting: bool = False
     settings: Tuple[Tuple[str, str], ...] = ()  # attributes of our <settings/> metadata
+    # PCI devices passed through with VFIO (<hostdev type='pci'>, <interface type='hostdev'>), by address:
+    # their DMA pins all guest memory, so a balloon inflates without the host getting a page back
+    passthrough: Tuple[str, ...] = ()
+    hugepages: bool = False  # <memoryBacking><hugepages/>: 4 KiB balloon pages cannot free a huge page
+    locked: bool = False  # <memoryBacking><locked/>: guest memory mlocked on the host
 
 
 def parse_domain_xml(text: str) -> DomainFacts:
@@ -48,6 +53,9 @@ def parse_domain_xml(text: str) -> DomainFacts:
         autodeflate=_balloon_switch(root, "autodeflate"),
         free_page_reporting=_balloon_switch(root, "freePageReporting"),
         settings=_settings(root),
+        passthrough=_passthrough(root),
+        hugepages=root.find("memoryBacking/hugepages") is not None,
+        locked=root.find("memoryBacking/locked") is not None,
     )
 
 
@@ -82,3 +90,18 @@ def _stats_period(root: ET.Element) -> Optional[int]:
     stats = root.find("devices/memballoon/stats")
     period = None if stats is None else stats.get("period")
     return int(period) if period and period.isdigit() else None
+
+
+def _passthrough(root: ET.Element) -> Tuple[str, ...]:
+    devices = [*root.iterfind("devices/hostdev[@type='pci']"), *root.iterfind("devices/interface[@type='hostdev']")]
+    return tuple(_pci_address(device.find("source/address")) for device in devices)
+
+
+def _pci_address(address: Optional[ET.Element]) -> str:
+    """`0000:01:00.0`, as lspci shows it, from libvirt's hex attributes."""
+    try:
+        parts = [int(address.get(key, ""), 16) for key in ("domain", "bus", "slot", "function")] \
+            if address is not None else []
+    except ValueError:
+        parts = []
+    return "{:04x}:{:02x}:{:02x}.{:x}".format(*parts) if parts else "a PCI device (no readable address)"

@@ -96,18 +96,30 @@ def _safe_dir(path: str) -> None:
         pass
     except OSError as exc:
         raise LockError(f"cannot create lock directory {path}: {exc.strerror}") from None
-    info = os.lstat(path)
+    problem = dir_problem(path)
+    if problem:
+        raise LockError(problem)
+
+
+def dir_problem(path: str) -> Optional[str]:
+    """Why the existing directory `path` is no place for a lock (anyone else could plant files in it,
+    or swap it), or None; changes nothing (`doctor` asks too)."""
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        return f"lock directory {path}: {exc.strerror}"
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise LockError(f"lock directory {path} is not a directory (or is a symlink)")
+        return f"lock directory {path} is not a directory (or is a symlink)"
     if info.st_uid != os.geteuid():
-        raise LockError(f"lock directory {path} belongs to uid {info.st_uid}, not to us")
+        return f"lock directory {path} belongs to uid {info.st_uid}, not to us"
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise LockError(f"lock directory {path} is writable by others (mode {stat.S_IMODE(info.st_mode):o})")
+        return f"lock directory {path} is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
     problem = untrusted_path(path, {0, os.geteuid()})
     if problem:
-        raise LockError(f"lock directory {path} could be swapped: {problem}")
+        return f"lock directory {path} could be swapped: {problem}"
     if not os.access(path, os.W_OK | os.X_OK):
-        raise LockError(f"lock directory {path} is not writable")
+        return f"lock directory {path} is not writable"
+    return None
 
 
 def _own_lock_file(path: str) -> None:

@@ -1,14 +1,16 @@
-"""Logs an operator can grep: one line per change, skips explained once; stderr or a rotated file."""
+"""Logs an operator can grep: one line per change, skips explained once; stderr (under systemd, the
+journal, with fields) or a rotated file."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shlex
+import stat
 import sys
-from typing import Optional
+from typing import IO, Dict, Optional
 
-from . import PROG, logstyle
+from . import PROG, journald, logstyle
 from .decide.eligibility import cap_kib
 from .decide.records import Decision
 from .observation import Observation
@@ -24,7 +26,8 @@ ROTATE_BYTES = 10 * 1024 * 1024
 ROTATE_KEEP = 5
 
 
-def setup(logdir: Optional[str], debug: bool, stream=None, fmt: str = "text", per_uri: bool = False) -> None:
+def setup(logdir: Optional[str], debug: bool, stream=None, fmt: str = "text", per_uri: bool = False,
+          journal_socket: str = journald.SOCKET) -> None:
     """Replace any earlier handler: setup may run again after a config reload."""
     for old in list(log.handlers):
         log.removeHandler(old)
@@ -33,15 +36,34 @@ def setup(logdir: Optional[str], debug: bool, stream=None, fmt: str = "text", pe
         os.makedirs(logdir, mode=0o750, exist_ok=True)
         handler: logging.Handler = RotatingLogFile(
             os.path.join(logdir, LOG_FILE), maxBytes=ROTATE_BYTES, backupCount=ROTATE_KEEP, encoding="utf-8")
-        journal = False
+        handler.setFormatter(logstyle.formatter(fmt, False, per_uri))
     else:
-        out = stream or sys.stderr
-        handler = logging.StreamHandler(out)
-        journal = logstyle.to_journal(out)
-    handler.setFormatter(logstyle.formatter(fmt, journal, per_uri))
+        handler = _to_stream(stream or sys.stderr, fmt, per_uri, journal_socket)
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
+
+
+def _to_stream(out: IO, fmt: str, per_uri: bool, journal_socket: str) -> logging.Handler:
+    """The journal's own stream is a socket (systemd connects one): its records go by the native protocol,
+    with fields. A file JOURNAL_STREAM names (a redirection, a test) keeps the journal's lines."""
+    lines = logstyle.formatter(fmt, logstyle.to_journal(out), per_uri)
+    if isinstance(lines, logstyle.JournalFormatter) and stat.S_ISSOCK(os.fstat(out.fileno()).st_mode):
+        return journald.JournalHandler(out, lines, journal_socket)
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(lines)
+    return handler
+
+
+def about(event: str, domain: Optional[str] = None, code: Optional[str] = None) -> Dict[str, str]:
+    """A log call's `extra=`: the kind of event its line tells (a key of journald.MESSAGE_IDS), the domain
+    it concerns and the decision's code. The journal gets them as fields; the lines stay as they are."""
+    fields = {"event": event}
+    if domain is not None:
+        fields["domain"] = domain
+    if code is not None:
+        fields["code"] = code
+    return fields
 
 
 def change_line(decision: Decision) -> str:
@@ -77,7 +99,7 @@ def debug_block(obs: Observation, settings: DomainSettings, decision: Decision, 
     return Lines.of([  # each line escaped (a name, a reason), its line breaks kept by the log formatter
         f"----- {s.name} -----",
         f"  actual   {mib_text(s.actual_kib)}   usable {mib_text(s.usable_kib)} ({pct})   stats age {age}",
-        f"  band     {settings.minimal:g}-{settings.maximal:g}%   floor {mib_text(settings.critical_kib)}   "
+        f"  band     {settings.minimal:g}-{settings.maximal:g}%   floor {mib_text(settings.floor_kib)}   "
         f"maximum {mib_text(cap_kib(s, settings))}",
         f"  decision {decision.action}{target}: {decision.reason}",
     ])

@@ -1,5 +1,6 @@
 """How log lines look: timestamped text for a terminal or file, bare lines with sd-daemon
-priority prefixes for the journal (it stamps them itself), or JSON for log shippers."""
+priority prefixes for the journal (it stamps them itself; journald.py sends the same text as a
+record's MESSAGE), or JSON for log shippers."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 # syslog priorities (sd-daemon(3)): what journalctl -p filters on
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def priority(record: logging.LogRecord) -> int:
+    return _PRIORITY.get(record.levelno, 6)
 
 
 def to_journal(stream: IO, env: Optional[Mapping[str, str]] = None) -> bool:
@@ -106,9 +111,13 @@ class _Formatter(logging.Formatter):
 
 class JournalFormatter(_Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+        prefix = f"<{priority(record)}>"
         # every line of a multi-line record (the debug block, a traceback) keeps its priority
-        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+        return "\n".join(prefix + line for line in self.message(record).split("\n"))
+
+    def message(self, record: logging.LogRecord) -> str:
+        """The record's text without priority prefixes: the journal's MESSAGE, line breaks and all."""
+        return super().format(record)
 
 
 class JsonFormatter(_Formatter):

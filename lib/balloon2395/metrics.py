@@ -6,12 +6,19 @@ local URI) and a `uri` label (the connection URI as given), so one daemon servin
 several URIs (qemu:///system and qemu:///session are both on this machine), or a
 fleet of daemons, reads the same way in Prometheus. Figures are in bytes and seconds, as Prometheus
 conventions ask; per-domain series follow the last cycle, so a domain that
-stops running leaves no stale series behind.
+stops running leaves no stale series behind. Every series whose labels are known in
+advance (each direction and outcome, each virsh command, each skip reason, the cycle
+time's buckets) is there from the first scrape, at 0: rate() and increase() count the
+first event too.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
+import math
+import platform
 import queue
 import selectors
 import socket
@@ -22,6 +29,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
+from . import __version__
 from .config import Config
 from .daemon import APPLIED, OUTCOMES, Cycle
 from .decide.eligibility import cap_kib
@@ -32,7 +40,8 @@ from .virsh import VirshError
 try:
     # not write_to_textfile: its temp file has a predictable name, a place to plant a symlink
     from prometheus_client import CollectorRegistry, exposition, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    from prometheus_client.utils import floatToGoString
     # what generate_latest writes (the 0.0.4 text format): CONTENT_TYPE_LATEST says so before 0.21
     CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
     AVAILABLE = True
@@ -42,6 +51,17 @@ except ImportError:  # the daemon runs without it; asking for metrics then is a 
 NS = "balloon2395"
 MISSING = ("metrics need the optional prometheus-client package: ./install.sh --metrics "
            "(or pip install -r requirements-metrics.txt)")
+# The cycle time's upper bounds (seconds): a cycle of a few domains on one long-lived virsh takes
+# milliseconds, one whose virsh calls time out takes up to the timeout (10 s by default).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# What virsh_errors counts by: the first word of each command the daemon runs (VirshCommands' named
+# commands, the read line, observe.py's `list` when the read line cannot give ids).
+COMMANDS = ("domstats", "list", "dommemstat", "dominfo", "dumpxml", "nodememstats", "setmem")
+# The decision codes of a skip (docs/policy.md#decision-codes; tests/test_metrics.py holds this to the
+# decide package's): the domains_skipped gauge shows each, 0 in a cycle that skipped none for it.
+SKIP_REASONS = ("excluded", "bad-metadata", "inconsistent-read", "windows", "unresponsive", "no-balloon",
+                "no-size", "no-maximum", "inconsistent", "above-cap", "no-usable", "no-period", "future-stats",
+                "stale-stats")
 
 
 def host_label(uri: str) -> str:
@@ -63,14 +83,42 @@ def uri_label(uri: str) -> str:
     return uri.encode("utf-8", "backslashreplace").decode("utf-8")  # a non-UTF-8 byte: \xNN, not a crash
 
 
+class _Durations:
+    """The cycle times so far, counted as the histogram's buckets count them."""
+
+    def __init__(self, counts: Tuple[int, ...] = (0,) * (len(BUCKETS) + 1), total_s: float = 0.0) -> None:
+        self.counts, self.total_s = list(counts), total_s  # per bucket (the last one above every bound)
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1  # the first bucket whose bound is >= it
+        self.total_s += seconds
+
+    def copy(self) -> _Durations:
+        return _Durations(tuple(self.counts), self.total_s)
+
+    def buckets(self) -> List[Tuple[str, float]]:
+        """(le, cycles at or below it), the last le +Inf: the exposition's cumulative counts."""
+        return [(floatToGoString(bound), count)
+                for bound, count in zip((*BUCKETS, math.inf), itertools.accumulate(self.counts))]
+
+
 class _Host:
     """What one connection's daemon has reported so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: str) -> None:
         self.cycle: Optional[Cycle] = None
         self.secs: Optional[float] = None  # the interval in force: a reload (SIGHUP) may change it
+        self.policy = policy  # and the policy
         self.changes: Counter = Counter()  # (direction, outcome) -> changing decisions
         self.virsh_errors: Counter = Counter()  # command -> failed calls
+        self.durations = _Durations()
+
+    def copy(self) -> _Host:
+        """What a scrape reads, taken under the lock: the daemons go on meanwhile."""
+        seen = _Host(self.policy)
+        seen.cycle, seen.secs, seen.durations = self.cycle, self.secs, self.durations.copy()
+        seen.changes, seen.virsh_errors = Counter(self.changes), Counter(self.virsh_errors)
+        return seen
 
 
 class Metrics:
@@ -80,6 +128,7 @@ class Metrics:
         if not AVAILABLE:
             raise RuntimeError(MISSING)
         self.textfile, self._lock = config.metrics_textfile, threading.Lock()
+        self.policy = config.policy  # each host's until its first cycle says otherwise
         self._hosts: Dict[str, _Host] = {}  # by connection URI
         self.registry = CollectorRegistry()
         self.registry.register(self)
@@ -91,17 +140,18 @@ class Metrics:
         """A connection the daemon serves, named by its URI everywhere below; its series carry
         `uri` and `host` labels."""
         with self._lock:
-            self._hosts.setdefault(uri, _Host())
+            self._hosts.setdefault(uri, _Host(self.policy))
 
-    def cycle_done(self, label: str, cycle: Optional[Cycle], secs: float) -> None:
-        """After each cycle (`secs`: the interval in force): count what became of its changes, keep
-        its figures, write the textfile."""
+    def cycle_done(self, label: str, cycle: Optional[Cycle], secs: float, policy: Optional[str] = None) -> None:
+        """After each cycle (`secs`, `policy`: the interval and policy in force): count what became of its
+        changes and how long it took, keep its figures, write the textfile."""
         with self._lock:
             host = self._hosts[label]
-            host.secs = secs
+            host.secs, host.policy = secs, policy or host.policy
             if cycle is not None and cycle is not host.cycle:
                 host.cycle = cycle
                 host.changes.update((d.action, cycle.outcomes[d.name]) for d in cycle.decisions if d.changes)
+                host.durations.observe(cycle.duration_s)
         if self.textfile:
             write_atomic(self.textfile, generate_latest(self.registry), 0o644)
 
@@ -115,16 +165,10 @@ class Metrics:
 
     def collect(self) -> Iterator:
         with self._lock:
-            hosts = {label: (h.cycle, h.secs, dict(h.changes), dict(h.virsh_errors))
-                     for label, h in self._hosts.items()}
+            hosts = {label: host.copy() for label, host in self._hosts.items()}
         families = _Families()
-        for uri, (cycle, secs, changes, failed) in sorted(hosts.items()):
-            ids = [host_label(uri), uri_label(uri)]  # two URIs on one host are two series
-            families.add_counts(ids, changes, failed)
-            if secs is not None:
-                families.interval.add_metric(ids, secs)
-            if cycle is not None:
-                families.add_cycle(ids, cycle)
+        for uri, host in sorted(hosts.items()):
+            families.add_host([host_label(uri), uri_label(uri)], host)  # two URIs on one host: two series
         yield from families.all()
 
 
@@ -135,6 +179,8 @@ class _Families:
     """The metric families of one scrape, filled host by host."""
 
     def __init__(self) -> None:
+        self.build = GaugeMetricFamily(f"{NS}_build_info", "always 1: the daemon's version, its Python and the "
+                                       "policy in force", labels=[*IDS, "version", "python", "policy"])
         self.per_domain = {field: GaugeMetricFamily(f"{NS}_domain_{field}_bytes", help_text, labels=[*IDS, "domain"])
                            for field, help_text in (
                                ("actual", "the guest's current size (balloon.current)"),
@@ -152,8 +198,8 @@ class _Families:
                                          labels=[*IDS, "reason"])
         self.errors = CounterMetricFamily(f"{NS}_virsh_errors", "virsh calls that failed or timed out, by command",
                                           labels=[*IDS, "command"])
-        self.duration = GaugeMetricFamily(f"{NS}_cycle_duration_seconds", "how long the last cycle took",
-                                          labels=IDS)
+        self.duration = HistogramMetricFamily(f"{NS}_cycle_duration_seconds", "how long each cycle that could "
+                                              "read the domains took (read, decide, setmem)", labels=IDS)
         self.last = GaugeMetricFamily(f"{NS}_last_cycle_timestamp_seconds", "when the last cycle that could read "
                                       "the domains ran (alert when it falls behind)", labels=IDS)
         self.interval = GaugeMetricFamily(f"{NS}_cycle_interval_seconds", "the configured seconds between cycles "
@@ -163,24 +209,33 @@ class _Families:
         self.reserve = GaugeMetricFamily(f"{NS}_host_reserve_bytes", "what the host keeps for itself "
                                          "(host_reserve): growth never takes it below", labels=IDS)
 
-    def add_counts(self, ids: List[str], changes: Dict[Tuple[str, str], int], failed: Dict[str, int]) -> None:
+    def add_host(self, ids: List[str], host: _Host) -> None:
+        self.build.add_metric([*ids, __version__, platform.python_version(), host.policy], 1)
+        self.add_counts(ids, host.changes, host.virsh_errors)
+        self.duration.add_metric(ids, host.durations.buckets(), host.durations.total_s)
+        if host.secs is not None:
+            self.interval.add_metric(ids, host.secs)
+        if host.cycle is not None:
+            self.add_cycle(ids, host.cycle)
+
+    def add_counts(self, ids: List[str], changes: Counter, failed: Counter) -> None:
         """What became of the host's changes, and its failed virsh calls, since the daemon started."""
         for direction in CHANGES:
-            self.adjustments.add_metric([*ids, direction], changes.get((direction, APPLIED), 0))
+            self.adjustments.add_metric([*ids, direction], changes[(direction, APPLIED)])
             for outcome in OUTCOMES:
-                self.outcomes.add_metric([*ids, direction, outcome], changes.get((direction, outcome), 0))
-        for command, count in sorted(failed.items()):
-            self.errors.add_metric([*ids, command], count)
+                self.outcomes.add_metric([*ids, direction, outcome], changes[(direction, outcome)])
+        for command in sorted(set(COMMANDS) | set(failed)):
+            self.errors.add_metric([*ids, command], failed[command])
 
     def add_cycle(self, ids: List[str], cycle: Cycle) -> None:
         """The figures of the host's last cycle."""
-        self.duration.add_metric(ids, cycle.duration_s)
         self.last.add_metric(ids, cycle.at)
         if cycle.host is not None:
             self.available.add_metric(ids, cycle.host.available_kib * 1024)
             self.reserve.add_metric(ids, cycle.host.reserve_kib * 1024)
-        for reason, count in sorted(Counter(d.code for d in cycle.decisions if d.action == SKIP).items()):
-            self.skipped.add_metric([*ids, reason], count)
+        skipped = Counter(d.code for d in cycle.decisions if d.action == SKIP)
+        for reason in sorted(set(SKIP_REASONS) | set(skipped)):
+            self.skipped.add_metric([*ids, reason], skipped[reason])
         for obs, decision in zip(cycle.observations, cycle.decisions):
             s, settings = obs.stats, cycle.settings[obs.name]
             applied = cycle.outcomes.get(obs.name) == APPLIED
@@ -191,6 +246,7 @@ class _Families:
                     self.per_domain[field].add_metric([*ids, obs.name], kib * 1024)
 
     def all(self) -> Iterator:
+        yield self.build
         yield from self.per_domain.values()
         yield from (self.adjustments, self.outcomes, self.skipped, self.errors, self.duration, self.last,
                     self.interval, self.available, self.reserve)

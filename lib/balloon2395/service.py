@@ -159,12 +159,13 @@ class Service:
                     failed.append(conn.uri)
                 self._after(conn)
             except Exception:  # a bug in the one cycle asked for: say so, and the exit status says it too
-                log.exception("cycle of %s failed", conn.uri)
+                log.exception("cycle of %s failed", conn.uri, extra=logs.about("cycle-failed"))
                 failed.append(conn.uri)
 
         for at, conn in enumerate(self.connections):  # one after the other, each in a thread named for its URI
             if self.signals.stop:  # as the loop: the cycle under way was finished, no other starts
-                log.info("stopped before the cycle of %s", ", ".join(c.uri for c in self.connections[at:]))
+                log.info("stopped before the cycle of %s", ", ".join(c.uri for c in self.connections[at:]),
+                         extra=logs.about("stop"))
                 break
             thread = threading.Thread(target=cycle, args=(conn,), name=conn.uri)
             thread.start()
@@ -174,7 +175,7 @@ class Service:
     def run(self) -> int:
         c = self.config
         log.info("started for %s: band %g-%g%%, every %gs%s", ", ".join(self.uris), c.defaults.minimal,
-                 c.defaults.maximal, c.secs, " (dry run)" if c.dry_run else "")
+                 c.defaults.maximal, c.secs, " (dry run)" if c.dry_run else "", extra=logs.about("start"))
         stop = threading.Event()
         self.beats = {conn.uri: time.monotonic() for conn in self.connections}
         threads = [threading.Thread(target=conn.daemon.run, name=conn.uri,
@@ -192,7 +193,7 @@ class Service:
                 try:
                     self.reload()
                 except Exception:  # a bug in a reload must not end the thread that takes SIGTERM
-                    log.exception("reload failed, keeping the running config")
+                    log.exception("reload failed, keeping the running config", extra=logs.about("reload-failed"))
                 self.notifier.ready()
             if self.notifier.watchdog_s is not None and self._turning(threads):
                 self.notifier.watchdog()  # none while a loop is stuck: systemd restarts us after WatchdogSec
@@ -200,7 +201,7 @@ class Service:
         stop.set()  # each daemon ends its current cycle: a setmem is never cut in half
         for thread in threads:
             thread.join()
-        log.info("stopped")
+        log.info("stopped", extra=logs.about("stop"))
         return EXIT_OK
 
     def _beat(self, conn: Connection, then: Callable[[Connection], None]) -> None:
@@ -227,7 +228,8 @@ class Service:
         cycle = conn.daemon.last
         problems = []
         if self.metrics is not None:
-            problems.append(_written(lambda: self.metrics.cycle_done(conn.label, cycle, conn.daemon.config.secs)))
+            config = conn.daemon.config
+            problems.append(_written(lambda: self.metrics.cycle_done(conn.label, cycle, config.secs, config.policy)))
         if cycle is not None:
             problems.append(_written(lambda: statefile.write(conn.state_path, conn.uri, cycle)))
         problem = "; ".join(p for p in problems if p) or None
@@ -242,7 +244,7 @@ class Service:
         try:
             new = cfg.load(path, self.flags)
         except cfg.ConfigError as exc:
-            log.error("reload failed, keeping the running config: %s", exc)
+            log.error("reload failed, keeping the running config: %s", exc, extra=logs.about("reload-failed"))
             return
         kept = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.config, key)]
         if kept:
@@ -254,12 +256,12 @@ class Service:
                 self._logs(new)
             except Failed as exc:
                 self._logs(self.config)
-                log.error("reload failed, keeping the running config: %s", exc)
+                log.error("reload failed, keeping the running config: %s", exc, extra=logs.about("reload-failed"))
                 return
         self.config = new
         for conn in self.connections:
             conn.pending = new.for_uri(conn.uri)
-        log.info("reloaded %s", path or "(no config file: defaults and flags)")
+        log.info("reloaded %s", path or "(no config file: defaults and flags)", extra=logs.about("reload"))
 
 
 def _written(write: Callable[[], None]) -> Optional[str]:
@@ -287,7 +289,7 @@ def serve(config: cfg.Config, path: Optional[str], flags: Dict[str, Any], once: 
     try:
         service.start()
         if service.signals.stop:
-            log.info("stopped before the first cycle")
+            log.info("stopped before the first cycle", extra=logs.about("stop"))
             return EXIT_OK
         return service.once() if once else service.run()
     except Failed as exc:

@@ -15,7 +15,7 @@ class DomainSettings:
 
     minimal: float = 25.0
     maximal: float = 35.0
-    critical_kib: int = 300 * KIB_PER_MIB
+    floor_kib: int = 300 * KIB_PER_MIB
     addram_kib: int = 100 * KIB_PER_MIB
     rmram_kib: int = 50 * KIB_PER_MIB
     maximum_kib: Optional[int] = None  # a cap below the domain's own <memory>

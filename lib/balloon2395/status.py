@@ -30,7 +30,7 @@ def row_dict(obs: Observation, settings: DomainSettings, decision: Decision) -> 
         "usable_mib": None if s.usable_kib is None else mib(s.usable_kib),
         "usable_pct": pct,
         "band_pct": [settings.minimal, settings.maximal],
-        "floor_mib": mib(settings.critical_kib),
+        "floor_mib": mib(settings.floor_kib),
         "maximum_mib": None if cap is None else mib(cap),
         # the balloon device and its features; None: the domain XML could not be read
         "balloon": None if facts is None else facts.balloon_model or "absent",

@@ -56,6 +56,15 @@ def mib(kib: int) -> int:
     return kib // KIB_PER_MIB
 
 
+def size_text(kib: int) -> str:
+    """A size as the config file takes it back: `1GiB`, `300MiB`, else `1536KiB`."""
+    if kib and kib % (1024 ** 2) == 0:
+        return f"{kib // 1024 ** 2}GiB"
+    if kib % KIB_PER_MIB == 0:
+        return f"{kib // KIB_PER_MIB}MiB"
+    return f"{kib}KiB"
+
+
 def mib_text(kib: Optional[int], unit: bool = True) -> str:
     """Whole MiB as the views and logs print a size, `-` for one not known: `2048 MiB`, or `2048` where the
     column or the line says the unit."""

@@ -183,7 +183,7 @@ def render_explain(config: cfg.Config, v: View, now: Dict[str, Any], last: Optio
         f"maximum {mib_text(stats['maximum_kib'])}, stats age {age}",
         f"  swap_in {mib_text(stats['swap_in_kib'])}, swap_out {mib_text(stats['swap_out_kib'])}, "
         f"major faults {stats['major_fault'] if stats['major_fault'] is not None else '-'}",
-        f"  band {settings['minimal']:g}-{settings['maximal']:g}%, floor {mib_text(settings['critical_kib'])}, "
+        f"  band {settings['minimal']:g}-{settings['maximal']:g}%, floor {mib_text(settings['floor_kib'])}, "
         f"cap {'-' if now['maximum_mib'] is None else str(now['maximum_mib']) + ' MiB'}, "
         f"headroom {mib_text(settings['headroom_kib'])}, "
         f"max shrink {mib_text(settings['max_shrink_kib'])}, shares {settings['shares']}"

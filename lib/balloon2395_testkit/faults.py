@@ -261,8 +261,8 @@ def _untimely(stamp: int, now: float, stale_after_s: float) -> List[str]:
 
 def _out_of_bounds(kib: int, actual: int, maximum: int, settings: DomainSettings) -> List[str]:
     problems: List[str] = []
-    if kib < actual and kib < settings.critical_kib:
-        problems.append(f"shrink below the floor {settings.critical_kib}")
+    if kib < actual and kib < settings.floor_kib:
+        problems.append(f"shrink below the floor {settings.floor_kib}")
     cap = min(maximum, settings.maximum_kib or maximum)
     if kib > cap:
         problems.append(f"size above the maximum {cap}")

@@ -172,8 +172,8 @@ def bounded(decision: Decision, stats: BalloonStats, settings: DomainSettings) -
         return decision
     actual, target, cap = stats.actual_kib, decision.target_kib, cap_kib(stats, settings)
     if (isinstance(actual, int) and isinstance(target, int) and isinstance(cap, int) and actual > 0 and target <= cap
-            and (actual < target if decision.action == GROW else settings.critical_kib <= target < actual)):
+            and (actual < target if decision.action == GROW else settings.floor_kib <= target < actual)):
         return decision
     return replace(decision, action=HOLD, target_kib=None, code="refused",
                    reason=f"refused {decision.action} to {target} KiB: outside the bounds (size {actual} KiB, "
-                          f"floor {settings.critical_kib} KiB, cap {cap} KiB)")
+                          f"floor {settings.floor_kib} KiB, cap {cap} KiB)")

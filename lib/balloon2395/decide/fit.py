@@ -130,7 +130,7 @@ def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], hos
     than all. Never below a floor; a grow planned this cycle is undone first. Short of that last stage a
     guest at its fair share keeps what it uses: taking that from it too only spreads the OOM kills. Also the
     names of guests in need that gave memory (their grow is off)."""
-    floors = {name: c.settings.critical_kib for name, c in known.items()}
+    floors = {name: c.settings.floor_kib for name, c in known.items()}
     fair = _fair_shares(known, host, floors)
     plan = {name: _kept_kib(proposals[name], c.figures) for name, c in known.items()
             if proposals[name].action in (HOLD, SHRINK, GROW)}

@@ -154,7 +154,7 @@ def _pve_goal_kib(host: HostMemory) -> int:
 
 
 def _pve_vm(c: Candidate) -> PveVm:
-    return PveVm(c.name, c.figures.actual_kib, c.settings.critical_kib, c.cap_kib, c.figures.unused_kib or 0,
+    return PveVm(c.name, c.figures.actual_kib, c.settings.floor_kib, c.cap_kib, c.figures.unused_kib or 0,
                  c.settings.shares)
 
 
@@ -167,7 +167,7 @@ def proxmox(view: HostView) -> Dict[str, Proposal]:
     targets = compute_alg1((_pve_vm(c) for c in view.candidates), goal, PVE_MAX_CHANGE_KIB, PVE_MIN_GOAL_KIB)
     why = f"host goal {mib(goal)} MiB"
     return {c.name: _proposal(c, targets.get(c.name), "proxmox", why)
-            for c in view.candidates if c.settings.critical_kib > 0}
+            for c in view.candidates if c.settings.floor_kib > 0}
 
 
 # ------------------------------------------------------------------ oVirt MoM
@@ -215,7 +215,7 @@ def mom_guest_free(host_free: float) -> float:
 
 def _mom_wanted_kib(c: Candidate, guest_free: float) -> float:
     """balloon_min: never below the guaranteed minimum, else what the guest uses plus its free share."""
-    return max(c.settings.critical_kib, _mom_used_kib(c) + guest_free * c.figures.actual_kib)
+    return max(c.settings.floor_kib, _mom_used_kib(c) + guest_free * c.figures.actual_kib)
 
 
 def _mom_big_enough(c: Candidate, size: float) -> bool:
@@ -241,8 +241,8 @@ def _mom_grow(c: Candidate, guest_free: float) -> Optional[float]:
 def _mom_one(c: Candidate, host_free: float) -> Tuple[Optional[float], str]:
     """One guest's target and why. The guaranteed-minimum rule runs after the ballooning one and
     overrides it; a guest that reports no MemFree gets that rule only."""
-    if c.figures.actual_kib < c.settings.critical_kib:
-        return c.settings.critical_kib, f"below its guaranteed {mib(c.settings.critical_kib)} MiB"
+    if c.figures.actual_kib < c.settings.floor_kib:
+        return c.settings.floor_kib, f"below its guaranteed {mib(c.settings.floor_kib)} MiB"
     why = f"host free {host_free:.1%}"
     if c.figures.unused_kib is None:
         return None, f"{why}, but no MemFree reported: MoM leaves it"

@@ -26,9 +26,9 @@ def step(figures: Figures, settings: DomainSettings, cap_kib: int, signals: Sign
         return Proposal(GROW, target, "below-band", f"usable {pct}% < {settings.minimal:g}%")
     if pct > settings.maximal:
         target = actual - settings.rmram_kib
-        if target < settings.critical_kib:
+        if target < settings.floor_kib:
             return Proposal(HOLD, None, "at-floor", (f"usable {pct}% > {settings.maximal:g}% "
-                                                     f"but floor is {mib(settings.critical_kib)} MiB"))
+                                                     f"but floor is {mib(settings.floor_kib)} MiB"))
         return Proposal(SHRINK, target, "above-band", f"usable {pct}% > {settings.maximal:g}%")
     return Proposal(HOLD, None, "in-band", f"usable {pct}% within {settings.minimal:g}-{settings.maximal:g}%")
 
@@ -39,7 +39,7 @@ def target_size_kib(figures: Figures, settings: DomainSettings, signals: Signals
     used = figures.actual_kib - figures.usable_kib + (signals.swapped_kib if signals.paging else 0)
     middle = (settings.minimal + settings.maximal) / 200.0
     headroom = max(settings.headroom_kib, signals.burst_kib)
-    size = max(math.ceil(used / (1.0 - middle)), used + headroom + TUNING.grow_pad_kib, settings.critical_kib)
+    size = max(math.ceil(used / (1.0 - middle)), used + headroom + TUNING.grow_pad_kib, settings.floor_kib)
     return -(-size // 1024) * 1024  # whole MiB: what logs show is what the guest gets
 
 
@@ -73,7 +73,7 @@ def target(figures: Figures, settings: DomainSettings, cap_kib: int, signals: Si
     if pct > settings.maximal:
         return Proposal(HOLD, None, "at-floor",
                         (f"usable {pct}% > {settings.maximal:g}% but at its target "
-                         f"(floor {mib(settings.critical_kib)} MiB, headroom {mib(headroom)} MiB)"))
+                         f"(floor {mib(settings.floor_kib)} MiB, headroom {mib(headroom)} MiB)"))
     return Proposal(HOLD, None, "in-band", f"usable {pct}% within {settings.minimal:g}-{settings.maximal:g}%")
 
 

@@ -135,7 +135,7 @@ class _Tracker:
         self.usable_kib = usable = usable_kib(g.plan.spec, s)
         self.low = usable * 100 < STARVED_PCT * s.actual_kib
         self.actual_kib, self.rss_kib = s.actual_kib, g.rss_kib
-        least = max(s.actual_kib - usable + self.settings.headroom_kib, self.settings.critical_kib)
+        least = max(s.actual_kib - usable + self.settings.headroom_kib, self.settings.floor_kib)
         self.least_rss_kib = min(least, self.maximum_kib) + g.plan.spec.qemu_own_kib
         need = usable * 100 // s.actual_kib < self.settings.minimal
         if need and self.need_since is None:

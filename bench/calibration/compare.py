@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from balloon2395.sim.run import STARVED_PCT
 
-from .calibration import MIB, SAMPLE_S, Plan, Run
+from .plan import MIB, SAMPLE_S, Plan, Run
 
 Doc = Dict[str, Any]  # JSON-shaped: what --json prints and the text report reads
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-from .calibration import SAMPLE_S
-from .calibration_compare import Doc
+from .compare import Doc
+from .plan import SAMPLE_S
 
 ROWS_HEAD = ("t", "phase", "sim MiB", "sim use%", "sim work", "real MiB", "real use%", "real work", "Δ MiB", "Δ use%")
 # (label, summary key or None for grows / shrinks, whether the difference also shows in percent)

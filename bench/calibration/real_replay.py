@@ -22,11 +22,11 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 from balloon2395.settings import DomainSettings
 from balloon2395.sim.run import STARVED_PCT, STARVED_SWAP_IN_KIB_S, GuestResult, RunResult, Sample
 from balloon2395.sim.scenario import GuestPlan, Ramp, Scenario, Trace
+from balloon2395_testkit.daemon_process import DaemonProcess
+from balloon2395_testkit.debian_guest import DebianGuest, DebianGuestFactory
 
-from .calibration import logged_changes
-from .calibration_replay import attempt, sleep_until
-from .daemon_process import DaemonProcess
-from .debian_guest import DebianGuest, DebianGuestFactory
+from .plan import logged_changes
+from .replay import attempt, sleep_until
 
 MIB = 1024
 SAMPLE_S = 1.0
@@ -254,7 +254,7 @@ def guest_result(plan: GuestPlan, maximum_kib: int, settings: DomainSettings, sa
                  oom_kills: int, setmem_calls: int, duration_s: float) -> GuestResult:
     """The real guest's samples measured as the simulator measures its guests (GuestResult)."""
     n = max(1, len(samples))
-    least = [min(maximum_kib, max(s.actual_kib - s.usable_kib + settings.headroom_kib, settings.critical_kib))
+    least = [min(maximum_kib, max(s.actual_kib - s.usable_kib + settings.headroom_kib, settings.floor_kib))
              + plan.spec.qemu_own_kib for s in samples]
     swap_in = samples[-1].swapped_kib - samples[0].swapped_kib if samples else 0
     return GuestResult(

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
-from .calibration import MIB, SAMPLE_S, Change, Plan, Point, Run, logged_changes, parse_change
-from .daemon_process import DaemonProcess
-from .guest_channel import GuestError
-from .guests import Guest, GuestFactory
-from .waiting import HarnessError
+from balloon2395_testkit.daemon_process import DaemonProcess
+from balloon2395_testkit.guest_channel import GuestError
+from balloon2395_testkit.guests import Guest, GuestFactory
+from balloon2395_testkit.waiting import HarnessError
+
+from .plan import MIB, SAMPLE_S, Change, Plan, Point, Run, logged_changes, parse_change
 
 RAMP_STEP_S = 0.2  # the real hog grows every 200 ms: close to the model's linear rise
 HOG = "work"
