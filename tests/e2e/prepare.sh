@@ -29,8 +29,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${BALLOON_E2E_CACHE:-/var/cache/balloon-2395-e2e}
 STATE_DIR=/run/balloon-2395-e2e
 URI=qemu:///system
+# zsh, groff-base, man-db: not the guests', but the unit suite's: tests/test_completion.py runs the zsh
+# completion in a real zsh, tests/test_manpage.py renders the page with groff and man
 PACKAGES=(qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu
-          libvirt-clients busybox-static cpio kmod gcc libc6-dev)
+          libvirt-clients busybox-static cpio kmod gcc libc6-dev zsh groff-base man-db)
 # Modules the guest loads (deps are resolved from modules.dep).
 GUEST_MODULES=(virtio_pci virtio_console virtio_balloon)
 # Bump when the way the initramfs is assembled changes.
