@@ -115,7 +115,7 @@ def worker(mode: str, cycles: int, secs: float) -> Dict[str, object]:
 
     from balloon2395 import config as cfg
     from balloon2395.daemon import Daemon
-    from balloon2395.virsh_session import open_virsh
+    from balloon2395.virsh.session import open_virsh
 
     logging.getLogger("balloon-2395").setLevel(logging.WARNING)
     config = cfg.build({"secs": secs, "session": mode == "session", "connect": "qemu:///system"})

@@ -9,8 +9,8 @@ import shlex
 
 import pytest
 
-from balloon2395.domain_xml import parse_domain_xml
-from balloon2395.logs import autodeflate_note
+from balloon2395.logs.lines import autodeflate_note
+from balloon2395.virsh.domain_xml import parse_domain_xml
 from conftest import FIXTURES, domain, uuid_of
 
 

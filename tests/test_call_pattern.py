@@ -11,7 +11,7 @@ import pytest
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from balloon2395.lifetime import READ_LINE
-from balloon2395.virsh_session import open_virsh
+from balloon2395.virsh.session import open_virsh
 from conftest import domain, uuid_of
 
 URI = "qemu:///system"

@@ -17,7 +17,7 @@ import pytest
 from balloon2395 import config as cfg
 from balloon2395.cli import COMMANDS
 from balloon2395.lifetime import READ_LINE
-from balloon2395.virsh import Virsh
+from balloon2395.virsh.commands import Virsh
 from conftest import ROOT
 
 README = ROOT / "README.md"

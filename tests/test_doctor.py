@@ -14,11 +14,11 @@ import pytest
 
 from balloon2395 import config as cfg, doctor
 from balloon2395.doctor import FAIL, HOST, OK, WARN, Finding, Guest, Host, Reading, diagnose
-from balloon2395.domain_xml import parse_domain_xml
 from balloon2395.lifetime import READ_LINE
 from balloon2395.observation import HostMemory
 from balloon2395.settings import DomainSettings
-from balloon2395.virsh_output import parse_domstats
+from balloon2395.virsh.domain_xml import parse_domain_xml
+from balloon2395.virsh.output import parse_domstats
 from conftest import FIXTURES, GIB, domain, run_cli, uuid_of
 
 VIRSH = FIXTURES / "virsh"

@@ -9,7 +9,7 @@ import pytest
 
 from balloon2395.lifetime import READ_LINE, parse_running
 from balloon2395.sim.fake_virsh import PROMPT, FakeHost
-from balloon2395.virsh_output import BalloonStats, parse_dommemstat
+from balloon2395.virsh.output import BalloonStats, parse_dommemstat
 from conftest import FIXTURES, LIB
 
 VIRSH = FIXTURES / "virsh"

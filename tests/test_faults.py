@@ -12,7 +12,7 @@ import pytest
 from balloon2395 import config as cfg
 from balloon2395.daemon import RETRY_MAX_S, Daemon
 from balloon2395.lifetime import READ_LINE
-from balloon2395.virsh import VirshError, VirshTimeout
+from balloon2395.virsh.commands import VirshError, VirshTimeout
 from balloon2395_testkit.faults import DAEMON_DOWN, CheckedVirsh, FaultyVirsh
 from conftest import MIB, T0, Clock, StateVirsh, domain, still_host, uuid_of
 

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
-from balloon2395.domain_xml import parse_domain_xml
 from balloon2395.lifetime import READ_LINE, parse_running
-from balloon2395.virsh_output import (
+from balloon2395.virsh.domain_xml import parse_domain_xml
+from balloon2395.virsh.output import (
     VirshOutputError,
     parse_dominfo_max_kib,
     parse_dommemstat,

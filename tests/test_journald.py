@@ -16,9 +16,10 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from balloon2395 import config as cfg, journald, logs
+from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from balloon2395.decide.records import CHANGES
+from balloon2395.logs import journald, lines as logs
 from balloon2395.quoted import Lines
 from conftest import LIB, ROOT, T0, domain, still_host
 

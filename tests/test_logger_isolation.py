@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import logging
 
-from balloon2395 import logs
+from balloon2395.logs import lines as logs
 
 
 def test_setup_sends_the_daemons_lines_to_its_stream_only():

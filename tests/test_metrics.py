@@ -23,7 +23,7 @@ import balloon2395
 from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from balloon2395.lifetime import READ_LINE, READ_LINE_NO_ID
-from balloon2395.virsh import VirshCommands, default_uri
+from balloon2395.virsh.commands import VirshCommands, default_uri
 from conftest import GIB, LIB, MIB, T0, domain, still_host, wait_for
 
 prometheus_client = pytest.importorskip(

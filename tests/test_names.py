@@ -19,8 +19,10 @@ import unicodedata
 import pytest
 from hypothesis import given, strategies as st
 
-from balloon2395 import config as cfg, logstyle, status
+from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
+from balloon2395.logs import style as logstyle
+from balloon2395.views import status
 from conftest import LIB, ROOT, domain, still_host, wait_for
 
 CONTROL = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
@@ -154,7 +156,7 @@ def test_the_record_is_left_as_logged_for_other_handlers():
 
 
 def test_the_debug_block_keeps_its_four_lines_whatever_the_name():
-    from balloon2395.logs import debug_block
+    from balloon2395.logs.lines import debug_block
     daemon = Daemon(cfg.build({"host_memory": "off", "policy": "step"}),
                     still_host(domain("ok", usable_mib=300)), clock=lambda: 1_800_000_000.0)
     daemon.cycle()

@@ -14,10 +14,10 @@ from balloon2395.decide.history import History
 from balloon2395.decide.peers import PEERS
 from balloon2395.decide.records import GROW, HOLD, SHRINK, SKIP, WAIT, Limits
 from balloon2395.decide.tuning import TUNING
-from balloon2395.domain_xml import DomainFacts
 from balloon2395.observation import HostMemory, Observation
 from balloon2395.settings import DomainSettings
-from balloon2395.virsh_output import BalloonStats
+from balloon2395.virsh.domain_xml import DomainFacts
+from balloon2395.virsh.output import BalloonStats
 
 MIB = 1024
 NOW = 1_800_000_000.0

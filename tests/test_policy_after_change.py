@@ -6,10 +6,10 @@ from __future__ import annotations
 from balloon2395.decide.cycle import decide
 from balloon2395.decide.history import History
 from balloon2395.decide.records import SKIP, WAIT
-from balloon2395.domain_xml import DomainFacts
 from balloon2395.observation import Observation
 from balloon2395.settings import DomainSettings
-from balloon2395.virsh_output import BalloonStats
+from balloon2395.virsh.domain_xml import DomainFacts
+from balloon2395.virsh.output import BalloonStats
 
 MIB = 1024
 NOW = 1_800_000_000.0

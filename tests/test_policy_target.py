@@ -10,10 +10,10 @@ from balloon2395.decide.cycle import decide, decide_all, untouched_kib
 from balloon2395.decide.history import History, Signals
 from balloon2395.decide.records import GROW, HOLD, SHRINK, Limits
 from balloon2395.decide.rules import target, target_size_kib
-from balloon2395.domain_xml import DomainFacts
 from balloon2395.observation import HostMemory, Observation
 from balloon2395.settings import DomainSettings
-from balloon2395.virsh_output import BalloonStats
+from balloon2395.virsh.domain_xml import DomainFacts
+from balloon2395.virsh.output import BalloonStats
 
 MIB = 1024
 GIB = 1024 * MIB

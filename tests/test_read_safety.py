@@ -14,8 +14,8 @@ from balloon2395 import config as cfg
 from balloon2395.daemon import APPLIED, DRY_RUN, FAILED, FENCED, Daemon
 from balloon2395.lifetime import READ_LINE, parse_running
 from balloon2395.sim.fake_virsh import FakeHost
-from balloon2395.statefile import snapshot
-from balloon2395.virsh_session import VirshSession
+from balloon2395.views.statefile import snapshot
+from balloon2395.virsh.session import VirshSession
 from balloon2395_testkit.faults import CheckedVirsh
 from conftest import MIB, T0, Clock, domain, still_host, uuid_of
 

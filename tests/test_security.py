@@ -12,9 +12,10 @@ import subprocess
 
 import pytest
 
-from balloon2395 import config as cfg, logs
+from balloon2395 import config as cfg
+from balloon2395.logs import lines as logs
 from balloon2395.safefiles import unsafe_config
-from balloon2395.virsh import Virsh
+from balloon2395.virsh.commands import Virsh
 from conftest import LIB, ROOT, domain, run_cli, wait_for
 
 SOURCES = sorted((LIB / "balloon2395").rglob("*.py"))
@@ -30,8 +31,9 @@ def test_no_shell_anywhere(pattern):
 
 
 def test_only_the_virsh_runners_start_processes():
-    users = sorted(path.name for path in SOURCES if re.search(r"^import sh$|^from sh ", path.read_text(), re.M))
-    assert users == ["virsh.py", "virsh_session.py"]
+    users = sorted(str(path.relative_to(LIB)) for path in SOURCES
+                   if re.search(r"^import sh$|^from sh ", path.read_text(), re.M))
+    assert users == ["balloon2395/virsh/commands.py", "balloon2395/virsh/session.py"]
 
 
 class _Recorder(Virsh):
@@ -186,9 +188,10 @@ def test_a_symlink_planted_as_the_lock_or_pid_file_is_never_followed(tmp_path):
 
 def _planted_writer(tmp_path, kind):
     """(target, write, the temp names the old code used) of one of the daemon's own files."""
-    from balloon2395 import journal, statefile
+    from balloon2395 import journal
     from balloon2395.daemon import Cycle
     from balloon2395.lock import InstanceLock
+    from balloon2395.views import statefile
     pid = os.getpid()
     lock = InstanceLock("qemu:///system", str(tmp_path / "locks"))
     if kind == "state":

@@ -10,7 +10,7 @@ from typing import Tuple
 import pytest
 
 from balloon2395.lifetime import parse_running
-from balloon2395.session_framing import STDERR, STDOUT, Answer, Framing, NoEcho, OutOfStep, sentinel_line
+from balloon2395.virsh.framing import STDERR, STDOUT, Answer, Framing, NoEcho, OutOfStep, sentinel_line
 from conftest import FIXTURES
 
 VIRSH = FIXTURES / "virsh"

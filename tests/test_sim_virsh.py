@@ -7,13 +7,13 @@ import subprocess
 
 import pytest
 
-from balloon2395.domain_xml import parse_domain_xml
 from balloon2395.lifetime import parse_running
 from balloon2395.sim.host import TICKS_PER_S, SimHost
 from balloon2395.sim.model import BALLOON_KIB_S, MIB, usable_kib
 from balloon2395.sim.scenario import load
 from balloon2395.sim.virsh import STATE_ENV, SimVirsh, answer
-from balloon2395.virsh import VirshError
+from balloon2395.virsh.commands import VirshError
+from balloon2395.virsh.domain_xml import parse_domain_xml
 from conftest import ROOT, run_cli
 
 SCENARIO = """

@@ -8,7 +8,7 @@ import time
 import pytest
 import sh
 
-from balloon2395.virsh import Virsh, VirshError, VirshTimeout, default_uri
+from balloon2395.virsh.commands import Virsh, VirshError, VirshTimeout, default_uri
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from balloon2395.domain_xml import parse_domain_xml
 from balloon2395.lifetime import parse_running
-from balloon2395.virsh import error_message
-from balloon2395.virsh_output import (
+from balloon2395.virsh.commands import error_message
+from balloon2395.virsh.domain_xml import parse_domain_xml
+from balloon2395.virsh.output import (
     BalloonStats,
     VirshOutputError,
     parse_dominfo_max_kib,
@@ -102,7 +102,7 @@ def test_error_messages(name, expected):
 
 
 def test_error_classes():
-    from balloon2395.virsh import VirshError
+    from balloon2395.virsh.commands import VirshError
     gone = VirshError([], 1, error_message(err("setmem-live.missing"), 1))
     off = VirshError([], 1, error_message(err("dommemstat.shut-off"), 1))
     unknown = VirshError([], 1, error_message(err("frobnicate"), 1))

@@ -17,8 +17,8 @@ from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from balloon2395.lifetime import READ_LINE
 from balloon2395.sim.fake_virsh import split_commands
-from balloon2395.virsh import Virsh, VirshError, VirshTimeout
-from balloon2395.virsh_session import SessionBroken, SessionEnded, VirshSession, quote
+from balloon2395.virsh.commands import Virsh, VirshError, VirshTimeout
+from balloon2395.virsh.session import SessionBroken, SessionEnded, VirshSession, quote
 from conftest import FIXTURES, MIB, domain
 
 URI = "qemu:///system"

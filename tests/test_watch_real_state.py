@@ -15,10 +15,11 @@ import time
 import pytest
 from hypothesis import given, strategies as st
 
-from balloon2395 import config as cfg, statefile, watch
+from balloon2395 import config as cfg
 from balloon2395.daemon import Daemon
 from balloon2395.decide.history import History
 from balloon2395.lock import InstanceLock
+from balloon2395.views import statefile, watch
 from conftest import T0, domain, still_host, wait_for
 
 URI = "qemu:///system"

@@ -7,9 +7,11 @@ import sys
 import textwrap
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import PROG, __version__, config as cfg, doctor, logs, watch
+from . import PROG, __version__, config as cfg, doctor
+from .logs import lines as logs
 from .quoted import escaped
 from .service import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, serve
+from .views import watch
 
 # each command: how it is called, and what it does (its own --help says the second; the daemon's, all)
 _COMMANDS = {

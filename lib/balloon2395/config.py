@@ -68,7 +68,7 @@ class Config:
     uris: Tuple[str, ...] = ()  # `connect`: one URI, or several served by one process (service.py)
     virsh: str = "virsh"
     timeout: float = 10.0
-    # One long-lived virsh for all calls (virsh_session.py), not one process per call: bench/cost.py
+    # One long-lived virsh for all calls (virsh/session.py), not one process per call: bench/cost.py
     # measures 2.7-5.5x less CPU and 2.9-25.6x less wall time per cycle (1 to 500 guests); it falls back by itself.
     session: bool = True
     stats_period: int = 1

@@ -18,14 +18,14 @@ from .decide.cycle import decide_all
 from .decide.history import History
 from .decide.records import HOLD, SKIP, WAIT, Decision, Limits
 from .decide.tuning import TUNING
-from .domain_xml import DomainFacts
 from .host import HostReader
 from .journal import ChangeJournal
-from .logs import about, autodeflate_note, change_line, debug_block
+from .logs.lines import about, autodeflate_note, change_line, debug_block
 from .observation import HostMemory, Observation
 from .observe import Collector
 from .settings import DomainSettings
-from .virsh import VirshCommands, VirshError, VirshTimeout, default_uri
+from .virsh.commands import VirshCommands, VirshError, VirshTimeout, default_uri
+from .virsh.domain_xml import DomainFacts
 
 log = logging.getLogger(PROG)
 

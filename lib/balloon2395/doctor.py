@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import PROG, config as cfg, ksm
-from .domain_xml import SETTINGS_NS, DomainFacts, parse_domain_xml
 from .host import HostReader, is_remote
 from .lifetime import RunningReader
 from .lock import InstanceLock, LockError, default_dir, dir_problem
@@ -25,9 +24,10 @@ from .observation import HostMemory
 from .quoted import escaped, json_escaped
 from .settings import DomainSettings
 from .units import mib_text
-from .virsh import VirshCommands, VirshError, VirshTimeout, default_uri
-from .virsh_output import BalloonStats, VirshOutputError
-from .virsh_session import open_virsh
+from .virsh.commands import VirshCommands, VirshError, VirshTimeout, default_uri
+from .virsh.domain_xml import SETTINGS_NS, DomainFacts, parse_domain_xml
+from .virsh.output import BalloonStats, VirshOutputError
+from .virsh.session import open_virsh
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 HOST = "host"

@@ -14,8 +14,8 @@ from . import PROG
 from .config import Config
 from .observation import HostMemory
 from .safefiles import Refused, kind
-from .virsh import VirshCommands, VirshError
-from .virsh_output import VirshOutputError, parse_nodememstats
+from .virsh.commands import VirshCommands, VirshError
+from .virsh.output import VirshOutputError, parse_nodememstats
 
 log = logging.getLogger(PROG)
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from . import PROG
-from .virsh import VirshCommands, VirshError
-from .virsh_output import BalloonStats, VirshOutputError, parse_domstats
+from .virsh.commands import VirshCommands, VirshError
+from .virsh.output import BalloonStats, VirshOutputError, parse_domstats
 
 log = logging.getLogger(PROG)
 

@@ -11,7 +11,8 @@ import re
 import sys
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-from . import PROG, __version__, cliref, config as cfg, logs, service
+from . import PROG, __version__, cliref, config as cfg, service
+from .logs import lines as logs
 
 SUMMARY = "keep QEMU/KVM guests' usable memory in a band by ballooning them"
 

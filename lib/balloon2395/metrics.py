@@ -35,7 +35,7 @@ from .daemon import APPLIED, OUTCOMES, Cycle
 from .decide.eligibility import cap_kib
 from .decide.records import CHANGES, SKIP
 from .safefiles import write_atomic
-from .virsh import VirshError
+from .virsh.commands import VirshError
 
 try:
     # not write_to_textfile: its temp file has a predictable name, a place to plant a symlink

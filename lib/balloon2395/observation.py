@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .domain_xml import DomainFacts
-from .virsh_output import BalloonStats
+from .virsh.domain_xml import DomainFacts
+from .virsh.output import BalloonStats
 
 
 @dataclass(frozen=True)

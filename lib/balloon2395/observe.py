@@ -19,11 +19,11 @@ from functools import partial
 from typing import Callable, Dict, List, Optional, Set, TypeVar
 
 from . import PROG
-from .domain_xml import DomainFacts, parse_domain_xml
 from .lifetime import Lifetime, RunningRead, RunningReader, parse_running
 from .observation import Observation
-from .virsh import VirshCommands, VirshError
-from .virsh_output import BalloonStats, VirshOutputError
+from .virsh.commands import VirshCommands, VirshError
+from .virsh.domain_xml import DomainFacts, parse_domain_xml
+from .virsh.output import BalloonStats, VirshOutputError
 
 log = logging.getLogger(PROG)
 T = TypeVar("T")

@@ -21,15 +21,17 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from . import PROG, config as cfg, ksm, logs, sdnotify, statefile
+from . import PROG, config as cfg, ksm, sdnotify
 from .daemon import Daemon
 from .host import is_remote
 from .journal import ChangeJournal, path_for as journal_path
 from .lock import AlreadyRunning, InstanceLock, LockError, default_dir
+from .logs import lines as logs
 from .quoted import escaped
 from .safefiles import unsafe_dir
-from .virsh import VirshCommands, default_uri
-from .virsh_session import open_virsh
+from .views import statefile
+from .virsh.commands import VirshCommands, default_uri
+from .virsh.session import open_virsh
 
 log = logging.getLogger(PROG)
 

@@ -23,8 +23,8 @@ from balloon2395.config import Config
 from balloon2395.decide.tuning import TUNING
 from balloon2395.lifetime import READ_LINE, parse_running
 from balloon2395.settings import DomainSettings
-from balloon2395.virsh import VirshCommands, VirshError, VirshTimeout
-from balloon2395.virsh_output import BalloonStats, VirshOutputError
+from balloon2395.virsh.commands import VirshCommands, VirshError, VirshTimeout
+from balloon2395.virsh.output import BalloonStats, VirshOutputError
 
 # What libvirt says when libvirtd is not there (virsh 9.0, captured).
 DAEMON_DOWN = ("error: failed to connect to the hypervisor\n"

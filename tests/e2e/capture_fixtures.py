@@ -225,7 +225,7 @@ class Capturer:
 
 
 # What the daemon sends (tests/test_virsh_session.py checks these against its code): its read of a
-# cycle (balloon2395.lifetime.READ_LINE), and in a session (balloon2395.virsh_session) the same
+# cycle (balloon2395.lifetime.READ_LINE), and in a session (balloon2395.virsh.session) the same
 # lines, each followed by a sentinel, here with fixed tokens.
 READ_LINE = "domstats --balloon --list-running ; list --uuid --id --name --state-running"
 SESSION_ENV = {"TERM": "dumb", "VIRSH_HISTSIZE": "0"}

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from balloon2395.lifetime import READ_LINE, parse_running
-from balloon2395.virsh import Virsh, VirshError, VirshTimeout
-from balloon2395.virsh_session import VirshSession
+from balloon2395.virsh.commands import Virsh, VirshError, VirshTimeout
+from balloon2395.virsh.session import VirshSession
 from balloon2395_testkit.virsh_cli import URI
 from balloon2395_testkit.waiting import wait_for
 

@@ -7,11 +7,11 @@ import math
 from dataclasses import replace
 from typing import Optional, Tuple, Union
 
-from ..domain_xml import DomainFacts
 from ..observation import Observation
 from ..settings import DomainSettings
 from ..units import mib
-from ..virsh_output import BalloonStats
+from ..virsh.domain_xml import DomainFacts
+from ..virsh.output import BalloonStats
 from .figures import Figures
 from .history import History, recent_signals, remembered
 from .records import GROW, HOLD, SKIP, WAIT, Block, Candidate, Decision, Limits

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
-from ..domain_xml import DomainFacts
 from ..observation import HostMemory
 from ..settings import DomainSettings
+from ..virsh.domain_xml import DomainFacts
 from .figures import Figures
 from .history import History, Signals
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, List, Tuple
 
-from ..virsh import VirshCommands, VirshError, error_message
+from ..virsh.commands import VirshCommands, VirshError, error_message
 from .fake_virsh import split_commands
 
 

@@ -15,8 +15,9 @@ import threading
 import time
 from typing import Callable, List, NamedTuple, Optional, Sequence, TextIO
 
-from .. import PROG, logs
+from .. import PROG
 from ..config import Config
+from ..logs import lines as logs
 from ..quoted import escaped
 from ..units import mib, mib_text
 from .host import TICKS_PER_S

@@ -1,4 +1,4 @@
-"""The sentinel protocol of a virsh session (virsh_session.py), as a pure parser of bytes.
+"""The sentinel protocol of a virsh session (session.py), as a pure parser of bytes.
 
 After each command line the session sends `echo --err T ; echo T`, T a token new for each exchange:
 a sentinel on both streams. Without -q the stdout transcript of one command is

@@ -10,14 +10,15 @@ import stat
 import sys
 from typing import IO, Dict, Optional
 
-from . import PROG, journald, logstyle
-from .decide.eligibility import cap_kib
-from .decide.records import Decision
-from .observation import Observation
-from .quoted import Lines
-from .safefiles import RotatingLogFile
-from .settings import DomainSettings
-from .units import mib_text
+from .. import PROG
+from ..decide.eligibility import cap_kib
+from ..decide.records import Decision
+from ..observation import Observation
+from ..quoted import Lines
+from ..safefiles import RotatingLogFile
+from ..settings import DomainSettings
+from ..units import mib_text
+from . import journald, style as logstyle
 
 log = logging.getLogger(PROG)
 

@@ -11,7 +11,7 @@ import os
 import traceback
 from typing import IO, Any, Dict, Mapping, Optional
 
-from .quoted import Lines, escaped
+from ..quoted import Lines, escaped
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import sh
 
-from .virsh_output import BalloonStats, parse_dominfo_max_kib, parse_dommemstat, parse_domstats
+from .output import BalloonStats, parse_dominfo_max_kib, parse_dommemstat, parse_domstats
 
 
 class VirshError(Exception):

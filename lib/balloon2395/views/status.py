@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .decide.eligibility import cap_kib
-from .decide.records import Decision
-from .observation import Observation
-from .quoted import escaped, json_escaped
-from .settings import DomainSettings
-from .units import mib
+from ..decide.eligibility import cap_kib
+from ..decide.records import Decision
+from ..observation import Observation
+from ..quoted import escaped, json_escaped
+from ..settings import DomainSettings
+from ..units import mib
 
 COLUMNS = ("DOMAIN", "ACTUAL_MiB", "USABLE_MiB", "USABLE%", "BAND", "FLOOR_MiB", "MAX_MiB", "BALLOON", "NEXT", "WHY")
 FEATURES = (("autodeflate", "autodeflate"), ("fpr", "free_page_reporting"))  # (as the table shows it, row key)

@@ -15,11 +15,11 @@ import os
 import stat
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from .daemon import Cycle
-from .decide.history import History
-from .lock import InstanceLock, alive
-from .quoted import shortened, shown
-from .safefiles import kind, write_atomic
+from ..daemon import Cycle
+from ..decide.history import History
+from ..lock import InstanceLock, alive
+from ..quoted import shortened, shown
+from ..safefiles import kind, write_atomic
 from .status import row_dict
 
 MAX_BYTES = 16 * 1024 * 1024  # some 8000 domains; a state file larger than that is no daemon's

@@ -4,7 +4,7 @@ virsh reads commands on its stdin (interactive mode on a pipe). Each command lin
 followed by a sentinel on both streams, so that a command's answer is what came on
 each stream before its sentinel: errors are matched to their command although virsh
 does not keep stdout and stderr in step, and the parsers see the same text as from
-one process per call. session_framing.py is that protocol, a pure parser of the bytes
+one process per call. framing.py is that protocol, a pure parser of the bytes
 read; here is only the process: started, written to, read into the parser, killed.
 
 A session is replaced when its process ends, a command outlasts the timeout (the
@@ -30,10 +30,10 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import sh
 
-from . import PROG
-from .config import Config
-from .session_framing import STDERR, STDOUT, Framing, NoEcho, OutOfStep, sentinel_line
-from .virsh import Virsh, VirshCommands, VirshError, VirshTimeout, environment, error_message, start
+from .. import PROG
+from ..config import Config
+from .commands import Virsh, VirshCommands, VirshError, VirshTimeout, environment, error_message, start
+from .framing import STDERR, STDOUT, Framing, NoEcho, OutOfStep, sentinel_line
 
 log = logging.getLogger(PROG)
 

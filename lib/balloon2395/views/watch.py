@@ -13,15 +13,16 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Set
 
-from . import PROG, config as cfg, statefile
-from .daemon import Cycle, Daemon
-from .decide.history import History
-from .lock import InstanceLock, LockError, default_dir
-from .quoted import escaped
+from .. import PROG, config as cfg
+from ..daemon import Cycle, Daemon
+from ..decide.history import History
+from ..lock import InstanceLock, LockError, default_dir
+from ..quoted import escaped
+from ..units import mib_text
+from ..virsh.commands import VirshError, default_uri
+from ..virsh.session import open_virsh
+from . import statefile
 from .status import render_json, render_table
-from .units import mib_text
-from .virsh import VirshError, default_uri
-from .virsh_session import open_virsh
 
 NO_DAEMON = "no daemon running: showing what a cycle would do now"
 

@@ -15,8 +15,8 @@ import socket
 import struct
 from typing import IO, Iterable, Iterator, Optional, Tuple
 
-from . import PROG
-from .logstyle import JournalFormatter, priority
+from .. import PROG
+from .style import JournalFormatter, priority
 
 SOCKET = "/run/systemd/journal/socket"
 
