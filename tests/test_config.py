@@ -17,7 +17,7 @@ def test_defaults_are_the_originals():
     d = c.defaults
     assert (d.minimal, d.maximal) == (25, 35)
     assert (d.floor_kib, d.addram_kib, d.rmram_kib) == (300 * MIB, 100 * MIB, 50 * MIB)
-    assert c.secs == 0.5 and c.debug is False and c.logdir is None
+    assert c.secs == 0.5 and c.log.debug is False and c.log.logdir is None
     assert c.policy == "target"  # the original's rule stays selectable as "step"
 
 

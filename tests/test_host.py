@@ -253,10 +253,10 @@ def test_the_cgroup_is_this_hosts_not_a_remote_uris(tmp_path, logged):
 # ---------------------------------------------------------------- the settings
 
 def test_host_cgroup_defaults_to_machine_slice_and_is_validated():
-    assert cfg.Config().host_cgroup == "/sys/fs/cgroup/machine.slice"
-    assert cfg.build({"host_cgroup": "/sys/fs/cgroup/memory/machine.slice/"}).host_cgroup == \
+    assert cfg.Config().host.cgroup == "/sys/fs/cgroup/machine.slice"
+    assert cfg.build({"host_cgroup": "/sys/fs/cgroup/memory/machine.slice/"}).host.cgroup == \
         "/sys/fs/cgroup/memory/machine.slice"
-    assert cfg.build({"host_memory": "cgroup"}).host_memory == "cgroup"
+    assert cfg.build({"host_memory": "cgroup"}).host.memory == "cgroup"
     for bad, words in [("machine.slice", "absolute path"), ("/sys/fs/cgroup/../etc", ". or .."),
                        ("/sys/./fs", ". or .."), ("", "non-empty"), (5, "non-empty"), ("/sys/\nx", "control")]:
         with pytest.raises(cfg.ConfigError, match=words) as caught:

@@ -154,7 +154,7 @@ def test_one_hypervisor_listed_twice_in_connect_is_a_config_error():
     with pytest.raises(cfg.ConfigError) as err:
         cfg.build({"connect": ["qemu:///system", "qemu+ssh://host2/system", "qemu+unix:///system/"]})
     assert str(err.value) == "connect: a URI is listed twice (qemu:///system and qemu+unix:///system/: one hypervisor)"
-    assert cfg.build({"connect": ["qemu:///system", "qemu:///session"]}).uris == ("qemu:///system", "qemu:///session")
+    assert cfg.build({"connect": ["qemu:///system", "qemu:///session"]}).connection.uris == ("qemu:///system", "qemu:///session")
 
 
 # ---------------------------------------------------------------- the lock dir, however spelled (point 5d)

@@ -126,7 +126,7 @@ def test_metrics_from_the_config_file_and_errors_naming_the_key(fake_host, tmp_p
     host.config.write_text("metrics:\n  port: http\n")
     bad = host.cli("--once")
     assert bad.returncode == 2 and "metrics.port: expected a number" in bad.stderr
-    assert cfg.build({}).metrics_address == "127.0.0.1"  # loopback unless told otherwise
+    assert cfg.build({}).metrics.address == "127.0.0.1"  # loopback unless told otherwise
 
 
 def test_textfile_is_never_seen_half_written(tmp_path):

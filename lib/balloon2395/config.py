@@ -11,7 +11,7 @@ import difflib
 import fnmatch
 import math
 import os
-from dataclasses import dataclass, field, fields as dataclass_fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Collection, Dict, Mapping, Optional, Tuple
 
 import yaml
@@ -59,44 +59,68 @@ class DomainRule:
 
 
 @dataclass(frozen=True)
-class Config:
-    defaults: DomainSettings = field(default_factory=DomainSettings)
-    rules: Tuple[DomainRule, ...] = ()
-    secs: float = 0.5
-    debug: bool = False
-    logdir: Optional[str] = None
+class Connection:
+    """How the daemon reaches its hypervisors."""
+
     uris: Tuple[str, ...] = ()  # `connect`: one URI, or several served by one process (service.py)
     virsh: str = "virsh"
     timeout: float = 10.0
     # One long-lived virsh for all calls (virsh/session.py), not one process per call: bench/cost.py
     # measures 2.7-5.5x less CPU and 2.9-25.6x less wall time per cycle (1 to 500 guests); it falls back by itself.
     session: bool = True
+    lock_dir: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class HostWatch:
+    """How the host's memory is read and what it keeps."""
+
+    reserve: Optional[Tuple[str, float]] = None  # ("kib", n) or ("pct", n); None: max(10 %, 1 GiB)
+    memory: str = "auto"
+    cgroup: str = DEFAULT_HOST_CGROUP  # memory cgroup: the memory cgroup whose limit is the host's
+    psi: Optional[float] = None  # PSI "some avg10" above which the host counts as short
+
+
+@dataclass(frozen=True)
+class MetricsOutput:
+    textfile: Optional[str] = None  # node_exporter textfile collector file
+    port: Optional[int] = None
+    address: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class LogOutput:
+    logdir: Optional[str] = None
+    format: str = "text"
+    debug: bool = False  # a block per domain per cycle
+
+
+@dataclass(frozen=True)
+class Config:
+    defaults: DomainSettings = field(default_factory=DomainSettings)
+    rules: Tuple[DomainRule, ...] = ()
+    secs: float = 0.5
     stats_period: int = 1
     stale_after: Optional[float] = None
     policy: str = "target"
     dry_run: bool = False
-    lock_dir: Optional[str] = None
-    host_reserve: Optional[Tuple[str, float]] = None  # ("kib", n) or ("pct", n); None: max(10 %, 1 GiB)
-    host_memory: str = "auto"
-    host_cgroup: str = DEFAULT_HOST_CGROUP  # host_memory cgroup: the memory cgroup whose limit is the host's
-    host_psi: Optional[float] = None  # PSI "some avg10" above which the host counts as short
-    log_format: str = "text"
     ksm: str = "warn"  # what to do when KSM runs: say what it means, refuse to start, or nothing
-    metrics_textfile: Optional[str] = None  # node_exporter textfile collector file
-    metrics_port: Optional[int] = None
-    metrics_address: str = "127.0.0.1"
+    connection: Connection = field(default_factory=Connection)
+    host: HostWatch = field(default_factory=HostWatch)
+    metrics: MetricsOutput = field(default_factory=MetricsOutput)
+    log: LogOutput = field(default_factory=LogOutput)
     # where the top-level minimal and maximal came from, as a band error says it ("the default", "from --maximal")
     band_from: Tuple[str, str] = field(default=("the default", "the default"), compare=False)
 
     def for_uri(self, uri: str) -> "Config":
         """The config of one connection. Without `connect`, virsh is run without -c, so that it
         picks its default (LIBVIRT_DEFAULT_URI, libvirt's rules) itself, as an operator's virsh does."""
-        return replace(self, uris=(uri,)) if self.uris else self
+        return replace(self, connection=replace(self.connection, uris=(uri,))) if self.connection.uris else self
 
     @property
     def connect(self) -> Optional[str]:
         """The connection of a one-URI config (the only kind a Daemon gets)."""
-        return self.uris[0] if self.uris else None
+        return self.connection.uris[0] if self.connection.uris else None
 
     def for_domain(self, name: str, metadata: Tuple[Tuple[str, str], ...] = ()) -> DomainSettings:
         """An exact-name rule wins over globs; among globs the first in the file wins; the
@@ -124,9 +148,9 @@ class Config:
 
     def host_reserve_kib(self, host_total_kib: int) -> int:
         """What the host keeps for itself: growth never takes it below this."""
-        if self.host_reserve is None:
+        if self.host.reserve is None:
             return max(host_total_kib // 10, 1024 * 1024)
-        unit, value = self.host_reserve
+        unit, value = self.host.reserve
         return int(value) if unit == "kib" else int(host_total_kib * value / 100)
 
     @property
@@ -270,9 +294,14 @@ class Setting:
 
     @property
     def default(self) -> Any:
-        record = DomainSettings if self.where != "top" else Config
-        found = next(f for f in dataclass_fields(record) if f.name == self.field)
-        return found.default  # every setting's field has a plain default (no factory)
+        return self.value_in(Config())
+
+    def value_in(self, config: "Config") -> Any:
+        """Its value in a config: a domain setting's in the defaults, the others' in their group."""
+        record: Any = config.defaults if self.where != "top" else config
+        for name in self.field.split("."):
+            record = getattr(record, name)
+        return record
 
     @property
     def default_shown(self) -> str:
@@ -321,46 +350,46 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("policy", "policy", _choice(POLICIES),
             "decision rule: target, step (the original's fixed steps), or the peers' rules proxmox and mom, "
             "ported (best with --secs 10)", choices=POLICIES),
-    Setting("host_reserve", "host_reserve", parse_reserve, "target: memory the host keeps, e.g. 2GiB or 10%",
+    Setting("host_reserve", "host.reserve", parse_reserve, "target: memory the host keeps, e.g. 2GiB or 10%",
             metavar="SIZE|PCT", default_text="max(10%, 1GiB)"),
-    Setting("host_memory", "host_memory", _choice(HOST_MEMORY),
+    Setting("host_memory", "host.memory", _choice(HOST_MEMORY),
             "where host memory is read: auto (/proc locally, nodememstats for a remote URI), local, virsh, "
             "cgroup (the limit and usage of --host-cgroup), off", choices=HOST_MEMORY),
-    Setting("host_cgroup", "host_cgroup", _cgroup_path,
+    Setting("host_cgroup", "host.cgroup", _cgroup_path,
             "with --host-memory cgroup: the memory cgroup the guests run in, its limit taken as the host's memory",
             metavar="DIR"),
-    Setting("host_psi", "host_psi", _number(0, 100, optional=True),
+    Setting("host_psi", "host.psi", _number(0, 100, optional=True),
             "target: host PSI memory 'some avg10' above which the host counts as short", metavar="AVG10",
             flag_type=float, default_text="off"),
-    Setting("debug", "debug", _bool, "log a block per domain per cycle"),
+    Setting("debug", "log.debug", _bool, "log a block per domain per cycle"),
     Setting("dry_run", "dry_run", _bool, "decide and log; never setmem, never switch a stats period on"),
-    Setting("logdir", "logdir", _optional_text, "log to DIR/balloon-2395.log (rotated) instead of stderr",
+    Setting("logdir", "log.logdir", _optional_text, "log to DIR/balloon-2395.log (rotated) instead of stderr",
             metavar="DIR", default_text="stderr"),
-    Setting("connect", "uris", _uris,
+    Setting("connect", "connection.uris", _uris,
             "hypervisor URI; repeat it to serve several from one process, each with its own lock",
             group="connection", metavar="URI", default_text="$LIBVIRT_DEFAULT_URI, else qemu:///system as root"),
-    Setting("virsh", "virsh", _text, "virsh binary", group="connection", metavar="PATH",
+    Setting("virsh", "connection.virsh", _text, "virsh binary", group="connection", metavar="PATH",
             default_text="virsh from PATH"),
-    Setting("timeout", "timeout", _number(0.1, 3600), "per virsh call timeout in seconds", group="connection",
-            metavar="S", flag_type=float),
-    Setting("session", "session", _bool, "one long-lived virsh process for all calls instead of one per call",
-            group="connection"),
-    Setting("lock_dir", "lock_dir", _optional_text, "where the instance lock lives", group="connection",
+    Setting("timeout", "connection.timeout", _number(0.1, 3600), "per virsh call timeout in seconds",
+            group="connection", metavar="S", flag_type=float),
+    Setting("session", "connection.session", _bool,
+            "one long-lived virsh process for all calls instead of one per call", group="connection"),
+    Setting("lock_dir", "connection.lock_dir", _optional_text, "where the instance lock lives", group="connection",
             metavar="DIR", default_text="/run/balloon-2395, or $XDG_RUNTIME_DIR/balloon-2395"),
-    Setting("log_format", "log_format", _choice(LOG_FORMATS),
+    Setting("log_format", "log.format", _choice(LOG_FORMATS),
             "text (bare lines with priorities under systemd's journal) or json", group="operation",
             choices=LOG_FORMATS),
     Setting("ksm", "ksm", _choice(KSM_MODES),
             "when KSM runs: warn (one line saying what it means), refuse to start, ignore", group="operation",
             choices=KSM_MODES),
     # the file says `metrics: {textfile: PATH, port: N, address: IP}`; flags set these directly
-    Setting("metrics_textfile", "metrics_textfile", _optional_text,
+    Setting("metrics_textfile", "metrics.textfile", _optional_text,
             "write Prometheus metrics to PATH (node_exporter textfile collector) after every cycle",
             group="operation", metavar="PATH", default_text="none"),
-    Setting("metrics_port", "metrics_port", _number(1, 65535, integer=True, optional=True),
+    Setting("metrics_port", "metrics.port", _number(1, 65535, integer=True, optional=True),
             "serve Prometheus metrics over HTTP on PORT", group="operation", metavar="PORT", flag_type=int,
             default_text="none"),
-    Setting("metrics_address", "metrics_address", _text, "address the metrics endpoint listens on",
+    Setting("metrics_address", "metrics.address", _text, "address the metrics endpoint listens on",
             group="operation", metavar="IP"),
 )
 # key in file/flags -> (field name, validator). Top-level keys that are also
@@ -453,7 +482,7 @@ def effective(config: Config) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for s in SETTINGS:
         if s.where != "rule":
-            out[s.key] = _as_written(s, getattr(config.defaults if s.where == "both" else config, s.field))
+            out[s.key] = _as_written(s, s.value_in(config))
     by_field = {s.field: s for s in SETTINGS if s.where != "top"}
     out["domains"] = {rule.pattern: {by_field[name].key: _as_written(by_field[name], value)
                                      for name, value in rule.overrides} for rule in config.rules}
@@ -512,8 +541,17 @@ def _build(values: Mapping[str, Any], flags: Collection[str], path: str) -> Conf
     # a flag is the layer above the file: a band it breaks is its fault
     set_here = [key for key in _BAND if key in flags] or [key for key in _BAND if key in values]
     _check_band("", defaults, set_here, said)
+    groups: Dict[str, Dict[str, Any]] = {}
+    for name, value in global_values.items():
+        group, _, member = name.rpartition(".")
+        groups.setdefault(group, {})[member] = value
+    top = groups.pop("", {})
+    made = {name: record(**groups.get(name, {})) for name, record in _GROUPS.items()}
     return Config(defaults=defaults, rules=_rules(values.get("domains"), defaults, said),
-                  band_from=(said["minimal"], said["maximal"]), **global_values)
+                  band_from=(said["minimal"], said["maximal"]), **top, **made)
+
+
+_GROUPS = {"connection": Connection, "host": HostWatch, "metrics": MetricsOutput, "log": LogOutput}
 
 
 def _origin(key: str, values: Mapping[str, Any], flags: Collection[str], path: str) -> str:

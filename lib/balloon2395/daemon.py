@@ -171,7 +171,7 @@ class Daemon:
         for obs, decision in zip(observations, read.decisions):
             state = states[obs.name]
             state.history = decision.history
-            if self.config.debug:
+            if self.config.log.debug:
                 log.debug("%s", debug_block(obs, read.settings[obs.name], decision, now),
                           extra=about("debug", obs.name, decision.code))
             if decision.changes:

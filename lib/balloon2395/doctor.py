@@ -368,9 +368,9 @@ def _lock_dir_state(config: cfg.Config, uri: str) -> Tuple[str, Optional[str]]:
     """The lock directory and why the daemon could not lock there; one not there yet must be one the
     daemon can create."""
     try:
-        directory = InstanceLock(uri, config.lock_dir or default_dir()).directory
+        directory = InstanceLock(uri, config.connection.lock_dir or default_dir()).directory
     except LockError as exc:
-        return config.lock_dir or "-", str(exc)
+        return config.connection.lock_dir or "-", str(exc)
     if os.path.lexists(directory):
         return directory, dir_problem(directory)
     parent = os.path.dirname(directory)
@@ -402,7 +402,7 @@ def render_json(readings: Sequence[Tuple[str, Sequence[Finding]]]) -> str:
 
 def doctor(config: cfg.Config, as_json: bool, reader: Callable[[cfg.Config, str], Reading] = read) -> int:
     """0 when nothing FAILs, 1 when something does."""
-    uris = config.uris or (default_uri(),)
+    uris = config.connection.uris or (default_uri(),)
     readings = [(uri, diagnose(reader(config, uri))) for uri in uris]
     if as_json:
         print(render_json(readings))

@@ -130,7 +130,7 @@ def _stat_value(text: str, key: str, path: str) -> int:
 class HostReader:
     def __init__(self, config: Config, virsh: VirshCommands, uri: str, read: Callable[[str], str] = _read,
                  read_cgroup: Callable[[str], str] = read_no_symlink) -> None:
-        source = config.host_memory
+        source = config.host.memory
         if source == "auto":
             source = "virsh" if is_remote(uri) else "local"
         self.source, self.config, self.virsh, self.read_file = source, config, virsh, read
@@ -164,7 +164,7 @@ class HostReader:
                           None if swap_free is None else max(swap_free, 0))
 
     def _what(self) -> str:
-        return f"cgroup {self.config.host_cgroup}" if self.source == "cgroup" else self.source
+        return f"cgroup {self.config.host.cgroup}" if self.source == "cgroup" else self.source
 
     def _totals(self) -> Tuple[int, int, Optional[int], Optional[str]]:
         """(total KiB, available KiB, free swap KiB or None, the PSI file that goes with them or None)."""
@@ -185,7 +185,7 @@ class HostReader:
         pressure instead would, as fit_host treats pressure, reclaim 1 % of the host from the guests every
         cycle and grow none, for as long as the file stays unreadable (for ever on a host without PSI).
         Logged once when it becomes unreadable and once when it is back."""
-        threshold = self.config.host_psi
+        threshold = self.config.host.psi
         if threshold is None or path is None:
             return False
         try:
@@ -213,7 +213,7 @@ class HostReader:
         cgroup v2 (memory.max, memory.current, memory.stat inactive_file, memory.pressure) or v1
         (memory.limit_in_bytes, memory.usage_in_bytes, memory.stat total_inactive_file, /proc's PSI). Free
         swap: the machine's, less where the cgroup limits its swap (v2 memory.swap.max, v1 memory.memsw.*)."""
-        base = self.config.host_cgroup.rstrip("/")
+        base = self.config.host.cgroup.rstrip("/")
         info = parse_meminfo(self.read_file(MEMINFO))
         machine_total, machine_available = info["MemTotal"], info["MemAvailable"]
         try:

@@ -146,7 +146,7 @@ def _description(description: str, names: Sequence[str]) -> List[str]:
 
 
 def _signals() -> List[Tuple[str, str]]:
-    restart = ", ".join("connect" if key == "uris" else key for key in service.RESTART_ONLY)
+    restart = ", ".join(service.RESTART_ONLY_KEYS)
     return [
         ("SIGTERM, SIGINT",
          "The daemon (run) finishes its current cycle (a setmem under way completes and is logged), removes its "

@@ -127,14 +127,14 @@ class Metrics:
     def __init__(self, config: Config) -> None:
         if not AVAILABLE:
             raise RuntimeError(MISSING)
-        self.textfile, self._lock = config.metrics_textfile, threading.Lock()
+        self.textfile, self._lock = config.metrics.textfile, threading.Lock()
         self.policy = config.policy  # each host's until its first cycle says otherwise
         self._hosts: Dict[str, _Host] = {}  # by connection URI
         self.registry = CollectorRegistry()
         self.registry.register(self)
         self._server: Optional[Endpoint] = None
-        if config.metrics_port is not None:
-            self._server = Endpoint(config.metrics_address, config.metrics_port, self.registry)
+        if config.metrics.port is not None:
+            self._server = Endpoint(config.metrics.address, config.metrics.port, self.registry)
 
     def add_host(self, uri: str) -> None:
         """A connection the daemon serves, named by its URI everywhere below; its series carry

@@ -38,8 +38,10 @@ log = logging.getLogger(PROG)
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_RUNNING = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # Ctrl-C in a one-shot view or check: the shell's 128 + SIGINT
 # Taken once at start: a reload cannot move a lock, a connection or a listening socket.
-RESTART_ONLY = ("uris", "virsh", "timeout", "session", "lock_dir", "metrics_textfile", "metrics_port",
-                "metrics_address")
+# the groups of settings set up once at start (the connections, their locks, the metrics endpoint): a
+# reload keeps their running values
+RESTART_ONLY = ("connection", "metrics")
+RESTART_ONLY_KEYS = tuple(s.key for s in cfg.SETTINGS if s.field.split(".")[0] in RESTART_ONLY)
 POLL_S = 0.2  # how soon the main thread notices a signal's flag
 
 
@@ -72,7 +74,7 @@ class Service:
         self.config, self.path, self.flags = config, path, dict(flags)
         self.notifier = notifier or sdnotify.Notifier({}, unset=False)  # systemd's; by default none
         self.beats: Dict[str, float] = {}  # a connection's last cycle start or end: its loop turns
-        self.uris = config.uris or (default_uri(),)
+        self.uris = config.connection.uris or (default_uri(),)
         self.metrics = None
         self.locks: List[InstanceLock] = []
         self.connections: List[Connection] = []
@@ -80,7 +82,7 @@ class Service:
 
     def start(self) -> None:
         """Logs, every lock, KSM, metrics, all before any virsh call; raises Failed."""
-        textfile = self.config.metrics_textfile
+        textfile = self.config.metrics.textfile
         problem = textfile and unsafe_dir(os.path.dirname(os.path.abspath(textfile)))
         if problem:
             raise Failed(f"cannot write metrics to {textfile}: {problem}", EXIT_USAGE)
@@ -92,14 +94,14 @@ class Service:
             raise Failed(str(exc), EXIT_FAIL) from None
         if said.line:
             (log.warning if said.running else log.info)("%s", said.line)
-        if self.config.metrics_textfile or self.config.metrics_port is not None:
+        if self.config.metrics.textfile or self.config.metrics.port is not None:
             self.metrics = _open_metrics(self.config)
         for uri, lock in zip(self.uris, locks):
             self.connections.append(self._connect(uri, lock))
 
     def _lock(self, uri: str) -> InstanceLock:
         try:
-            lock = InstanceLock(uri, self.config.lock_dir or default_dir())
+            lock = InstanceLock(uri, self.config.connection.lock_dir or default_dir())
             lock.acquire()
         except AlreadyRunning as exc:
             raise Failed(str(exc), EXIT_RUNNING) from None
@@ -121,13 +123,13 @@ class Service:
         return Connection(uri, label, virsh, daemon, statefile.path_for(lock))
 
     def _logs(self, config: cfg.Config) -> None:
-        problem = config.logdir and unsafe_dir(config.logdir)
+        problem = config.log.logdir and unsafe_dir(config.log.logdir)
         if problem:
-            raise Failed(f"cannot log in {config.logdir}: {problem}", EXIT_USAGE)
+            raise Failed(f"cannot log in {config.log.logdir}: {problem}", EXIT_USAGE)
         try:
-            logs.setup(config.logdir, config.debug, fmt=config.log_format, per_uri=len(self.uris) > 1)
+            logs.setup(config.log.logdir, config.log.debug, fmt=config.log.format, per_uri=len(self.uris) > 1)
         except OSError as exc:
-            raise Failed(f"cannot open log in {config.logdir}: {exc.strerror}", EXIT_FAIL) from None
+            raise Failed(f"cannot open log in {config.log.logdir}: {exc.strerror}", EXIT_FAIL) from None
 
     def close(self) -> None:
         for conn in self.connections:
@@ -248,12 +250,12 @@ class Service:
         except cfg.ConfigError as exc:
             log.error("reload failed, keeping the running config: %s", exc, extra=logs.about("reload-failed"))
             return
-        kept = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.config, key)]
+        kept = [s.key for s in cfg.SETTINGS
+                if s.key in RESTART_ONLY_KEYS and s.value_in(new) != s.value_in(self.config)]
         if kept:
-            log.warning("reload: %s cannot change without a restart; keeping the running value",
-                        ", ".join("connect" if key == "uris" else key for key in kept))
-            new = replace(new, **{key: getattr(self.config, key) for key in kept})
-        if any(getattr(new, key) != getattr(self.config, key) for key in ("logdir", "debug", "log_format")):
+            log.warning("reload: %s cannot change without a restart; keeping the running value", ", ".join(kept))
+            new = replace(new, **{group: getattr(self.config, group) for group in RESTART_ONLY})
+        if new.log != self.config.log:
             try:
                 self._logs(new)
             except Failed as exc:
@@ -281,7 +283,7 @@ def _open_metrics(config: cfg.Config):
     try:
         return metrics.Metrics(config)
     except OSError as exc:
-        raise Failed(f"cannot serve metrics on {config.metrics_address}:{config.metrics_port}: {exc.strerror}",
+        raise Failed(f"cannot serve metrics on {config.metrics.address}:{config.metrics.port}: {exc.strerror}",
                      EXIT_FAIL) from None
 
 

@@ -148,13 +148,13 @@ def simulate(config: Config, scenario: str, duration_s: Optional[float], speed: 
     except ScenarioError as exc:
         return _usage(str(exc))
     try:
-        logs.setup(config.logdir, config.debug)
+        logs.setup(config.log.logdir, config.log.debug)
     except OSError as exc:
-        print(f"{PROG}: cannot open log in {config.logdir}: {exc.strerror}", file=sys.stderr)
+        print(f"{PROG}: cannot open log in {config.log.logdir}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAIL
     sim = Simulation(loaded, config, seed, epoch=float(int(time.time())))
     view = _TableView(out) if out.isatty() else _LineView(out, max(5.0, speed / 2))
-    erase = view.erase if sys.stderr.isatty() and not config.logdir else (lambda: None)
+    erase = view.erase if sys.stderr.isatty() and not config.log.logdir else (lambda: None)
     for handler in logs.log.handlers:
         handler.addFilter(_VirtualTime(lambda: sim.host.now, erase))
     stop = threading.Event()

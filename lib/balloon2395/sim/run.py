@@ -165,9 +165,8 @@ class Simulation:
         self.host = SimHost(scenario, seed, epoch)
         # The simulated host is the host: its /proc/meminfo (with its swap, as a local host's), never this
         # machine's; a reserve the scenario sets, unless the config does.
-        watched = config if config.host_memory == "off" else replace(config, host_memory="local")
-        if watched.host_reserve is None:
-            watched = replace(watched, host_reserve=scenario.reserve)
+        host = config.host if config.host.memory == "off" else replace(config.host, memory="local")
+        watched = replace(config, host=host if host.reserve is not None else replace(host, reserve=scenario.reserve))
         self.daemon = Daemon(watched, SimVirsh(self.host), clock=lambda: self.host.now, host_files=self._host_file)
         self.cycle_ticks = max(1, round(config.secs * TICKS_PER_S))
         self.daemon_runs = config.policy not in BASELINES

@@ -43,7 +43,7 @@ class View:
 
 def daemon_state(config: cfg.Config, uri: str) -> Optional[Dict[str, Any]]:
     try:
-        directory = config.lock_dir or default_dir()
+        directory = config.connection.lock_dir or default_dir()
     except LockError:
         return None
     try:
@@ -127,7 +127,7 @@ def status(config: cfg.Config, as_json: bool, watch: bool, refresh_s: float, cou
 
 
 def _show(config: cfg.Config, as_json: bool, watch: bool) -> int:
-    uris = config.uris or (default_uri(),)
+    uris = config.connection.uris or (default_uri(),)
     try:
         views = [view(config, uri) for uri in uris]
     except VirshError as exc:
@@ -147,7 +147,7 @@ def _show(config: cfg.Config, as_json: bool, watch: bool) -> int:
 
 
 def explain(config: cfg.Config, name: str) -> int:
-    uris = config.uris or (default_uri(),)
+    uris = config.connection.uris or (default_uri(),)
     for uri in uris:
         try:
             v = view(config, uri)

@@ -310,6 +310,6 @@ def _hung_up(fd: int) -> bool:
 
 def open_virsh(config: Config) -> VirshCommands:
     """The virsh the config asks for: one session for every call, or one process per call."""
-    if config.session:
-        return VirshSession(config.virsh, config.connect, config.timeout)
-    return Virsh(config.virsh, config.connect, config.timeout)
+    if config.connection.session:
+        return VirshSession(config.connection.virsh, config.connect, config.connection.timeout)
+    return Virsh(config.connection.virsh, config.connect, config.connection.timeout)
