@@ -48,6 +48,11 @@ def _help(action: argparse.Action, parser: argparse.ArgumentParser) -> str:
     return (action.help or "") % dict(vars(action), prog=parser.prog)
 
 
+def _title(group: argparse._ArgumentGroup) -> str:
+    """A group's title, argparse's default one as Python 3.10 and later name it (3.9: "optional arguments")."""
+    return "options" if group.title == "optional arguments" else group.title or ""
+
+
 def _value(action: argparse.Action) -> Tuple[Optional[str], bool]:
     """(metavar, whether the value may be left out); a shape argparse allows but nothing here could
     complete or document (several values, a metavar tuple) is refused rather than shown wrong."""
@@ -76,7 +81,7 @@ def read(name: str, parser: argparse.ArgumentParser) -> Command:
                 options.append(Option(tuple(action.option_strings), metavar,
                                       tuple(map(str, action.choices or ())), value_optional,
                                       isinstance(action, (argparse._AppendAction, argparse._CountAction)),
-                                      _help(action, parser), group.title or ""))
+                                      _help(action, parser), _title(group)))
             else:
                 positionals.append(Positional(metavar or action.dest.upper(), _help(action, parser),
                                               action.nargs == "?"))
