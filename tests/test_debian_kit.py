@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -20,6 +21,9 @@ from balloon2395_testkit import debian_image
 from balloon2395_testkit.debian_guest import DebianGuest, DebianGuestFactory, numbers
 from balloon2395_testkit.debian_image import CannotBuild, DebianImage, ImageNotReady
 from balloon2395_testkit.guest_channel import ReplyReader
+from balloon2395_testkit.guests import GuestSpec
+
+DEBIAN_SPEC = GuestSpec(**DebianGuest.SPEC_DEFAULTS)
 
 AGENT_PY = Path(__file__).resolve().parent / "e2e" / "debian" / "agent.py"
 MODULES_DEP = """kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko \
@@ -220,13 +224,14 @@ def test_guest_without_swap_has_no_swap_disk_and_masks_its_unit(tmp_path, image)
 
 
 def test_guest_without_balloon_driver_blacklists_the_module(tmp_path, image):
-    g = DebianGuest("b2395e2e-deb1-x", tmp_path / "g", image=image, balloon_driver=False)
+    g = DebianGuest("b2395e2e-deb1-x", tmp_path / "g", replace(DEBIAN_SPEC, balloon_driver=False), image=image)
     assert "module_blacklist=virtio_balloon" in g.cmdline
     assert "module_blacklist" not in DebianGuest("b2395e2e-deb1-y", tmp_path / "h", image=image).cmdline
 
 
 def test_guest_keeps_the_devices_it_is_given(tmp_path, image):
-    xml = DebianGuest("b2395e2e-deb1-x", tmp_path / "g", image=image, devices_xml="<rng model='virtio'/>").xml()
+    xml = DebianGuest("b2395e2e-deb1-x", tmp_path / "g", replace(DEBIAN_SPEC, devices_xml="<rng model='virtio'/>"),
+                      image=image).xml()
     assert "<rng model='virtio'/>" in xml and "root.qcow2" in xml
 
 

@@ -20,7 +20,7 @@ import pytest
 from balloon2395.config import build, read_file
 from balloon2395_testkit.daemon_process import DaemonProcess
 from balloon2395_testkit.guest_channel import GuestChannel, GuestError, GuestTimeout, Reply, ReplyReader
-from balloon2395_testkit.guests import PREFIX, Guest, GuestFactory
+from balloon2395_testkit.guests import PREFIX, Guest, GuestFactory, GuestSpec
 from balloon2395_testkit.prepared import (
     cache_dir,
     check_prerequisites,
@@ -194,11 +194,11 @@ def test_only_a_name_with_the_prefix_can_be_a_guest(tmp_path):
 
 def test_a_guest_cannot_start_above_its_maximum(tmp_path):
     with pytest.raises(ValueError):
-        Guest(NAME, tmp_path, current_mib=1024, max_mib=512)
+        Guest(NAME, tmp_path, GuestSpec(current_mib=1024, max_mib=512))
 
 
 def test_the_domain_xml_has_the_sizes_the_balloon_and_a_stats_period(tmp_path):
-    dom = ET.fromstring(Guest(NAME, tmp_path, current_mib=384, max_mib=512, stats_period=2).xml())
+    dom = ET.fromstring(Guest(NAME, tmp_path, GuestSpec(current_mib=384, max_mib=512, stats_period=2)).xml())
     assert (dom.findtext("memory"), dom.findtext("currentMemory")) == (str(512 * 1024), str(384 * 1024))
     assert dom.find("devices/memballoon").get("model") == "virtio"
     assert dom.find("devices/memballoon/stats").get("period") == "2"
@@ -206,9 +206,9 @@ def test_the_domain_xml_has_the_sizes_the_balloon_and_a_stats_period(tmp_path):
 
 
 def test_a_guest_without_driver_or_device_says_so_in_its_xml(tmp_path):
-    nodriver = ET.fromstring(Guest(NAME, tmp_path, balloon_driver=False, stats_period=None).xml())
+    nodriver = ET.fromstring(Guest(NAME, tmp_path, GuestSpec(balloon_driver=False, stats_period=None)).xml())
     assert "noballoon" in nodriver.findtext("os/cmdline") and nodriver.find("devices/memballoon/stats") is None
-    nodevice = ET.fromstring(Guest(NAME, tmp_path, balloon_device=False).xml())
+    nodevice = ET.fromstring(Guest(NAME, tmp_path, GuestSpec(balloon_device=False)).xml())
     assert nodevice.find("devices/memballoon").get("model") == "none"
 
 
@@ -227,6 +227,15 @@ def test_the_factory_names_guests_with_its_token_in_its_own_dir(tmp_path):
     assert g.workdir.parent == factory.workdir and g.workdir.name == "1-..-o-brien"  # one path component
     factory.cleanup()  # nothing defined: nothing asked of libvirt
     assert not factory.workdir.exists()
+
+
+def test_the_factory_makes_each_guest_from_a_spec_of_the_options_given(tmp_path):
+    factory = GuestFactory(token="abc", base_dir=str(tmp_path), keep_logs=False, uri="qemu:///session")
+    g = factory.guest("web", current_mib=256, autodeflate=True)
+    assert g.spec == GuestSpec(current_mib=256, autodeflate=True, uri="qemu:///session")
+    with pytest.raises(TypeError):  # an option no guest has is refused, not ignored
+        factory.guest("db", colour="red")
+    factory.cleanup()
 
 
 def test_the_factory_keeps_its_dir_when_asked_to_keep_logs(tmp_path):

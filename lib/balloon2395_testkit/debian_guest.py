@@ -25,12 +25,13 @@ import re
 import secrets
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, cast
+from typing import Any, Dict, List, Optional, Tuple, cast
 from xml.sax.saxutils import quoteattr
 
 from .debian_image import DebianImage, find_image, image_not_ready
-from .guests import Guest, GuestFactory
+from .guests import Guest, GuestFactory, GuestSpec
 from .prepared import check_prerequisites
 from .virsh_cli import URI
 
@@ -61,21 +62,22 @@ def numbers(lines: List[str]) -> Dict[str, int]:
 
 
 class DebianGuest(Guest):
-    """One Debian guest. Guest's options, and:
+    """One Debian guest, made as its GuestSpec says (SPEC_DEFAULTS: Debian's swappiness 60, TCG_CACHE_XML's
+    bounded translation cache, where the caller does not say), and:
       image        the DebianImage to boot (default: the cached one of the current recipe)
       swap_mib     size of its swap disk (/dev/vdb); 0: no swap
-      swappiness   vm.swappiness (default 60, Debian's; the busybox guest's is 10)
-      features_xml as Guest's; default TCG_CACHE_XML, a bounded translation cache
     """
 
-    def __init__(self, name: str, workdir: Path, *, image: Optional[DebianImage] = None, swap_mib: int = 256,
-                 swappiness: int = 60, features_xml: str = TCG_CACHE_XML, **opts) -> None:
-        super().__init__(name, workdir, swappiness=swappiness, features_xml=features_xml, **opts)
+    SPEC_DEFAULTS: Dict[str, Any] = {"swappiness": 60, "features_xml": TCG_CACHE_XML}
+
+    def __init__(self, name: str, workdir: Path, spec: Optional[GuestSpec] = None, *,
+                 image: Optional[DebianImage] = None, swap_mib: int = 256) -> None:
+        super().__init__(name, workdir, spec or GuestSpec(**self.SPEC_DEFAULTS))
         self.image = image or find_image()
         self.swap_mib = swap_mib
         self.root_disk = self.workdir / "root.qcow2"
         self.swap_disk = self.workdir / "swap.raw"
-        self.devices_xml = self.disks_xml() + self.devices_xml
+        self.spec = replace(self.spec, devices_xml=self.disks_xml() + self.spec.devices_xml)
 
     # ------------------------------------------------------------ the domain
     def boot_files(self) -> Dict[str, Path]:
@@ -86,15 +88,15 @@ class DebianGuest(Guest):
         # quiet, and systemd's status only when something fails or hangs: every byte on the emulated
         # serial console costs the boot under software emulation (the console log keeps warnings)
         words = ["console=ttyS0", "quiet", "systemd.show_status=auto", "root=/dev/vda", "rw", "panic=1",
-                 f"sysctl.vm.swappiness={self.swappiness}"]
-        if not self.thp:
+                 f"sysctl.vm.swappiness={self.spec.swappiness}"]
+        if not self.spec.thp:
             words.append("transparent_hugepage=never")  # as on the busybox guest: predictable free memory
-        if not self.balloon_driver:
+        if not self.spec.driver_loaded:
             words.append("module_blacklist=virtio_balloon")
         if not self.swap_mib:
             words.append("systemd.mask=dev-vdb.swap")  # the image's fstab names the swap disk
-        if self.cmdline_extra:
-            words.append(self.cmdline_extra)
+        if self.spec.cmdline_extra:
+            words.append(self.spec.cmdline_extra)
         return " ".join(words)
 
     def disks_xml(self) -> str:

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import weakref
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Type, Union
 from xml.sax.saxutils import escape, quoteattr
@@ -50,10 +51,10 @@ def dir_name(label: str) -> str:
     return UNSAFE_IN_DIR_NAME.sub("-", label).strip("-") or "g"
 
 
-class Guest:
-    """One libvirt domain booted from the e2e assets.
+@dataclass(frozen=True)
+class GuestSpec:
+    """How a test guest is made.
 
-    Options:
       current_mib / max_mib   <currentMemory> / <memory>
       balloon_device          False -> <memballoon model='none'/>
       balloon_driver          False -> kernel arg `noballoon`: the guest never
@@ -67,49 +68,46 @@ class Guest:
       devices_xml             extra children of <devices>
     """
 
-    def __init__(
-        self,
-        name: str,
-        workdir: Path,
-        *,
-        current_mib: int = 512,
-        max_mib: int = 1024,
-        balloon_device: bool = True,
-        balloon_driver: bool = True,
-        stats_period: Optional[int] = 1,
-        autodeflate: bool = False,
-        free_page_reporting: bool = False,
-        vcpus: int = 1,
-        swappiness: int = 10,
-        thp: bool = False,
-        cmdline_extra: str = "",
-        metadata_xml: Optional[str] = None,
-        features_xml: str = "",
-        devices_xml: str = "",
-        uri: str = URI,
-    ):
+    current_mib: int = 512
+    max_mib: int = 1024
+    balloon_device: bool = True
+    balloon_driver: bool = True
+    stats_period: Optional[int] = 1
+    autodeflate: bool = False
+    free_page_reporting: bool = False
+    vcpus: int = 1
+    swappiness: int = 10
+    thp: bool = False
+    cmdline_extra: str = ""
+    metadata_xml: Optional[str] = None
+    features_xml: str = ""
+    devices_xml: str = ""
+    uri: str = URI
+
+    @property
+    def driver_loaded(self) -> bool:
+        return self.balloon_driver and self.balloon_device
+
+
+SPEC_FIELDS = frozenset(f.name for f in fields(GuestSpec))
+
+
+class Guest:
+    """One libvirt domain booted from the e2e assets, made as its GuestSpec says."""
+
+    # what this kind of guest is made with where the caller does not say (GuestFactory.guest)
+    SPEC_DEFAULTS: Dict[str, Any] = {}
+
+    def __init__(self, name: str, workdir: Path, spec: GuestSpec = GuestSpec()):
         if PREFIX not in name:
             raise ValueError(f"guest name {name!r} must contain {PREFIX!r}")
-        if current_mib > max_mib:
+        if spec.current_mib > spec.max_mib:
             raise ValueError("current_mib > max_mib")
         self.name = name
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.current_mib = current_mib
-        self.max_mib = max_mib
-        self.balloon_device = balloon_device
-        self.balloon_driver = balloon_driver and balloon_device
-        self.stats_period = stats_period or None
-        self.autodeflate = autodeflate
-        self.free_page_reporting = free_page_reporting
-        self.vcpus = vcpus
-        self.swappiness = swappiness
-        self.thp = thp
-        self.cmdline_extra = cmdline_extra
-        self.metadata_xml = metadata_xml
-        self.features_xml = features_xml
-        self.devices_xml = devices_xml
-        self.uri = uri
+        self.spec = spec
+        self.uri = spec.uri
         self.console_path = self.workdir / "console.log"
         self.socket_path = self.workdir / "ctl.sock"
         self.xml_path = self.workdir / "domain.xml"
@@ -121,28 +119,28 @@ class Guest:
     # ------------------------------------------------------------ XML
     @property
     def cmdline(self) -> str:
-        words = ["console=ttyS0", "panic=1", f"swappiness={self.swappiness}"]
-        if not self.thp:
+        words = ["console=ttyS0", "panic=1", f"swappiness={self.spec.swappiness}"]
+        if not self.spec.thp:
             # With THP the guest raises min_free_kbytes (lower MemAvailable)
             # and keeps ~50 MiB of a freed 100 MiB hog off MemFree for a
             # while: numbers are far less predictable.
             words.append("transparent_hugepage=never")
-        if not self.balloon_driver:
+        if not self.spec.driver_loaded:
             words.append("noballoon")
-        if self.cmdline_extra:
-            words.append(self.cmdline_extra)
+        if self.spec.cmdline_extra:
+            words.append(self.spec.cmdline_extra)
         return " ".join(words)
 
     def memballoon_xml(self) -> str:
-        if not self.balloon_device:
+        if not self.spec.balloon_device:
             return "<memballoon model='none'/>"
         attrs = "model='virtio'"
-        if self.autodeflate:
+        if self.spec.autodeflate:
             attrs += " autodeflate='on'"
-        if self.free_page_reporting:
+        if self.spec.free_page_reporting:
             attrs += " freePageReporting='on'"
-        if self.stats_period:
-            return f"<memballoon {attrs}><stats period='{int(self.stats_period)}'/></memballoon>"
+        if self.spec.stats_period:
+            return f"<memballoon {attrs}><stats period='{int(self.spec.stats_period)}'/></memballoon>"
         return f"<memballoon {attrs}/>"
 
     def boot_files(self) -> Dict[str, Path]:
@@ -151,19 +149,19 @@ class Guest:
 
     def xml(self) -> str:
         a = self.boot_files()
-        metadata = f"  <metadata>{self.metadata_xml}</metadata>\n" if self.metadata_xml else ""
+        metadata = f"  <metadata>{self.spec.metadata_xml}</metadata>\n" if self.spec.metadata_xml else ""
         return f"""<domain type='qemu'>
   <name>{escape(self.name)}</name>
-{metadata}  <memory unit='KiB'>{self.max_mib * 1024}</memory>
-  <currentMemory unit='KiB'>{self.current_mib * 1024}</currentMemory>
-  <vcpu>{self.vcpus}</vcpu>
+{metadata}  <memory unit='KiB'>{self.spec.max_mib * 1024}</memory>
+  <currentMemory unit='KiB'>{self.spec.current_mib * 1024}</currentMemory>
+  <vcpu>{self.spec.vcpus}</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(a['kernel']))}</kernel>
     <initrd>{escape(str(a['initrd']))}</initrd>
     <cmdline>{escape(self.cmdline)}</cmdline>
   </os>
-  <features><acpi/>{self.features_xml}</features>
+  <features><acpi/>{self.spec.features_xml}</features>
   <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>destroy</on_reboot>
@@ -184,7 +182,7 @@ class Guest:
       <target type='virtio' name='{CHANNEL}'/>
     </channel>
     {self.memballoon_xml()}
-    {self.devices_xml}
+    {self.spec.devices_xml}
   </devices>
 </domain>
 """
@@ -235,11 +233,11 @@ class Guest:
                 time.sleep(0.2)
         self.boot_seconds = time.monotonic() - t0
         rest = max(5.0, deadline - time.monotonic())
-        if self.balloon_driver:
-            want = self.current_mib * 1024
+        if self.spec.driver_loaded:
+            want = self.spec.current_mib * 1024
             wait_for(lambda: self.dommemstat().get("actual") == want, rest,
                      what=f"{self.name} balloon at {want} KiB")
-        if self.balloon_driver and self.stats_period:
+        if self.spec.driver_loaded and self.spec.stats_period:
             self.wait_fresh_stats(rest)
         return self.boot_seconds
 
@@ -479,7 +477,10 @@ class GuestFactory:
         """A Guest object (not yet defined); cleaned up with the factory."""
         self._n += 1
         wd = self.workdir / f"{self._n}-{dir_name(label)[:20]}"
-        g = self.guest_class(name or self.name_for(label), wd, uri=self.uri, **opts)
+        spec = GuestSpec(**{**self.guest_class.SPEC_DEFAULTS, "uri": self.uri,
+                            **{k: v for k, v in opts.items() if k in SPEC_FIELDS}})
+        extra = {k: v for k, v in opts.items() if k not in SPEC_FIELDS}  # the guest kind's own (a Debian image)
+        g = self.guest_class(name or self.name_for(label), wd, spec, **extra)
         self.guests.append(g)
         return g
 
