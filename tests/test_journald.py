@@ -287,6 +287,14 @@ def test_the_daemons_grow_and_skip_records_carry_domain_code_and_message_id(jour
     assert (one(skip, "DOMAIN"), one(skip, "CODE")) == ("win", "windows")
 
 
+def test_the_reads_per_domain_records_carry_the_domain_too(journal, stream):
+    _setup(stream, journal.path)
+    virsh = still_host(domain("web1", usable_mib=370, period=0))  # no stats period: the daemon sets one
+    _cycle(virsh)
+    [period] = [entry for entry in journal.entries() if dict(entry).get("MESSAGE_ID") == IDS["stats-period"].encode()]
+    assert one(period, "DOMAIN") == "web1" and one(period, "MESSAGE").startswith("web1: no fresh usable figure")
+
+
 def test_a_failed_setmem_is_its_own_event(journal, stream):
     _setup(stream, journal.path)
     virsh = still_host(domain("web1", usable_mib=370))

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from . import PROG
 from .config import Config
+from .logs.lines import about
 from .observation import HostMemory
 from .safefiles import Refused, kind
 from .virsh.commands import VirshCommands, VirshError
@@ -153,11 +154,11 @@ class HostReader:
             if not self._failing:
                 message = " ".join(str(getattr(exc, "message", exc)).split())  # one line, whatever it held
                 log.warning("cannot read host memory (%s): %s; growth is not limited by the host",
-                            self._what(), message)
+                            self._what(), message, extra=about("host-read-failed"))
             self._failing = True
             return None
         if self._failing:
-            log.info("host memory readable again (%s)", self._what())
+            log.info("host memory readable again (%s)", self._what(), extra=about("host-read-back"))
             self._failing = False
         available = max(0, min(available, total))
         return HostMemory(total, available, self.config.host_reserve_kib(total), self._pressure(psi_path),
@@ -194,11 +195,11 @@ class HostReader:
         except (OSError, ValueError, Refused) as exc:
             if not self._psi_failing:
                 log.warning("cannot read host PSI %s (%s); host pressure unknown, growth still kept above "
-                            "the host reserve", path, " ".join(str(exc).split()))
+                            "the host reserve", path, " ".join(str(exc).split()), extra=about("host-read-failed"))
             self._psi_failing = True
             return False
         if self._psi_failing:
-            log.info("host PSI %s readable again", path)
+            log.info("host PSI %s readable again", path, extra=about("host-read-back"))
             self._psi_failing = False
         return avg10 is not None and avg10 > threshold
 

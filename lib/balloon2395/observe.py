@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Set, TypeVar
 
 from . import PROG
 from .lifetime import Lifetime, RunningRead, RunningReader, parse_running
+from .logs.lines import about
 from .observation import Observation
 from .virsh.commands import VirshCommands, VirshError
 from .virsh.domain_xml import DomainFacts, parse_domain_xml
@@ -80,7 +81,8 @@ class Collector:
             except VirshError as exc:
                 if not exc.unsupported:
                     raise
-                log.warning("virsh domstats unavailable (%s): reading each domain with dommemstat", exc.message)
+                log.warning("virsh domstats unavailable (%s): reading each domain with dommemstat", exc.message,
+                            extra=about("read-fallback"))
                 self.fallback = True
         listed = self._parsed(lambda: parse_running(
             "\n" + self.virsh.run("list", "--uuid", "--name", "--state-running"), with_ids=False))
@@ -90,7 +92,7 @@ class Collector:
                 out.append(replace(self._parsed(partial(self.virsh.dommemstat, uuid)), name=name))
             except VirshError as exc:
                 if not exc.domain_gone:
-                    log.warning("%s: dommemstat failed: %s", name, exc.message)
+                    log.warning("%s: dommemstat failed: %s", name, exc.message, extra=about("domain-read-failed", name))
         return RunningRead(out, listed.lifetimes, listed.conflicts)
 
     @staticmethod
@@ -110,7 +112,7 @@ class Collector:
             try:
                 known.facts = parse_domain_xml(self.virsh.dumpxml(uuid))
             except (VirshError, ValueError) as exc:
-                log.warning("%s: cannot read domain XML: %s", name, exc)
+                log.warning("%s: cannot read domain XML: %s", name, exc, extra=about("domain-read-failed", name))
                 return Observation(stats, None, None, uuid)
             self.described.add(name)
         if stats.maximum_kib is None and self.fallback:
@@ -118,7 +120,8 @@ class Collector:
                 try:
                     known.maximum_kib = self.virsh.max_memory_kib(uuid)
                 except (VirshError, VirshOutputError) as exc:
-                    log.warning("%s: cannot read maximum memory: %s", name, exc)
+                    log.warning("%s: cannot read maximum memory: %s", name, exc,
+                                extra=about("domain-read-failed", name))
             stats = replace(stats, maximum_kib=known.maximum_kib)
         # A guest without a period still shows the figures of its one report from boot,
         # frozen; a guest without usable has never reported. Either way: switch it on, once.
@@ -131,7 +134,9 @@ class Collector:
             try:
                 self.virsh.enable_stats(uuid, self.stats_period_s)
                 known.facts = replace(known.facts, stats_period_s=self.stats_period_s)
-                log.info("%s: no fresh usable figure: stats period set to %ds", name, self.stats_period_s)
+                log.info("%s: no fresh usable figure: stats period set to %ds", name, self.stats_period_s,
+                         extra=about("stats-period", name))
             except VirshError as exc:
-                log.warning("%s: cannot set the stats period: %s", name, exc.message)
+                log.warning("%s: cannot set the stats period: %s", name, exc.message,
+                            extra=about("stats-period-failed", name))
         return Observation(stats, known.facts, known.stats_requested_at, uuid)

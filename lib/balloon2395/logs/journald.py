@@ -41,6 +41,12 @@ MESSAGE_IDS = {
     "stop": "dfe3e759ec164c61b0219b349a9f2ce7",
     "reload": "79b1b8db90de4baeb06cab70a9686832",
     "reload-failed": "3bddf24509484a89bf35525be1a1ca2c",
+    "read-fallback": "dfa205eecb5b4a05bab8472c56c5efc3",
+    "domain-read-failed": "0b4ab098d76b40c4a084182229a4fd4f",
+    "stats-period": "e0b6408b1fe6459380e5a4328c5e01a8",
+    "stats-period-failed": "279f6a220d23430397c2c4a0946c7c20",
+    "host-read-failed": "38bc1ae52bd14bcb8a37fe901d1dda8c",
+    "host-read-back": "dde0a39285b844a4828cabaf2a1938f5",
 }
 
 def _data(value: str) -> bytes:
