@@ -366,7 +366,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("logdir", "log.logdir", _optional_text, "log to DIR/balloon-2395.log (rotated) instead of stderr",
             metavar="DIR", default_text="stderr"),
     Setting("connect", "connection.uris", _uris,
-            "hypervisor URI; repeat it to serve several from one process, each with its own lock",
+            "hypervisor URI; repeat it for several (the daemon serves them from one process, each with its own lock)",
             group="connection", metavar="URI", default_text="$LIBVIRT_DEFAULT_URI, else qemu:///system as root"),
     Setting("virsh", "connection.virsh", _text, "virsh binary", group="connection", metavar="PATH",
             default_text="virsh from PATH"),
