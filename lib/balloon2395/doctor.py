@@ -192,7 +192,6 @@ def _unmanaged(r: Reading, g: Guest) -> Optional[Finding]:
     return None
 
 
-
 def _no_balloon(r: Reading, g: Guest) -> Optional[Finding]:
     assert g.facts is not None
     model = g.facts.balloon_model

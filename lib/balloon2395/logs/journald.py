@@ -49,6 +49,7 @@ MESSAGE_IDS = {
     "host-read-back": "dde0a39285b844a4828cabaf2a1938f5",
 }
 
+
 def _data(value: str) -> bytes:
     try:
         return value.encode("utf-8", "surrogateescape")  # text that was bytes (an argument, a path): those bytes
