@@ -98,8 +98,9 @@ def compare(scenario: Scenario, plan: Plan, policy: str, args: argparse.Namespac
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    # as the real daemon runs in the replay (balloon2395_testkit.daemon_process): no burst wait in a run of minutes
-    config = Config(defaults=DomainSettings(burst_wait_s=0))
+    # as the real daemon runs in the replay (balloon2395_testkit.daemon_process): no burst wait in a run of
+    # minutes, the band shrinking idle guests
+    config = Config(defaults=DomainSettings(burst_wait_s=0, idle_shrink="always"))
     try:
         scenario, plan = planned(args, config)
     except ScenarioError as exc:

@@ -92,10 +92,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def config_for(policy: str) -> Tuple[Config, Tuple[str, ...]]:
     """The simulator's config and the real daemon's extra flags for one policy: peers at their cadence;
     target without its burst wait, which outlasts these runs of minutes (what they calibrate is the guest
-    model: the recorded runs were made so)."""
+    model: the recorded runs were made so), and with the band shrinking idle guests on these roomy hosts
+    (idle_shrink: always), as when they were recorded."""
     if policy in PEERS:
         return Config(secs=CYCLE_S, policy=policy), ("--secs", f"{CYCLE_S:g}")
-    return Config(policy=policy, defaults=DomainSettings(burst_wait_s=0)), ("--burst-wait", "0")
+    return (Config(policy=policy, defaults=DomainSettings(burst_wait_s=0, idle_shrink="always")),
+            ("--burst-wait", "0", "--idle-shrink", "always"))
 
 
 def host_mib() -> Tuple[int, int]:

@@ -15,13 +15,19 @@ from balloon2395.decide.peers import PEERS
 from balloon2395.decide.records import GROW, HOLD, SHRINK, SKIP, WAIT, Limits
 from balloon2395.decide.tuning import TUNING
 from balloon2395.observation import HostMemory, Observation
-from balloon2395.settings import DomainSettings
+from balloon2395.settings import DomainSettings as NeededSettings
 from balloon2395.virsh.domain_xml import DomainFacts
 from balloon2395.virsh.output import BalloonStats
 
 MIB = 1024
 NOW = 1_800_000_000.0
 LINUX = DomainFacts(uuid="u", domain_id="1", windows=None, balloon_model="virtio", stats_period_s=1)
+
+# These tables are the band itself (idle_shrink: always); `needed`, the default, has its own tests.
+def DomainSettings(**knobs):  # noqa: N802
+    return NeededSettings(**{"idle_shrink": "always", **knobs})
+
+
 DEFAULTS = DomainSettings()
 
 

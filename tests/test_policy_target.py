@@ -7,11 +7,12 @@ import pytest
 from hypothesis import given, strategies as st
 
 from balloon2395.decide.cycle import decide, decide_all, untouched_kib
+from balloon2395.decide.figures import Figures
 from balloon2395.decide.history import History, Signals
 from balloon2395.decide.records import GROW, HOLD, SHRINK, Limits
 from balloon2395.decide.rules import target, target_size_kib
 from balloon2395.observation import HostMemory, Observation
-from balloon2395.settings import DomainSettings
+from balloon2395.settings import DomainSettings as NeededSettings
 from balloon2395.virsh.domain_xml import DomainFacts
 from balloon2395.virsh.output import BalloonStats
 
@@ -19,6 +20,12 @@ MIB = 1024
 GIB = 1024 * MIB
 NOW = 1_800_000_000.0
 LINUX = DomainFacts(uuid="u", domain_id="1", windows=None, balloon_model="virtio", stats_period_s=1)
+
+# These tables are the band itself (idle_shrink: always); `needed`, the default, has its own tests.
+def DomainSettings(**knobs):  # noqa: N802
+    return NeededSettings(**{"idle_shrink": "always", **knobs})
+
+
 DEFAULTS = DomainSettings()
 
 
@@ -302,3 +309,72 @@ def test_one_that_cannot_page_keeps_what_it_uses_for_another_in_need():
 ])
 def test_what_a_domain_has_not_touched_is_its_size_less_its_qemu_rss(extra, untouched):
     assert untouched_kib([obs("a", 2048, 300, **extra)]) == untouched
+
+
+# ------------------------------------------------------------------ idle_shrink: needed (the default)
+
+NEEDED = NeededSettings()
+ROOMY = HostMemory(total_kib=64 * GIB, available_kib=40 * GIB, reserve_kib=4 * GIB, swap_free_kib=8 * GIB)
+
+
+def pageable(name, actual, usable, **extra):
+    """A guest that has swapped out: target need not first see it go without bursts."""
+    return obs(name, actual, usable, swap_in_kib=0, swap_out_kib=4 * MIB, **extra)
+
+
+def needed_run(observations, host, found_mib=None, settings=NEEDED):
+    histories = {o.name: History(found_kib=found_mib * MIB) for o in observations} if found_mib else {}
+    return {d.name: d for d in decide_all(observations, {o.name: settings for o in observations}, histories, host,
+                                          NOW, Limits(), "target")}
+
+
+def test_needed_is_the_default():
+    assert NeededSettings().idle_shrink == "needed"
+
+
+@pytest.mark.parametrize("host", [ROOMY, None], ids=["roomy host", "host not watched"])
+def test_on_a_host_that_does_not_need_it_an_idle_guest_keeps_the_size_it_was_found_at(host):
+    # doing nothing leaves it 4 GiB: shrunk, a burst up to that would find it short
+    out = needed_run([pageable("idle", 4096, 3800)], host)
+    assert (out["idle"].action, out["idle"].code) == (HOLD, "not-needed")
+    assert "no lower than the 4096 MiB it was found at" in out["idle"].reason
+    always = needed_run([pageable("idle", 4096, 3800)], host, settings=NeededSettings(idle_shrink="always"))
+    assert (always["idle"].action, always["idle"].code) == (SHRINK, "above-band")
+
+
+def test_a_guest_grown_above_its_found_size_gives_back_the_growth_only():
+    whole = NeededSettings(max_shrink_kib=8 * GIB)
+    out = needed_run([pageable("grown", 6144, 5800)], ROOMY, found_mib=4096, settings=whole)
+    assert out["grown"].action == SHRINK and out["grown"].target_kib == 4096 * MIB
+
+
+def test_a_host_that_cannot_back_what_its_guests_were_given_lets_the_band_shrink():
+    # 6 GiB spare above the reserve, 7.5 GiB given and untouched: the host needs the memory
+    host = HostMemory(total_kib=16 * GIB, available_kib=8 * GIB, reserve_kib=2 * GIB, swap_free_kib=8 * GIB)
+    given = pageable("idle", 8192, 7900, rss_kib=512 * MIB)
+    out = needed_run([given], host)
+    assert out["idle"].action == SHRINK and out["idle"].target_kib < 8192 * MIB
+    # PSI pressure: the same, whatever MemAvailable says
+    out = needed_run([pageable("idle", 4096, 3800)], HostMemory(total_kib=64 * GIB, available_kib=40 * GIB,
+                                                            reserve_kib=4 * GIB, pressure=True))
+    assert out["idle"].action == SHRINK
+
+
+def test_a_guest_shrunk_while_the_host_needed_it_gets_its_found_size_back_beyond_a_margin():
+    out = needed_run([pageable("shrunk", 1024, 700)], ROOMY, found_mib=4096)
+    assert (out["shrunk"].action, out["shrunk"].code, out["shrunk"].target_kib) == (GROW, "restore", 4096 * MIB)
+    # the host can back only 1 GiB beyond half its reserve: that much, no more
+    tight = HostMemory(total_kib=64 * GIB, available_kib=7 * GIB, reserve_kib=4 * GIB, swap_free_kib=8 * GIB)
+    out = needed_run([pageable("shrunk", 1024, 700)], tight, found_mib=4096)
+    assert out["shrunk"].action == GROW and out["shrunk"].target_kib == 2048 * MIB
+    # within the margin: neither the band nor a restore moves it
+    at_margin = HostMemory(total_kib=64 * GIB, available_kib=6 * GIB, reserve_kib=4 * GIB, swap_free_kib=8 * GIB)
+    assert needed_run([pageable("shrunk", 1024, 700)], at_margin, found_mib=4096)["shrunk"].action == HOLD
+    # a host not watched restores nothing: it cannot say what it can back
+    assert needed_run([pageable("shrunk", 1024, 700)], None, found_mib=4096)["shrunk"].action == HOLD
+
+
+def test_the_found_size_is_the_first_fresh_report():
+    first = Figures(4096 * MIB, 3000 * MIB, 8192 * MIB, 100)
+    later = Figures(1024 * MIB, 700 * MIB, 8192 * MIB, 200)
+    assert History().saw(first).saw(later).found_kib == 4096 * MIB

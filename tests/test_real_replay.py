@@ -277,7 +277,7 @@ def test_the_readmes_calibration_table_shows_the_recorded_real_runs_and_the_simu
     for sim, recorded in zip(rows[0::3], rows[1::3]):
         cells = table.pop(("Debian 12", recorded["scenario"], recorded["policy"].split()[0]))
         assert [(float(c[0]), float(c[2])) for c in cells] == [(recorded[k], sim[k]) for k in keys]
-    config = Config(defaults=DomainSettings(burst_wait_s=0))  # as bench/calibrate.py runs it
+    config = Config(defaults=DomainSettings(burst_wait_s=0, idle_shrink="always"))  # as bench/calibrate.py runs it
     scenario = load("calibrate")
     plan = Plan.of(scenario, None, config)
     for policy in ("step", "target"):

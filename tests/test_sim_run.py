@@ -166,7 +166,8 @@ def test_a_run_is_the_same_for_the_same_seed(tiny):
 # --simulate runs as its own process below: simulate() writes to the sys.stdout of when it was imported.
 def test_simulate_runs_the_daemon_without_virsh_or_a_lock(tiny):
     result = subprocess.run([str(ROOT / "balloon-2395"), "--simulate", str(tiny), "--duration", "30", "--speed", "1000",
-                             "--virsh", "/nonexistent/virsh", "--lock-dir", "/proc/no-lock-here"],
+                             "--virsh", "/nonexistent/virsh", "--lock-dir", "/proc/no-lock-here",
+                             "--idle-shrink", "always"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -177,7 +178,8 @@ def test_simulate_runs_the_daemon_without_virsh_or_a_lock(tiny):
 
 
 def test_simulate_without_a_terminal_prints_a_line_per_guest_now_and_then():
-    result = subprocess.run([str(ROOT / "balloon-2395"), "--simulate", "--duration", "10", "--speed", "20"],
+    result = subprocess.run([str(ROOT / "balloon-2395"), "--simulate", "--duration", "10", "--speed", "20",
+                             "--idle-shrink", "always"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     periodic = [line for line in result.stdout.splitlines() if line.startswith("[")]
@@ -287,3 +289,28 @@ def test_the_simulated_host_shows_its_swap_as_a_local_hosts_meminfo():
     host = sim.daemon.host.read()
     assert host is not None and host.swap_free_kib == 2 * 1024 * MIB and host.can_swap
     assert load("pressure-together").host.swap_kib == 0
+
+
+IDLE_THEN_BURST = """
+duration: 40m
+host: {total: 16GiB, own: 1GiB, swap: 1GiB}
+guests:
+  - name: cron
+    current: 2GiB
+    maximum: 4GiB
+    swap: 1GiB
+    workload:
+      - {at: 30m, anon: +1GiB}
+"""
+
+
+def test_on_a_roomy_host_a_guest_idle_then_bursting_starves_no_more_than_with_no_daemon(tmp_path):
+    # the class the nightly scenario is one case of: idle long enough to be shrunk, then a burst at once
+    path = tmp_path / "idle-then-burst.yaml"
+    path.write_text(IDLE_THEN_BURST)
+    scenario = load(str(path))
+    none, needed = (run_scenario(scenario, policy=p).guests[0] for p in ("none", "target"))
+    always = run_scenario(scenario, "target", 0, None, Config(defaults=DomainSettings(idle_shrink="always"))).guests[0]
+    assert none.starved_s == 0 and none.oom_kills == 0
+    assert (needed.oom_kills, needed.starved_s) == (0, 0)
+    assert always.starved_s > 0  # the band alone shrank it, and the burst swapped: what `needed` avoids

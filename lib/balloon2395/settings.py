@@ -26,4 +26,7 @@ class DomainSettings:
     shares: int = 1000  # weight under host pressure: fewer shares give back more
     # target: a guest that cannot page is shrunk for saving only once it went this long without a burst
     burst_wait_s: float = 600.0
+    # target: "needed" shrinks the guest below the size the daemon found it at only for a host that needs the
+    # memory; "always" lets the band shrink it on any host (a burst then finds it smaller than doing nothing would)
+    idle_shrink: str = "needed"
     invalid: Optional[str] = None  # why the domain's own metadata could not be used

@@ -14,11 +14,49 @@ from .tuning import TUNING
 
 
 def target_fitted(view: HostView) -> Dict[str, Proposal]:
-    """The target rule for each domain, then fitted to what the host can give. A guest with autodeflate
-    keeps no headroom for its bursts: out of memory, its balloon gives them the memory back."""
+    """The target rule for each domain, kept to its found size where the host does not need the memory, then
+    fitted to what the host can give. A guest with autodeflate keeps no headroom for its bursts: out of
+    memory, its balloon gives them the memory back."""
     proposals = {c.name: target(c.figures, c.settings, c.cap_kib, paging_view(c)) for c in view.candidates}
+    proposals = _as_needed(proposals, view)
     return proposals if view.host is None else fit_host(proposals, view.candidates, view.host, view.untouched_kib,
                                                         view.shrinking_kib, view.host_recent)
+
+
+def _as_needed(proposals: Dict[str, Proposal], view: HostView) -> Dict[str, Proposal]:
+    """`idle_shrink: needed`: a guest shrunk below the size it was found at meets a burst that doing nothing
+    would have left room for, so while the host can back what its guests were given (its spare less what
+    they have not touched: `budget`), or is not watched, the band takes it no lower than that size. A host
+    that cannot (or under PSI pressure) needs the memory: there the band shrinks as with `always`. A guest
+    below its found size (shrunk while the host needed it) is given it back from what the host can back
+    beyond a margin, so that a host near the line does not shrink and restore in turn."""
+    host = view.host
+    budget = None if host is None or host.pressure else host.spare_kib - max(view.untouched_kib, 0)
+    if host is not None and (budget is None or budget < 0):
+        return proposals
+    margin = 0 if host is None else int(host.reserve_kib * TUNING.restore_margin_share)
+    out = dict(proposals)
+    for c in view.candidates:
+        if c.settings.idle_shrink != "needed" or c.name not in out:
+            continue
+        proposal, actual = out[c.name], c.figures.actual_kib
+        found = min(actual if c.history.found_kib is None else c.history.found_kib, c.cap_kib)
+        if proposal.action == SHRINK and proposal.target_kib is not None and proposal.target_kib < found:
+            proposal = (proposal._replace(target_kib=found, reason=f"{proposal.reason}, no lower than the "
+                                          f"{mib(found)} MiB it was found at (idle_shrink: needed)")
+                        if actual - found >= TUNING.deadband_kib else
+                        Proposal(HOLD, None, "not-needed",
+                                 f"{proposal.reason}, but no lower than the {mib(found)} MiB it was found at "
+                                 "while the host does not need the memory (idle_shrink: needed)"))
+        if budget is not None and proposal.action != GROW and found - actual >= TUNING.deadband_kib:
+            give = min(found - actual, budget - margin)
+            if give >= TUNING.deadband_kib:
+                proposal = Proposal(GROW, actual + give, "restore",
+                                    f"below the {mib(found)} MiB it was found at, and the host can back it "
+                                    f"({mib(budget)} MiB to spare after what guests were given)")
+                budget -= give
+        out[c.name] = proposal
+    return out
 
 
 def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], host: HostMemory,

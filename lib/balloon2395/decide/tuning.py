@@ -33,6 +33,9 @@ class Tuning:
     recent_reports: int = 10  # History.recent and HostView.host_recent: vdsm's mom.conf keeps 10 samples for StatAvg
     # A rise of used this large between two reports is a burst: what a guest that cannot page must be kept whole for.
     burst_rise_kib: int = 128 * 1024
+    # idle_shrink needed: a guest shrunk while the host needed it gets its found size back only from what the
+    # host can back beyond this share of its reserve; between 0 and that, neither the band nor a restore moves it
+    restore_margin_share: float = 0.5
 
 
 TUNING = Tuning()
