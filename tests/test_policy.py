@@ -23,7 +23,7 @@ MIB = 1024
 NOW = 1_800_000_000.0
 LINUX = DomainFacts(uuid="u", domain_id="1", windows=None, balloon_model="virtio", stats_period_s=1)
 
-# These tables are the band itself (idle_shrink: always); `needed`, the default, has its own tests.
+# These tables are the band itself (idle_shrink: always, the default); `needed` has its own tests.
 def DomainSettings(**knobs):  # noqa: N802
     return NeededSettings(**{"idle_shrink": "always", **knobs})
 

@@ -26,7 +26,6 @@ def make(*domains, **config):
     """The daemon over a still fake host, every setmem checked by CheckedVirsh."""
     virsh, clock = still_host(*domains), Clock()
     config.setdefault("host_memory", "off")
-    config.setdefault("idle_shrink", "always")  # the band's shrinks: needed shrinks nothing on a host not watched
     built = cfg.build(config)
     checked = CheckedVirsh(virsh, built, clock)
     return Daemon(built, checked, clock), virsh, checked, virsh.state

@@ -166,8 +166,7 @@ def test_a_run_is_the_same_for_the_same_seed(tiny):
 # --simulate runs as its own process below: simulate() writes to the sys.stdout of when it was imported.
 def test_simulate_runs_the_daemon_without_virsh_or_a_lock(tiny):
     result = subprocess.run([str(ROOT / "balloon-2395"), "--simulate", str(tiny), "--duration", "30", "--speed", "1000",
-                             "--virsh", "/nonexistent/virsh", "--lock-dir", "/proc/no-lock-here",
-                             "--idle-shrink", "always"],
+                             "--virsh", "/nonexistent/virsh", "--lock-dir", "/proc/no-lock-here"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -178,8 +177,7 @@ def test_simulate_runs_the_daemon_without_virsh_or_a_lock(tiny):
 
 
 def test_simulate_without_a_terminal_prints_a_line_per_guest_now_and_then():
-    result = subprocess.run([str(ROOT / "balloon-2395"), "--simulate", "--duration", "10", "--speed", "20",
-                             "--idle-shrink", "always"],
+    result = subprocess.run([str(ROOT / "balloon-2395"), "--simulate", "--duration", "10", "--speed", "20"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     periodic = [line for line in result.stdout.splitlines() if line.startswith("[")]
@@ -309,8 +307,9 @@ def test_on_a_roomy_host_a_guest_idle_then_bursting_starves_no_more_than_with_no
     path = tmp_path / "idle-then-burst.yaml"
     path.write_text(IDLE_THEN_BURST)
     scenario = load(str(path))
-    none, needed = (run_scenario(scenario, policy=p).guests[0] for p in ("none", "target"))
-    always = run_scenario(scenario, "target", 0, None, Config(defaults=DomainSettings(idle_shrink="always"))).guests[0]
+    none = run_scenario(scenario, policy="none").guests[0]
+    needed = run_scenario(scenario, "target", 0, None, Config(defaults=DomainSettings(idle_shrink="needed"))).guests[0]
+    always = run_scenario(scenario, policy="target").guests[0]
     assert none.starved_s == 0 and none.oom_kills == 0
     assert (needed.oom_kills, needed.starved_s) == (0, 0)
     assert always.starved_s > 0  # the band alone shrank it, and the burst swapped: what `needed` avoids

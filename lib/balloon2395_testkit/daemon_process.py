@@ -25,10 +25,8 @@ class DaemonProcess:
         conf = self.dir / "config.yaml"
         # The first matching glob wins (an exact name wins anyway): ours managed, the rest excluded. The
         # tests watch guests settle within a minute: without the default 10 minutes target waits to see a
-        # guest that cannot page go without bursts (tests/test_policy_target.py checks that wait), and
-        # watch the band shrink idle guests on a host that does not need the memory (idle_shrink: always).
+        # guest that cannot page go without bursts (tests/test_policy_target.py checks that wait).
         wait = "" if "burst_wait:" in config else "burst_wait: 0\n"
-        wait += "" if "idle_shrink:" in config else "idle_shrink: always\n"
         conf.write_text(wait + config + f"domains:\n  {json.dumps(managed)}: {{}}\n  '*': {{exclude: true}}\n")
         self.argv: List[str] = [str(DAEMON), "--config", str(conf), "--connect", uri,
                                 "--lock-dir", str(self.dir / "lock"), *args]

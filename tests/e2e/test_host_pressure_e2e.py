@@ -190,7 +190,7 @@ def scenario(factory: GuestFactory, run: str, daemon: bool, shape_name: str = "s
         booted = time.monotonic() - t0
         if daemon:
             config = (f"policy: target\nhost_memory: cgroup\nhost_cgroup: {cgroup.path}\n"
-                      f"host_reserve: {RESERVE}\nidle_shrink: needed\n")  # the default, not the harness's always
+                      f"host_reserve: {RESERVE}\n")
             d = DaemonProcess(factory.workdir / f"daemon-{run}", factory.name_for(f"{run}-*"), config=config)
             d.start()
             try:
