@@ -31,8 +31,8 @@ def _as_needed(proposals: Dict[str, Proposal], view: HostView) -> Dict[str, Prop
     below its found size (shrunk while the host needed it) is given it back from what the host can back
     beyond a margin, so that a host near the line does not shrink and restore in turn."""
     host = view.host
-    budget = None if host is None or host.pressure else host.spare_kib - max(view.untouched_kib, 0)
-    if host is not None and (budget is None or budget < 0):
+    budget = None if host is None else _backed_kib(host, view.untouched_kib)
+    if host is not None and (host.pressure or (budget is not None and budget < 0)):
         return proposals
     margin = 0 if host is None else int(host.reserve_kib * TUNING.restore_margin_share)
     out = dict(proposals)
@@ -72,9 +72,8 @@ def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], ho
     What is reclaimed for guests in need goes to them in the same cycle."""
     out = dict(proposals)
     known = {c.name: c for c in candidates if c.name in proposals}
-    # PSI says tasks already stall: the host is short whatever MemAvailable says.
-    spare = min(host.spare_kib, 0) if host.pressure else host.spare_kib
-    budget = spare - max(untouched_kib, 0)
+    spare = _spare_kib(host)
+    budget = _backed_kib(host, untouched_kib)
     out, given, unmet = _grown(out, known, host, spare, budget)
     short = max(given - spare, host.total_kib // 100 if host.pressure else 0)
     needed = max(short, sum(unmet.values()))
@@ -98,6 +97,16 @@ def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], ho
                 if p.action == SHRINK and p.target_kib is not None)
     lacking = {n: kib for n, kib in unmet.items() if n not in gave and kib >= TUNING.tolerance_kib}
     return _topped_up(reclaimed, known, lacking, freed - short)
+
+
+def _spare_kib(host: HostMemory) -> int:
+    """What the host spares above its reserve; PSI says tasks already stall: short whatever MemAvailable says."""
+    return min(host.spare_kib, 0) if host.pressure else host.spare_kib
+
+
+def _backed_kib(host: HostMemory, untouched_kib: int) -> int:
+    """What the host can back beyond what its guests were given and have not touched yet."""
+    return _spare_kib(host) - max(untouched_kib, 0)
 
 
 def _grown(out: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostMemory, spare: int,
