@@ -173,10 +173,11 @@ SWAP = 4 * GIB  # a host with this much free swap swaps when out of RAM: its OOM
 
 
 def test_then_from_the_guests_above_their_fair_share_weighted_by_shares():
-    # the guests can have 6 GiB: gold's share is 4.8 GiB, bronze's 1.2 GiB
+    # the guests can have 6 GiB: gold's share is 4.8 GiB, bronze's 1.2 GiB; both can page (swapped out)
     host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=2 * GIB, swap_free_kib=SWAP)
     per = {"gold": DomainSettings(shares=4000), "bronze": DomainSettings(shares=1000)}
-    out = run_all([obs("gold", 4096, 1200), obs("bronze", 4096, 1200)], host, per)
+    paging = {"swap_in_kib": 0, "swap_out_kib": 4 * MIB}
+    out = run_all([obs("gold", 4096, 1200, **paging), obs("bronze", 4096, 1200, **paging)], host, per)
     assert out["gold"].action == HOLD
     assert out["bronze"].action == SHRINK and 4096 * MIB - out["bronze"].target_kib == 2 * GIB
 
@@ -300,6 +301,36 @@ def test_one_that_cannot_page_keeps_what_it_uses_for_another_in_need():
     host = HostMemory(total_kib=16 * GIB, available_kib=2 * GIB, reserve_kib=2 * GIB)
     out = run_all([obs("needy", 1024, 50), obs("busy", 6144, 300)], host)
     assert out["busy"].action != SHRINK  # it would be OOM-killed instead: no fewer kills, only others
+
+
+def test_one_in_its_band_gives_what_it_holds_above_the_bottom_of_its_band_to_one_in_need():
+    # rich (no swap) uses 4301 MiB at 30 % usable: its band would not grow it down to 5735 MiB (25 % usable).
+    # needy lacks 368 MiB of its target (974 / 0.7): rich gives that from the 409 MiB above its band's bottom.
+    # The host, at its reserve and without swap, gives needy none of the reserve.
+    host = HostMemory(total_kib=16 * GIB, available_kib=2 * GIB, reserve_kib=2 * GIB, swap_free_kib=0)
+    out = run_all([obs("needy", 1024, 50), obs("rich", 6144, 1843)], host)
+    assert out["rich"].action == SHRINK and out["rich"].target_kib == (6144 - 368) * MIB
+    assert out["needy"].action == GROW and out["needy"].target_kib == 1392 * MIB
+
+
+def test_a_host_that_can_swap_takes_no_memory_a_guest_that_cannot_page_uses_for_its_reserve():
+    # 4 GiB short of its reserve, both in their band; big's fair share (2.5 GiB) is below what it uses (5592 MiB):
+    # taken there, it would be OOM-killed, where the host swaps a little
+    host = HostMemory(total_kib=16 * GIB, available_kib=0, reserve_kib=4 * GIB, swap_free_kib=SWAP)
+    out = run_all([obs("small", 1024, 300), obs("big", 8192, 2600)], host)
+    assert out["big"].action == SHRINK and out["big"].target_kib == 5592 * MIB
+
+
+def test_fair_shares_count_the_guests_that_do_not_decide_this_cycle():
+    # big's grow to 12 GiB is under way (no report since): it is no candidate, but it holds most of the host.
+    # Shares over a and b alone would be 1.5 GiB each, below what they use; over all three, 5 GiB each.
+    host = HostMemory(total_kib=16 * GIB, available_kib=1 * GIB, reserve_kib=2 * GIB, swap_free_kib=SWAP)
+    growing = History(changed_at=NOW, from_kib=8 * GIB, target_kib=12 * GIB, changed_on=int(NOW))
+    observations = [obs("a", 2048, 600, maximum=16384), obs("b", 2048, 600, maximum=16384),
+                    obs("big", 12288, 200, maximum=16384)]
+    decisions = decide_all(observations, {o.name: DEFAULTS for o in observations}, {"big": growing}, host, NOW,
+                           Limits(), "target")
+    assert [d.action for d in decisions] == [HOLD, HOLD, "wait"]
 
 
 @pytest.mark.parametrize("extra, untouched", [

@@ -7,7 +7,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..observation import HostMemory, Observation
 from ..settings import DomainSettings
-from .eligibility import bounded, candidate
+from .eligibility import bounded, candidate, cap_kib
 from .fit import target_fitted
 from .history import History
 from .peers import PEERS
@@ -32,8 +32,10 @@ def decide_all(observations: Sequence[Observation], settings: Mapping[str, Domai
     checked = [candidate(obs, settings[obs.name], histories.get(obs.name, History()), now, limits)
                for obs in observations]
     candidates = tuple(c for c in checked if isinstance(c, Candidate))
+    chosen = {c.name for c in candidates}
     proposals = POLICIES[policy](HostView(candidates, host, now, untouched_kib(observations), host_recent,
-                                          shrinking_kib(observations, histories)))
+                                          shrinking_kib(observations, histories),
+                                          bystanders([o for o in observations if o.name not in chosen], settings)))
     decisions = []
     for obs, item in zip(observations, checked):
         if isinstance(item, Candidate):
@@ -49,6 +51,17 @@ def untouched_kib(observations: Sequence[Observation]) -> int:
     both are known. QEMU's own memory in the RSS makes this an underestimate, never an overestimate."""
     return sum(max(obs.stats.actual_kib - obs.stats.rss_kib, 0) for obs in observations
                if obs.stats.actual_kib is not None and obs.stats.rss_kib is not None)
+
+
+def bystanders(observations: Sequence[Observation],
+               settings: Mapping[str, DomainSettings]) -> Tuple[Tuple[int, int], ...]:
+    """(size, cap × shares) of each of these domains whose size and maximum are known."""
+    out = []
+    for obs in observations:
+        cap = cap_kib(obs.stats, settings[obs.name])
+        if obs.stats.actual_kib is not None and cap is not None:
+            out.append((obs.stats.actual_kib, cap * settings[obs.name].shares))
+    return tuple(out)
 
 
 def shrinking_kib(observations: Sequence[Observation], histories: Mapping[str, History]) -> int:

@@ -9,7 +9,7 @@ from ..observation import HostMemory
 from ..units import mib
 from .figures import Figures, usable_pct
 from .records import GROW, HOLD, SHRINK, URGENT, Candidate, HostView, Proposal
-from .rules import paging_view, target, target_size_kib
+from .rules import lowest_in_band_kib, paging_view, target, target_size_kib
 from .tuning import TUNING
 
 
@@ -20,7 +20,7 @@ def target_fitted(view: HostView) -> Dict[str, Proposal]:
     proposals = {c.name: target(c.figures, c.settings, c.cap_kib, paging_view(c)) for c in view.candidates}
     proposals = _as_needed(proposals, view)
     return proposals if view.host is None else fit_host(proposals, view.candidates, view.host, view.untouched_kib,
-                                                        view.shrinking_kib, view.host_recent)
+                                                        view.shrinking_kib, view.host_recent, view.bystanders)
 
 
 def _as_needed(proposals: Dict[str, Proposal], view: HostView) -> Dict[str, Proposal]:
@@ -60,7 +60,8 @@ def _as_needed(proposals: Dict[str, Proposal], view: HostView) -> Dict[str, Prop
 
 
 def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], host: HostMemory,
-             untouched_kib: int = 0, shrinking_kib: int = 0, host_recent: Sequence[int] = ()) -> Dict[str, Proposal]:
+             untouched_kib: int = 0, shrinking_kib: int = 0, host_recent: Sequence[int] = (),
+             bystanders: Sequence[Tuple[int, int]] = ()) -> Dict[str, Proposal]:
     """Growth only from what the host can back: what it spares above its reserve less what its guests were
     given and have not touched yet (guests that cannot page first, then the neediest; a guest paging or
     below its band may also have part of the reserve). For what the host lacks of its reserve, or what such
@@ -89,7 +90,8 @@ def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], ho
     deep = host.reserve_kib * TUNING.oom_near_reserve_share
     oom_near = not host.can_swap and below_reserve > (0 if falling else deep)
     reclaimed, gave = _reclaim(out, known, host, (max(needed, given - budget), needed, short,
-                                                  short + host.reserve_kib - coming if oom_near else 0), unmet)
+                                                  short + host.reserve_kib - coming if oom_near else 0), unmet,
+                               bystanders)
     # Under PSI pressure what is freed stays with the host.
     if host.pressure:
         return reclaimed
@@ -168,26 +170,37 @@ def _held(proposal: Proposal, but: str) -> Proposal:
 
 
 def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostMemory,
-             deficits: Tuple[int, int, int, int], unmet: Mapping[str, int]) -> Tuple[Dict[str, Proposal], Set[str]]:
-    """Memory back from the candidates in four stages, each up to its deficit (harmless, for guests in need,
+             deficits: Tuple[int, int, int, int], unmet: Mapping[str, int],
+             bystanders: Sequence[Tuple[int, int]] = ()) -> Tuple[Dict[str, Proposal], Set[str]]:
+    """Memory back from the candidates in five stages, each up to its deficit (harmless, for guests in need,
     for the host, for a host about to lose a guest): the largest surplus over its target first, from any
     guest not in need; then from guests that can page, the largest excess over a fair share first, whether
-    in need or not; then the same from the others not in need; then from any guest down to its floor, the
+    in need or not; then for guests in need from the others not in need, above their fair share and their
+    band's bottom; then the same for the host down to a fair share (on a host that can swap, a guest that
+    cannot page keeps what it uses); then from any guest down to its floor, the
     one with the most above it first and all of that, so that one guest pays (an OOM kill inside it) rather
     than all. Never below a floor; a grow planned this cycle is undone first. Short of that last stage a
     guest at its fair share keeps what it uses: taking that from it too only spreads the OOM kills. Also the
     names of guests in need that gave memory (their grow is off)."""
     floors = {name: c.settings.floor_kib for name, c in known.items()}
-    fair = _fair_shares(known, host, floors)
+    fair = _fair_shares(known, host, floors, bystanders)
     plan = {name: _kept_kib(proposals[name], c.figures) for name, c in known.items()
             if proposals[name].action in (HOLD, SHRINK, GROW)}
     calm = [name for name in plan if name not in unmet]
     pageable = [name for name in plan if paging_view(known[name]).can_page]
     wanted = {name: max(target_size_kib(known[name].figures, known[name].settings, paging_view(known[name])),
                         floors[name]) for name in plan}
+    # For the host alone, a guest that cannot page keeps what it uses where the host can swap: there the host
+    # short of its reserve swaps (starved seconds), where taking that guest's memory is an OOM kill in it.
+    kept = {name: max(fair[name], known[name].figures.actual_kib - known[name].figures.usable_kib
+                      if host.can_swap and not paging_view(known[name]).can_page else 0) for name in plan}
+    # For a guest in need, a guest above its fair share gives what it holds above the bottom of its band: a
+    # burst of its own that may come, against an OOM kill or swapping that is coming.
+    lean = {name: max(fair[name], lowest_in_band_kib(known[name].figures, known[name].settings,
+                                                     paging_view(known[name]))) for name in plan}
     taken = 0
     for names, goal, deficit in ((calm, wanted, deficits[0]), (pageable, fair, deficits[1]),
-                                 (calm, fair, deficits[2])):
+                                 (calm, lean, deficits[1]), (calm, kept, deficits[2])):
         plan, taken = _surpluses_taken(plan, names, goal, deficit, taken)
     if deficits[3] > 0 and plan:
         # the guest that pays gives all it has above its floor: its OOM killer frees its largest process at
@@ -227,12 +240,14 @@ def _surpluses_taken(plan: Dict[str, int], names: Sequence[str], wanted: Mapping
     return plan, taken
 
 
-def _fair_shares(known: Mapping[str, Candidate], host: HostMemory, floors: Dict[str, int]) -> Dict[str, int]:
+def _fair_shares(known: Mapping[str, Candidate], host: HostMemory, floors: Dict[str, int],
+                 bystanders: Sequence[Tuple[int, int]] = ()) -> Dict[str, int]:
     """Each guest's share of what the guests can have (their sizes now and what the host can spare),
-    in proportion to its cap times its shares; at least its floor."""
-    room = sum(c.figures.actual_kib for c in known.values()) + host.spare_kib
+    in proportion to its cap times its shares; at least its floor. Every running guest counts, the ones not
+    deciding this cycle too: shares over a few small guests alone would take them below what they use."""
+    room = sum(c.figures.actual_kib for c in known.values()) + sum(size for size, _ in bystanders) + host.spare_kib
     weights = {name: known[name].cap_kib * known[name].settings.shares for name in floors}
-    total = sum(weights.values())
+    total = sum(weights.values()) + sum(weight for _, weight in bystanders)
     return {name: max(floors[name], room * weight // total) for name, weight in weights.items()}
 
 

@@ -80,6 +80,9 @@ class HostView:
     host_recent: Tuple[int, ...] = ()
     # what the shrinks under way will still give back (each such domain's size less its shrink's target)
     shrinking_kib: int = 0
+    # (size, cap × shares) of each running domain that is not a candidate this cycle (a change under way, a
+    # stale report): it holds part of the host, so a fair share of it counts it; a policy does not move it
+    bystanders: Tuple[Tuple[int, int], ...] = ()
 
 
 # A policy proposes for any of the candidates; one it leaves out is held.

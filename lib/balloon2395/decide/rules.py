@@ -36,10 +36,18 @@ def step(figures: Figures, settings: DomainSettings, cap_kib: int, signals: Sign
 def target_size_kib(figures: Figures, settings: DomainSettings, signals: Signals = Signals()) -> int:
     """The size that puts usable in the middle of the band, with at least the headroom
     (raised to the guest's recent bursts) usable and room for what it has swapped out."""
+    return _sized_kib(figures, settings, signals, (settings.minimal + settings.maximal) / 200.0)
+
+
+def lowest_in_band_kib(figures: Figures, settings: DomainSettings, signals: Signals = Signals()) -> int:
+    """The least size the band would not grow: usable at its minimal share, with the headroom as above."""
+    return _sized_kib(figures, settings, signals, settings.minimal / 100.0)
+
+
+def _sized_kib(figures: Figures, settings: DomainSettings, signals: Signals, usable_share: float) -> int:
     used = figures.actual_kib - figures.usable_kib + (signals.swapped_kib if signals.paging else 0)
-    middle = (settings.minimal + settings.maximal) / 200.0
     headroom = max(settings.headroom_kib, signals.burst_kib)
-    size = max(math.ceil(used / (1.0 - middle)), used + headroom + TUNING.grow_pad_kib, settings.floor_kib)
+    size = max(math.ceil(used / (1.0 - usable_share)), used + headroom + TUNING.grow_pad_kib, settings.floor_kib)
     return -(-size // 1024) * 1024  # whole MiB: what logs show is what the guest gets
 
 
