@@ -32,10 +32,9 @@ def decide_all(observations: Sequence[Observation], settings: Mapping[str, Domai
     checked = [candidate(obs, settings[obs.name], histories.get(obs.name, History()), now, limits)
                for obs in observations]
     candidates = tuple(c for c in checked if isinstance(c, Candidate))
-    chosen = {c.name for c in candidates}
+    others = [obs for obs, item in zip(observations, checked) if not isinstance(item, Candidate)]
     proposals = POLICIES[policy](HostView(candidates, host, now, untouched_kib(observations), host_recent,
-                                          shrinking_kib(observations, histories),
-                                          bystanders([o for o in observations if o.name not in chosen], settings)))
+                                          shrinking_kib(observations, histories), bystanders(others, settings)))
     decisions = []
     for obs, item in zip(observations, checked):
         if isinstance(item, Candidate):

@@ -19,8 +19,7 @@ def target_fitted(view: HostView) -> Dict[str, Proposal]:
     memory, its balloon gives them the memory back."""
     proposals = {c.name: target(c.figures, c.settings, c.cap_kib, paging_view(c)) for c in view.candidates}
     proposals = _as_needed(proposals, view)
-    return proposals if view.host is None else fit_host(proposals, view.candidates, view.host, view.untouched_kib,
-                                                        view.shrinking_kib, view.host_recent, view.bystanders)
+    return proposals if view.host is None else fit_host(proposals, view, view.host)
 
 
 def _as_needed(proposals: Dict[str, Proposal], view: HostView) -> Dict[str, Proposal]:
@@ -59,22 +58,21 @@ def _as_needed(proposals: Dict[str, Proposal], view: HostView) -> Dict[str, Prop
     return out
 
 
-def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], host: HostMemory,
-             untouched_kib: int = 0, shrinking_kib: int = 0, host_recent: Sequence[int] = (),
-             bystanders: Sequence[Tuple[int, int]] = ()) -> Dict[str, Proposal]:
+def fit_host(proposals: Dict[str, Proposal], view: HostView, host: HostMemory) -> Dict[str, Proposal]:
     """Growth only from what the host can back: what it spares above its reserve less what its guests were
     given and have not touched yet (guests that cannot page first, then the neediest; a guest paging or
     below its band may also have part of the reserve). For what the host lacks of its reserve, or what such
     a guest still lacks, reclaim: each guest's surplus over its target first (also for the host's untouched
     promises), then from guests that can page down to their fair share (even from one in need: it pages,
-    where the other is OOM-killed), and for the host alone from the others down to theirs; never below a
+    where the other is OOM-killed), for guests in need from the others what they hold above their fair share
+    and their band's bottom, and for the host alone from the others down to their fair share; never below a
     floor. When the host cannot swap and is about to kill a whole QEMU, the rest of its shortfall from
     whoever has the most above a floor, even what it uses: a process killed in one guest, not a guest lost.
     What is reclaimed for guests in need goes to them in the same cycle."""
     out = dict(proposals)
-    known = {c.name: c for c in candidates if c.name in proposals}
+    known = {c.name: c for c in view.candidates if c.name in proposals}
     spare = _spare_kib(host)
-    budget = _backed_kib(host, untouched_kib)
+    budget = _backed_kib(host, view.untouched_kib)
     out, given, unmet = _grown(out, known, host, spare, budget)
     short = max(given - spare, host.total_kib // 100 if host.pressure else 0)
     needed = max(short, sum(unmet.values()))
@@ -84,14 +82,14 @@ def fit_host(proposals: Dict[str, Proposal], candidates: Sequence[Candidate], ho
     # fill a host faster than one cycle and a report). Then take a reserve more than it lacks, at once and
     # from one guest if it can, less what shrinks under way will give: taken a little at a time, from the
     # largest each cycle, every guest would pay in turn.
-    coming = max(shrinking_kib, 0)
-    falling = len(host_recent) >= 2 and host_recent[-1] < host_recent[-2]
+    coming = max(view.shrinking_kib, 0)
+    falling = len(view.host_recent) >= 2 and view.host_recent[-1] < view.host_recent[-2]
     below_reserve = -(host.spare_kib + coming)
     deep = host.reserve_kib * TUNING.oom_near_reserve_share
     oom_near = not host.can_swap and below_reserve > (0 if falling else deep)
     reclaimed, gave = _reclaim(out, known, host, (max(needed, given - budget), needed, short,
                                                   short + host.reserve_kib - coming if oom_near else 0), unmet,
-                               bystanders)
+                               view.bystanders)
     # Under PSI pressure what is freed stays with the host.
     if host.pressure:
         return reclaimed
@@ -171,7 +169,7 @@ def _held(proposal: Proposal, but: str) -> Proposal:
 
 def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostMemory,
              deficits: Tuple[int, int, int, int], unmet: Mapping[str, int],
-             bystanders: Sequence[Tuple[int, int]] = ()) -> Tuple[Dict[str, Proposal], Set[str]]:
+             bystanders: Sequence[Tuple[int, int]]) -> Tuple[Dict[str, Proposal], Set[str]]:
     """Memory back from the candidates in five stages, each up to its deficit (harmless, for guests in need,
     for the host, for a host about to lose a guest): the largest surplus over its target first, from any
     guest not in need; then from guests that can page, the largest excess over a fair share first, whether
@@ -241,7 +239,7 @@ def _surpluses_taken(plan: Dict[str, int], names: Sequence[str], wanted: Mapping
 
 
 def _fair_shares(known: Mapping[str, Candidate], host: HostMemory, floors: Dict[str, int],
-                 bystanders: Sequence[Tuple[int, int]] = ()) -> Dict[str, int]:
+                 bystanders: Sequence[Tuple[int, int]]) -> Dict[str, int]:
     """Each guest's share of what the guests can have (their sizes now and what the host can spare),
     in proportion to its cap times its shares; at least its floor. Every running guest counts, the ones not
     deciding this cycle too: shares over a few small guests alone would take them below what they use."""
