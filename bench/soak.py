@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 from balloon2395 import PROG  # noqa: E402
 from balloon2395.config import Config  # noqa: E402
 from balloon2395.daemon import Daemon  # noqa: E402
+from balloon2395.settings import DomainSettings  # noqa: E402
 from balloon2395.sim.host import TICKS_PER_S  # noqa: E402
 from balloon2395.sim.run import Simulation  # noqa: E402
 from balloon2395.sim.scenario import load  # noqa: E402
@@ -93,7 +94,9 @@ def soak(hours: float = 24, guests: int = 50, seed: int = 0, rate: float = 0.005
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "soak.yaml"
         path.write_text(scenario_yaml(guests, hours))
-        sim = Simulation(load(str(path)), replace(Config(), policy="target"), seed)
+        # idle_shrink always: idle guests shrink on a roomy host too, the most changes to break with faults
+        sim = Simulation(load(str(path)), replace(Config(), policy="target",
+                                                  defaults=DomainSettings(idle_shrink="always")), seed)
     config, clock = sim.daemon.config, sim.daemon.clock
     simulated = sim.daemon.virsh
     faulty = FaultyVirsh(simulated, random.Random(seed), rate)

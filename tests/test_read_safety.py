@@ -59,10 +59,11 @@ def test_virsh_takes_a_number_for_an_id_before_a_name():
 @pytest.mark.parametrize("policy", ["target", "step"])
 def test_a_domain_named_like_another_domains_id_gets_its_own_shrink(policy):
     # big (id 1) is starved, the domain named "1" (id 7) idle: the shrink is for "1" only (it has swapped,
-    # so target need not first see it go without bursts)
+    # so target need not first see it go without bursts; idle_shrink always: shrunk on a host not watched)
     idle = domain("1", id=7, usable_mib=1800)
     idle["stats"].update(swap_in=0, swap_out=4 * MIB)
-    daemon, virsh, checked, state = make(domain("big", id=1, usable_mib=300), idle, policy=policy)
+    daemon, virsh, checked, state = make(domain("big", id=1, usable_mib=300), idle, policy=policy,
+                                         idle_shrink="always")
     daemon.cycle()
     assert named(state, "1")["actual_kib"] < 2048 * MIB
     assert named(state, "big")["actual_kib"] > 2048 * MIB

@@ -26,8 +26,8 @@ class DomainSettings:
     shares: int = 1000  # weight under host pressure: fewer shares give back more
     # target: a guest that cannot page is shrunk for saving only once it went this long without a burst
     burst_wait_s: float = 600.0
-    # target: "always" lets the band shrink the guest on any host (a burst then finds it smaller than doing
-    # nothing would); "needed" shrinks it below the size the daemon found it at only for a host that needs the
-    # memory (fewer kills on the benchmark's overcommitted host with "always": docs/simulator.md)
-    idle_shrink: str = "always"
+    # target: "needed" shrinks the guest below the size the daemon found it at only for a host that needs the
+    # memory; "always" lets the band shrink it on any host, where a burst then finds it smaller than doing
+    # nothing would: more saved, and starving where doing nothing starves none (docs/simulator.md)
+    idle_shrink: str = "needed"
     invalid: Optional[str] = None  # why the domain's own metadata could not be used

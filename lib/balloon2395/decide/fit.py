@@ -66,8 +66,9 @@ def fit_host(proposals: Dict[str, Proposal], view: HostView, host: HostMemory) -
     promises), then from guests that can page down to their fair share (even from one in need: it pages,
     where the other is OOM-killed), for guests in need from the others what they hold above their fair share
     and their band's bottom, and for the host alone from the others down to their fair share; never below a
-    floor. When the host cannot swap and is about to kill a whole QEMU, the rest of its shortfall from
-    whoever has the most above a floor, even what it uses: a process killed in one guest, not a guest lost.
+    floor. When the host cannot swap and is about to kill a whole QEMU, the rest of its shortfall from what
+    the guests not in need hold above their band's bottom, and only then from whoever has the most above a
+    floor, even what it uses: a process killed in one guest, not a guest lost.
     What is reclaimed for guests in need goes to them in the same cycle."""
     out = dict(proposals)
     known = {c.name: c for c in view.candidates if c.name in proposals}
@@ -170,12 +171,14 @@ def _held(proposal: Proposal, but: str) -> Proposal:
 def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], host: HostMemory,
              deficits: Tuple[int, int, int, int], unmet: Mapping[str, int],
              bystanders: Sequence[Tuple[int, int]]) -> Tuple[Dict[str, Proposal], Set[str]]:
-    """Memory back from the candidates in five stages, each up to its deficit (harmless, for guests in need,
+    """Memory back from the candidates in stages, each up to its deficit (harmless, for guests in need,
     for the host, for a host about to lose a guest): the largest surplus over its target first, from any
     guest not in need; then from guests that can page, the largest excess over a fair share first, whether
     in need or not; then for guests in need from the others not in need, above their fair share and their
     band's bottom; then the same for the host down to a fair share (on a host that can swap, a guest that
-    cannot page keeps what it uses); then from any guest down to its floor, the
+    cannot page keeps what it uses); for a host about to lose a guest, what the guests not in need hold
+    above their band's bottom (their cache and free memory beyond the headroom: no process killed); and
+    only if that is not enough, from any guest down to its floor, the
     one with the most above it first and all of that, so that one guest pays (an OOM kill inside it) rather
     than all. Never below a floor; a grow planned this cycle is undone first. Short of that last stage a
     guest at its fair share keeps what it uses: taking that from it too only spreads the OOM kills. Also the
@@ -190,26 +193,32 @@ def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], hos
                         floors[name]) for name in plan}
     # For the host alone, a guest that cannot page keeps what it uses where the host can swap: there the host
     # short of its reserve swaps (starved seconds), where taking that guest's memory is an OOM kill in it.
-    kept = {name: max(fair[name], known[name].figures.actual_kib - known[name].figures.usable_kib
-                      if host.can_swap and not paging_view(known[name]).can_page else 0) for name in plan}
+    in_use = {name: known[name].figures.actual_kib - known[name].figures.usable_kib for name in plan}
+    kept = {name: max(fair[name], in_use[name] if host.can_swap and not paging_view(known[name]).can_page else 0)
+            for name in plan}
     # For a guest in need, a guest above its fair share gives what it holds above the bottom of its band: a
-    # burst of its own that may come, against an OOM kill or swapping that is coming.
-    lean = {name: max(fair[name], lowest_in_band_kib(known[name].figures, known[name].settings,
-                                                     paging_view(known[name]))) for name in plan}
+    # burst of its own that may come, against an OOM kill or swapping that is coming. For a host about to
+    # lose a guest, a guest gives down to that bottom before one guest pays with what it uses: left with no
+    # headroom, a guest's next allocation is an OOM kill as sure as the one that pays.
+    bottom = {name: max(floors[name], lowest_in_band_kib(known[name].figures, known[name].settings,
+                                                         paging_view(known[name]))) for name in plan}
+    lean = {name: max(fair[name], bottom[name]) for name in plan}
     taken = 0
-    for names, goal, deficit in ((calm, wanted, deficits[0]), (pageable, fair, deficits[1]),
-                                 (calm, lean, deficits[1]), (calm, kept, deficits[2])):
+    stages = ((calm, wanted, deficits[0]), (pageable, fair, deficits[1]), (calm, lean, deficits[1]),
+              (calm, kept, deficits[2]), (calm, bottom, deficits[3]))
+    for names, goal, deficit in stages:
         plan, taken = _surpluses_taken(plan, names, goal, deficit, taken)
-    if deficits[3] > 0 and plan:
-        # the guest that pays gives all it has above its floor: its OOM killer frees its largest process at
-        # once, where a part would leave it to fill again while the others fill the host
-        most = max(plan[name] - floors[name] for name in plan)
-        plan, taken = _surpluses_taken(plan, list(plan), floors, max(deficits[3], taken + most), taken)
     why = (f"host below its reserve ({mib(host.available_kib)} MiB available, {mib(host.reserve_kib)} MiB kept)"
            if host.spare_kib < 0 else "host memory pressure (PSI)" if host.pressure else
            "memory for guests that cannot page, or the host's promises")
     if deficits[3] > 0:
-        why += " and it cannot swap: a process killed in a guest rather than a guest lost"
+        why += " and it cannot swap"
+    if taken < deficits[3] and plan:
+        # the guest that pays gives all it has above its floor: its OOM killer frees its largest process at
+        # once, where a part would leave it to fill again while the others fill the host
+        most = max(plan[name] - floors[name] for name in plan)
+        plan, taken = _surpluses_taken(plan, list(plan), floors, max(deficits[3], taken + most), taken)
+        why += ": a process killed in a guest rather than a guest lost"
     out = dict(proposals)
     for name, size in plan.items():
         if name not in unmet or size < _kept_kib(proposals[name], known[name].figures):
