@@ -26,11 +26,11 @@ class DaemonProcess:
         # The first matching glob wins (an exact name wins anyway): ours managed, the rest excluded. The
         # tests watch guests settle within a minute: without the default 10 minutes target waits to see a
         # guest that cannot page go without bursts (tests/test_policy_target.py checks that wait).
-        wait = "" if "burst_wait:" in config else "burst_wait: 0\n"
+        pinned = "" if "burst_wait:" in config else "burst_wait: 0\n"
         # They also watch idle guests shrink into the band on a host with room: the band alone (idle_shrink
         # always); the default `needed` keeps them at their found size there (tests/test_policy_target.py).
-        wait += "" if "idle_shrink:" in config else "idle_shrink: always\n"
-        conf.write_text(wait + config + f"domains:\n  {json.dumps(managed)}: {{}}\n  '*': {{exclude: true}}\n")
+        pinned += "" if "idle_shrink:" in config else "idle_shrink: always\n"
+        conf.write_text(pinned + config + f"domains:\n  {json.dumps(managed)}: {{}}\n  '*': {{exclude: true}}\n")
         self.argv: List[str] = [str(DAEMON), "--config", str(conf), "--connect", uri,
                                 "--lock-dir", str(self.dir / "lock"), *args]
         self.proc: Optional[subprocess.Popen] = None

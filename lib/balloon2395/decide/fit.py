@@ -188,20 +188,21 @@ def _reclaim(proposals: Dict[str, Proposal], known: Mapping[str, Candidate], hos
     plan = {name: _kept_kib(proposals[name], c.figures) for name, c in known.items()
             if proposals[name].action in (HOLD, SHRINK, GROW)}
     calm = [name for name in plan if name not in unmet]
-    pageable = [name for name in plan if paging_view(known[name]).can_page]
-    wanted = {name: max(target_size_kib(known[name].figures, known[name].settings, paging_view(known[name])),
+    views = {name: paging_view(known[name]) for name in plan}
+    pageable = [name for name in plan if views[name].can_page]
+    wanted = {name: max(target_size_kib(known[name].figures, known[name].settings, views[name]),
                         floors[name]) for name in plan}
     # For the host alone, a guest that cannot page keeps what it uses where the host can swap: there the host
     # short of its reserve swaps (starved seconds), where taking that guest's memory is an OOM kill in it.
     in_use = {name: known[name].figures.actual_kib - known[name].figures.usable_kib for name in plan}
-    kept = {name: max(fair[name], in_use[name] if host.can_swap and not paging_view(known[name]).can_page else 0)
+    kept = {name: max(fair[name], in_use[name] if host.can_swap and not views[name].can_page else 0)
             for name in plan}
     # For a guest in need, a guest above its fair share gives what it holds above the bottom of its band: a
     # burst of its own that may come, against an OOM kill or swapping that is coming. For a host about to
     # lose a guest, a guest gives down to that bottom before one guest pays with what it uses: left with no
     # headroom, a guest's next allocation is an OOM kill as sure as the one that pays.
-    bottom = {name: max(floors[name], lowest_in_band_kib(known[name].figures, known[name].settings,
-                                                         paging_view(known[name]))) for name in plan}
+    bottom = {name: max(floors[name], lowest_in_band_kib(known[name].figures, known[name].settings, views[name]))
+              for name in plan}
     lean = {name: max(fair[name], bottom[name]) for name in plan}
     taken = 0
     stages = ((calm, wanted, deficits[0]), (pageable, fair, deficits[1]), (calm, lean, deficits[1]),
