@@ -395,10 +395,32 @@ def test_on_a_host_that_does_not_need_it_an_idle_guest_keeps_the_size_it_was_fou
     assert (always["idle"].action, always["idle"].code) == (SHRINK, "above-band")
 
 
-def test_a_guest_grown_above_its_found_size_gives_back_the_growth_only():
+def test_on_a_host_that_does_not_need_it_a_guest_grown_for_a_burst_keeps_that_size_for_the_next():
+    # found at 4 GiB, grown to 6 GiB for a burst that has ended: shrunk back, the next one would find it short
     whole = NeededSettings(max_shrink_kib=8 * GIB, idle_shrink="needed")
-    out = needed_run([pageable("grown", 6144, 5800)], ROOMY, found_mib=4096, settings=whole)
-    assert out["grown"].action == SHRINK and out["grown"].target_kib == 4096 * MIB
+    histories = {"grown": History(found_kib=4096 * MIB, peak_kib=6144 * MIB)}
+    out = {d.name: d for d in decide_all([pageable("grown", 6144, 5800)], {"grown": whole}, histories, ROOMY, NOW,
+                                          Limits(), "target")}
+    assert (out["grown"].action, out["grown"].code) == (HOLD, "not-needed")
+    assert "no lower than the 6144 MiB it grew to (found at 4096 MiB)" in out["grown"].reason
+    # the host that needs the memory takes the growth, and more, back
+    tight = HostMemory(total_kib=16 * GIB, available_kib=4 * GIB, reserve_kib=2 * GIB, swap_free_kib=8 * GIB)
+    out = {d.name: d for d in decide_all([pageable("grown", 6144, 5800, rss_kib=1024 * MIB)], {"grown": whole},
+                                          histories, tight, NOW, Limits(), "target")}
+    assert out["grown"].action == SHRINK and out["grown"].target_kib < 4096 * MIB
+
+
+def test_a_guest_shrunk_below_the_size_it_grew_to_gets_that_size_back_on_a_host_that_can_back_it():
+    histories = {"shrunk": History(found_kib=1024 * MIB, peak_kib=3072 * MIB)}
+    out = {d.name: d for d in decide_all([pageable("shrunk", 1024, 700)], {"shrunk": NEEDED}, histories, ROOMY,
+                                          NOW, Limits(), "target")}
+    assert (out["shrunk"].action, out["shrunk"].code, out["shrunk"].target_kib) == (GROW, "restore", 3072 * MIB)
+    # always: the band alone, which the size it grew to does not hold up
+    always = NeededSettings(max_shrink_kib=8 * GIB, idle_shrink="always")
+    out = {d.name: d for d in decide_all([pageable("grown", 6144, 5800)], {"grown": always},
+                                          {"grown": History(found_kib=4096 * MIB, peak_kib=6144 * MIB)}, ROOMY, NOW,
+                                          Limits(), "target")}
+    assert out["grown"].action == SHRINK
 
 
 def test_a_host_that_cannot_back_what_its_guests_were_given_lets_the_band_shrink():
@@ -431,3 +453,11 @@ def test_the_found_size_is_the_first_fresh_report():
     first = Figures(4096 * MIB, 3000 * MIB, 8192 * MIB, 100)
     later = Figures(1024 * MIB, 700 * MIB, 8192 * MIB, 200)
     assert History().saw(first).saw(later).found_kib == 4096 * MIB
+
+
+def test_the_size_it_grew_to_is_the_largest_in_a_report():
+    sizes = [2048, 6144, 1024, 3072]
+    history = History()
+    for i, size in enumerate(sizes):
+        history = history.saw(Figures(size * MIB, 700 * MIB, 8192 * MIB, 100 * (i + 1)))
+    assert history.peak_kib == 6144 * MIB

@@ -344,9 +344,10 @@ SETTINGS: Tuple[Setting, ...] = (
             "target: a guest that cannot page (no swap seen, no autodeflate) is shrunk for saving only after "
             "this many seconds without a burst; 0: at once", "both", metavar="S", flag_type=float),
     Setting("idle_shrink", "idle_shrink", _choice(IDLE_SHRINK),
-            "target: needed (an idle guest goes below the size the daemon found it at only when the host needs "
-            "the memory, and back to that size once it can back it) or always (the band shrinks idle guests on "
-            "any host: more saved, and a burst then finds them smaller than doing nothing would)", "both",
+            "target: needed (an idle guest goes below the size the daemon found it at, or the largest it grew "
+            "to since, only when the host needs the memory, and back to that size once it can back it) or "
+            "always (the band shrinks idle guests on any host: more saved, and a burst then finds them smaller "
+            "than doing nothing would)", "both",
             choices=IDLE_SHRINK),
     Setting("secs", "secs", _number(0.05, 86400), "seconds between cycles", metavar="S", flag_type=float),
     Setting("stats_period", "stats_period", _number(1, 3600, integer=True),

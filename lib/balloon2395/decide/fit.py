@@ -24,11 +24,12 @@ def target_fitted(view: HostView) -> Dict[str, Proposal]:
 
 def _as_needed(proposals: Dict[str, Proposal], view: HostView) -> Dict[str, Proposal]:
     """`idle_shrink: needed`: a guest shrunk below the size it was found at meets a burst that doing nothing
-    would have left room for, so while the host can back what its guests were given (its spare less what
-    they have not touched: `budget`), or is not watched, the band takes it no lower than that size. A host
-    that cannot (or under PSI pressure) needs the memory: there the band shrinks as with `always`. A guest
-    below its found size (shrunk while the host needed it) is given it back from what the host can back
-    beyond a margin, so that a host near the line does not shrink and restore in turn."""
+    would have left room for, and one shrunk below the size it grew to for a burst meets the next one short,
+    so while the host can back what its guests were given (its spare less what they have not touched:
+    `budget`), or is not watched, the band takes it no lower than the larger of the two. A host that cannot
+    (or under PSI pressure) needs the memory: there the band shrinks as with `always`. A guest below that
+    size (shrunk while the host needed it) is given it back from what the host can back beyond a margin, so
+    that a host near the line does not shrink and restore in turn."""
     host = view.host
     budget = None if host is None else _backed_kib(host, view.untouched_kib)
     if host is not None and (host.pressure or (budget is not None and budget < 0)):
@@ -39,19 +40,22 @@ def _as_needed(proposals: Dict[str, Proposal], view: HostView) -> Dict[str, Prop
         if c.settings.idle_shrink != "needed" or c.name not in out:
             continue
         proposal, actual = out[c.name], c.figures.actual_kib
-        found = min(actual if c.history.found_kib is None else c.history.found_kib, c.cap_kib)
-        if proposal.action == SHRINK and proposal.target_kib is not None and proposal.target_kib < found:
-            proposal = (proposal._replace(target_kib=found, reason=f"{proposal.reason}, no lower than the "
-                                          f"{mib(found)} MiB it was found at (idle_shrink: needed)")
-                        if actual - found >= TUNING.deadband_kib else
+        found = actual if c.history.found_kib is None else c.history.found_kib
+        kept = min(max(found, c.history.peak_kib or actual), c.cap_kib)
+        size = (f"{mib(kept)} MiB it was found at" if kept == min(found, c.cap_kib) else
+                f"{mib(kept)} MiB it grew to (found at {mib(found)} MiB)")
+        if proposal.action == SHRINK and proposal.target_kib is not None and proposal.target_kib < kept:
+            proposal = (proposal._replace(target_kib=kept, reason=f"{proposal.reason}, no lower than the "
+                                          f"{size} (idle_shrink: needed)")
+                        if actual - kept >= TUNING.deadband_kib else
                         Proposal(HOLD, None, "not-needed",
-                                 f"{proposal.reason}, but no lower than the {mib(found)} MiB it was found at "
-                                 "while the host does not need the memory (idle_shrink: needed)"))
-        if budget is not None and proposal.action != GROW and found - actual >= TUNING.deadband_kib:
-            give = min(found - actual, budget - margin)
+                                 f"{proposal.reason}, but no lower than the {size} while the host does not "
+                                 "need the memory (idle_shrink: needed)"))
+        if budget is not None and proposal.action != GROW and kept - actual >= TUNING.deadband_kib:
+            give = min(kept - actual, budget - margin)
             if give >= TUNING.deadband_kib:
                 proposal = Proposal(GROW, actual + give, "restore",
-                                    f"below the {mib(found)} MiB it was found at, and the host can back it "
+                                    f"below the {size}, and the host can back it "
                                     f"({mib(budget)} MiB to spare after what guests were given)")
                 budget -= give
         out[c.name] = proposal

@@ -42,6 +42,9 @@ class History:
     burst_at: Optional[int] = None  # report time of the last burst (a rise of TUNING.burst_rise_kib, or running out)
     # its size at the first fresh report: what doing nothing would have left it, as far as the daemon knows
     found_kib: Optional[int] = None
+    # its largest size in a report: a guest grown for a burst meets the next one at that size, where shrunk
+    # back it would swap or kill while the host does not need the memory (idle_shrink: needed)
+    peak_kib: Optional[int] = None
 
     def after_change(self, now: float, from_kib: int, target_kib: int) -> History:
         """The change made now, on the report last seen: only a report newer than both confirms it."""
@@ -74,7 +77,8 @@ class History:
                        seen_major_fault=figures.major_fault, seen_used_kib=used, burst_kib=burst, recent=recent,
                        ran_out_kib=ran_out, seen_minor_fault=figures.minor_fault, seen_usable_kib=figures.usable_kib,
                        first_seen=figures.last_update if self.first_seen is None else self.first_seen,
-                       burst_at=burst_at, found_kib=figures.actual_kib if self.found_kib is None else self.found_kib)
+                       burst_at=burst_at, found_kib=figures.actual_kib if self.found_kib is None else self.found_kib,
+                       peak_kib=max(figures.actual_kib, self.peak_kib or 0))
 
     def _ran_out_kib(self, figures: Figures, used_kib: int) -> int:
         """Twice what the guest touched since the last report, when that was (nearly) all it had usable
