@@ -283,3 +283,53 @@ def test_the_autodeflate_command_names_the_connection_the_daemon_serves(caplog):
         cycles(daemon, clock, 1)
     command = shlex.split(notes_of(caplog)[0].rsplit(" with: ", 1)[1])
     assert command[:3] == ["virt-xml", "--connect", "qemu+ssh://root@host 2/system"]
+
+
+ROOMY_HOST = {"total_kib": 64 * 1024 * MIB, "free_kib": 40 * 1024 * MIB}
+
+
+def needed_host(tmp_path):
+    """A guest found at 4 GiB on a host with room, and a journal: what a restart reads back."""
+    from balloon2395.journal import ChangeJournal
+    virsh, clock = still_host(domain("web", actual_mib=4096, usable_mib=3800, maximum_mib=8192)), Clock()
+    virsh.state["host"] = ROOMY_HOST
+    config = cfg.build({"policy": "target", "host_memory": "virsh"})
+    journal = str(tmp_path / "x.changes.json")
+    Daemon(config, virsh, clock, journal=ChangeJournal(journal)).cycle()
+    return virsh, clock, lambda: Daemon(config, virsh, clock, journal=ChangeJournal(journal))
+
+
+def shrunk_meanwhile(virsh, clock, **dom):
+    """The guest at 1 GiB, as a host that needed the memory left it, and a fresh report of it."""
+    state = virsh.state["domains"][0]
+    state.update(actual_kib=1024 * MIB, stats={"usable": 700 * MIB, "available": 1024 * MIB}, **dom)
+    clock.now += 10
+    state["last_update"] = int(clock.now)
+
+
+def test_a_restarted_daemon_gives_a_guest_back_the_size_it_found_it_at(tmp_path):
+    # idle_shrink needed: taken for what doing nothing leaves it, the shrunk size would be kept for good
+    virsh, clock, restarted = needed_host(tmp_path)
+    shrunk_meanwhile(virsh, clock)
+    [decision] = restarted().cycle()
+    assert (decision.action, decision.code, decision.target_kib) == ("grow", "restore", 4096 * MIB)
+    assert "found at" in decision.reason
+
+
+def test_a_domain_started_again_while_the_daemon_was_down_is_found_anew(tmp_path):
+    virsh, clock, restarted = needed_host(tmp_path)
+    shrunk_meanwhile(virsh, clock, id=virsh.state["domains"][0]["id"] + 1)  # another run: it booted at 1 GiB
+    [decision] = restarted().cycle()
+    assert decision.code != "restore" and decision.action != "grow"
+
+
+def test_a_guest_missing_from_one_read_comes_back_to_its_found_size(tmp_path):
+    virsh, clock, restarted = needed_host(tmp_path)
+    daemon = restarted()
+    guest = virsh.state["domains"].pop()
+    clock.now += 1
+    daemon.cycle()  # a read without it: its history is forgotten
+    virsh.state["domains"].append(guest)
+    shrunk_meanwhile(virsh, clock)
+    [decision] = daemon.cycle()
+    assert (decision.code, decision.target_kib) == ("restore", 4096 * MIB)

@@ -67,5 +67,16 @@ def test_journal_survives_only_what_matters(tmp_path):
     assert (tmp_path / "elsewhere").read_text() == '{"web1": 1000}' and not path.is_symlink()
 
 
+def test_journal_keeps_the_sizes_and_reads_the_format_before_them(tmp_path):
+    from balloon2395.journal import ChangeJournal, Sizes
+    path = tmp_path / "x.changes.json"
+    journal = ChangeJournal(str(path))
+    journal.save({"web1": 1000.0}, {"web1": Sizes(3, 2048, 4096)})
+    assert journal.load(now=1003.0, keep_s=5.0) == {"web1": 1000.0}
+    assert journal.load_sizes() == {"web1": Sizes(3, 2048, 4096)}
+    path.write_text('{"web1": 1000}')  # an earlier version's file: the stamps alone
+    assert journal.load(now=1003.0, keep_s=5.0) == {"web1": 1000.0} and journal.load_sizes() == {}
+
+
 def stat_mode(path):
     return os.stat(path).st_mode & 0o777

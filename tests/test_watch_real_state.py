@@ -282,3 +282,15 @@ def test_the_change_journal_takes_only_wall_times(tmp_path, text):
     path = tmp_path / "x.changes.json"
     path.write_text(text)
     assert ChangeJournal(str(path)).load(now=15.0, keep_s=60) == {"u2": 10.0}
+
+
+@pytest.mark.parametrize("entry", [[1, 2048, 4096.0], [1, 2048], [1, 2048, 4096, 5], [True, 2048, 4096],
+                                   [1, -1, 4096], [1, 4096, 2048], [1, 2048, 2 ** 53], "1 2048 4096",
+                                   {"id": 1}, None, [1, "2048", 4096]])
+def test_the_journal_takes_only_sizes_that_are_three_whole_numbers(tmp_path, entry):
+    """Sizes a restart takes up (idle_shrink needed): what is not a domain id, a found size and a largest
+    size no smaller than it is dropped, the well-formed entry beside it kept."""
+    from balloon2395.journal import ChangeJournal, Sizes
+    path = tmp_path / "x.changes.json"
+    path.write_text(json.dumps({"changed": {}, "sizes": {"u1": entry, "u2": [7, 2048, 4096]}}))
+    assert ChangeJournal(str(path)).load_sizes() == {"u2": Sizes(7, 2048, 4096)}

@@ -19,7 +19,7 @@ from .decide.history import History
 from .decide.records import HOLD, SKIP, WAIT, Decision, Limits
 from .decide.tuning import TUNING
 from .host import HostReader
-from .journal import ChangeJournal
+from .journal import ChangeJournal, Sizes
 from .logs.lines import about, autodeflate_note, change_line, debug_block
 from .observation import HostMemory, Observation
 from .observe import Collector
@@ -84,6 +84,9 @@ class _Change:
         return cls(uuid, last_update, from_kib, target_kib)
 
 
+ABSENT_SIZES = 256
+
+
 @dataclass
 class _DomainState:
     history: History = field(default_factory=History)
@@ -109,6 +112,9 @@ class Daemon:
         # which such figures are stale anyway. The journal keeps it across a restart.
         self.journal = journal
         self.changed_at: Dict[str, float] = journal.load(clock(), config.stale_after_s) if journal else {}
+        # uuid -> the run (domain id) and the sizes idle_shrink needed keeps of it (found, largest): a new
+        # instance takes them up for a domain still in that run, as the journal kept them
+        self.sizes: Dict[str, Sizes] = journal.load_sizes() if journal else {}
         self.last: Optional[Cycle] = None  # the last pass that could read the domains
         # (name, metadata) -> settings of the running domains: rules and metadata change per
         # config or domain lifetime, not per cycle, and metadata is parsed as YAML
@@ -143,6 +149,7 @@ class Daemon:
             self.states.pop(name, None)
         if histories is None:
             histories = {name: state.history for name, state in self.states.items()}
+            histories.update(self._remembered(observations, histories))
         settings = self._settings_of(observations)
         host = self.host.read()
         if host is not None:
@@ -150,6 +157,33 @@ class Daemon:
         decisions = decide_all(observations, settings, histories, host, now,
                                Limits(stale_after_s=self.config.stale_after_s), self.config.policy, self.host_recent)
         return Cycle(now, observations, settings, decisions, host, time.monotonic() - started)
+
+    def _remembered(self, observations: List[Observation], known: Mapping[str, History]) -> Dict[str, History]:
+        """A domain this instance has no history of yet, in the run the journal kept sizes of: those sizes."""
+        out = {}
+        for obs in observations:
+            lifetime = self.collector.lifetime(obs.name)
+            sizes = self.sizes.get(obs.uuid) if obs.uuid is not None else None
+            if obs.name not in known and sizes is not None and lifetime == (obs.uuid, sizes.domain_id):
+                out[obs.name] = History(found_kib=sizes.found_kib, peak_kib=sizes.peak_kib)
+        return out
+
+    def _keep_sizes(self, observations: List[Observation], states: Mapping[str, _DomainState]) -> None:
+        """The sizes of the domains read, and of those a read missed (they come back to them), the latest
+        ABSENT_SIZES of those: a domain that is gone for good must not grow the journal forever."""
+        sizes: Dict[str, Sizes] = {}
+        for obs in observations:
+            lifetime, history = self.collector.lifetime(obs.name), states[obs.name].history
+            if lifetime is not None and lifetime[1] is not None and lifetime[0] == obs.uuid \
+                    and history.found_kib is not None:
+                sizes[lifetime[0]] = Sizes(lifetime[1], history.found_kib, max(history.peak_kib or 0,
+                                                                              history.found_kib))
+        absent = [(uuid, entry) for uuid, entry in self.sizes.items() if uuid not in sizes]
+        sizes = {**dict(absent[-ABSENT_SIZES:]), **sizes}
+        if sizes != self.sizes:
+            self.sizes = sizes
+            if self.journal is not None:
+                self.journal.save(self.changed_at, self.sizes)
 
     def cycle(self) -> Optional[List[Decision]]:
         """One pass; None when the running domains could not be read."""
@@ -181,6 +215,7 @@ class Daemon:
             else:
                 self._note(decision, state)
         self.states = states  # domains that left the running list are forgotten
+        self._keep_sizes(observations, states)
         last_changes = {name: s.last_change for name, s in states.items() if s.last_change is not None}
         self.last = replace(read, duration_s=time.monotonic() - started, outcomes=outcomes, last_changes=last_changes)
         return read.decisions
@@ -209,7 +244,7 @@ class Daemon:
         # Written before the change: killed right after it, the next instance still waits for fresh figures.
         self.changed_at[change.uuid] = self.clock()
         if self.journal is not None:
-            self.journal.save(self.changed_at)
+            self.journal.save(self.changed_at, self.sizes)
         try:
             self.virsh.setmem(change.uuid, change.target_kib)
         except VirshTimeout as exc:

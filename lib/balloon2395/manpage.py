@@ -169,7 +169,8 @@ FILES = [
      "The lock directory (--lock-dir, lock_dir) as root; other users' is $XDG_RUNTIME_DIR/balloon-2395. "
      "Per hypervisor (NAME from its URI, e.g. qemu_system-1021ab2b): NAME.lock, the instance lock; NAME.pid, "
      "its holder; NAME.state.json, the last cycle that status and explain read (removed on a clean stop); "
-     "NAME.changes.json, when each domain was last changed (written before every setmem)."),
+     "NAME.changes.json, when each domain was last changed (written before every setmem) and the sizes "
+     "idle_shrink needed keeps of it."),
     (f"DIR/{logs.LOG_FILE}",
      f"The log with --logdir DIR, rotated at {logs.ROTATE_BYTES // (1024 * 1024)} MiB, {logs.ROTATE_KEEP} kept; "
      "without it, lines go to stderr (under systemd, to the journal: journalctl -u balloon-2395)."),

@@ -66,6 +66,11 @@ class Collector:
         self._known = known
         return [self._observe(stats, self._known[stats.name], read) for stats in read.stats]
 
+    def lifetime(self, name: str) -> Optional[Lifetime]:
+        """(uuid, domain id) of the run the last collect read of this domain, if known."""
+        known = self._known.get(name)
+        return None if known is None else known.lifetime
+
     def _carried(self, name: str, lifetime: Optional[Lifetime]) -> _Known:
         """The cache of a domain's current run: kept while its (uuid, id) stays or is not listed."""
         known = self._known.get(name)
