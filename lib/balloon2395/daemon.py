@@ -158,13 +158,18 @@ class Daemon:
                                Limits(stale_after_s=self.config.stale_after_s), self.config.policy, self.host_recent)
         return Cycle(now, observations, settings, decisions, host, time.monotonic() - started)
 
+    def _run_of(self, obs: Observation) -> Optional[int]:
+        """The domain id of the run this observation is of; None when the read ties it to none."""
+        lifetime = self.collector.lifetime(obs.name)
+        return lifetime[1] if lifetime is not None and obs.uuid is not None and lifetime[0] == obs.uuid else None
+
     def _remembered(self, observations: List[Observation], known: Mapping[str, History]) -> Dict[str, History]:
         """A domain this instance has no history of yet, in the run the journal kept sizes of: those sizes."""
         out = {}
         for obs in observations:
-            lifetime = self.collector.lifetime(obs.name)
-            sizes = self.sizes.get(obs.uuid) if obs.uuid is not None else None
-            if obs.name not in known and sizes is not None and lifetime == (obs.uuid, sizes.domain_id):
+            run = self._run_of(obs)
+            sizes = self.sizes.get(obs.uuid) if run is not None and obs.uuid is not None else None
+            if obs.name not in known and sizes is not None and sizes.domain_id == run:
                 out[obs.name] = History(found_kib=sizes.found_kib, peak_kib=sizes.peak_kib)
         return out
 
@@ -173,11 +178,9 @@ class Daemon:
         ABSENT_SIZES of those: a domain that is gone for good must not grow the journal forever."""
         sizes: Dict[str, Sizes] = {}
         for obs in observations:
-            lifetime, history = self.collector.lifetime(obs.name), states[obs.name].history
-            if lifetime is not None and lifetime[1] is not None and lifetime[0] == obs.uuid \
-                    and history.found_kib is not None:
-                sizes[lifetime[0]] = Sizes(lifetime[1], history.found_kib, max(history.peak_kib or 0,
-                                                                              history.found_kib))
+            run, history = self._run_of(obs), states[obs.name].history
+            if run is not None and obs.uuid is not None and history.found_kib is not None:
+                sizes[obs.uuid] = Sizes(run, history.found_kib, max(history.peak_kib or 0, history.found_kib))
         absent = [(uuid, entry) for uuid, entry in self.sizes.items() if uuid not in sizes]
         sizes = {**dict(absent[-ABSENT_SIZES:]), **sizes}
         if sizes != self.sizes:
